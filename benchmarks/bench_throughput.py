@@ -42,6 +42,7 @@ from mmcof_gen.models.chat import ChatModelConfig
 from mmcof_gen.models.detect import DetectorConfig, detector
 from mmcof_gen.prompts import Prompts
 from mmcof_gen.schema import Provenance, Trajectory
+from mmcof_gen.store import RunStore
 from mmcof_gen.synthesize import synthesize
 from mmcof_gen.tasks.sources import GivenQuestion, ImageUnit
 from mmcof_gen.testing.scripted_server import Reply, ScriptedServer
@@ -121,7 +122,10 @@ def concurrency(url: str, folder: Path, levels: list[int], rounds: int) -> None:
         prompts, provenance = Prompts(config.prompts_dir), Provenance(package_version="0", config_hash="bench")
         count = max(8, rounds * in_flight)
         records, clock = [], Clock()
-        run_ray((unit(path, [i]) for i in range(count)), config, prompts, provenance, records.append, {}, set(), clock)
+        run_dir = folder / f"run-{in_flight}"  # the actors write their shards there, as in a real run
+        RunStore.open(run_dir, "bench", {})
+        run_ray((unit(path, [i]) for i in range(count)), config, prompts, provenance, run_dir, records.append,
+                records.append, {}, set(), clock)
         check(records, count)
         rate = count / (clock.last - clock.first)
         first = first or rate

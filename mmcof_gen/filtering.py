@@ -2,7 +2,7 @@
 
 Reads a run folder (or a filtered one) and writes a new folder with the same layout, so every reader
 (stats, export, view) takes both: `manifest.json` (copied, plus a `filter` block), `tasks.jsonl`
-(copied), `trajectories.jsonl` (the kept records, unchanged) and `filter_report.json`. The input is
+(every task file of the run, as one), `trajectories.jsonl` (the kept records, unchanged) and `filter_report.json`. The input is
 never modified.
 
 Rules run in a fixed order and a record is dropped by the first one it fails, with that rule's exact
@@ -28,7 +28,7 @@ from mmcof_gen import cof_format
 from mmcof_gen.config import FilterConfig
 from mmcof_gen.imaging import box_area, scale_box, validate_box, zoom_region
 from mmcof_gen.replay import FrameSource, ReplayError, chain_crops
-from mmcof_gen.schema import Trajectory
+from mmcof_gen.schema import ImageTasks, Trajectory
 from mmcof_gen.stats import run_stats
 from mmcof_gen.store import MANIFEST, TASKS, RunStore, StoreError, remove_temporaries, write_json_atomic
 from mmcof_gen.tasks.exclusion import load_exclusions
@@ -256,8 +256,7 @@ def filter_run(run_dir: Path, out_dir: Path, config: FilterConfig) -> dict:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_kept(source, out_dir, dropped)
-    if (run_dir / TASKS).exists():
-        _copy_atomic(run_dir / TASKS, out_dir / TASKS)
+    _copy_tasks(source, out_dir / TASKS)
     report = _report(run_dir, out_dir, config, total, dropped, {name for name, _ in rules} | (
         {"balance"} if config.balance else set()))
     write_json_atomic(out_dir / REPORT, report)
@@ -295,9 +294,16 @@ def _write_kept(source: RunStore, out_dir: Path, dropped: dict[int, tuple[str, s
     os.replace(tmp, path)
 
 
-def _copy_atomic(src: Path, dst: Path) -> None:
+def _copy_tasks(source: RunStore, dst: Path) -> None:
+    """Every task file of the run (a Ray run has one per agent actor) as one, through a temporary file."""
+    paths = source.files(ImageTasks)
+    if not paths:
+        return
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    shutil.copyfile(src, tmp)
+    with tmp.open("wb") as out:
+        for path in paths:
+            with path.open("rb") as handle:
+                shutil.copyfileobj(handle, out)
     os.replace(tmp, dst)
 
 

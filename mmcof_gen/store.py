@@ -3,8 +3,11 @@
 Layout of a run folder:
     manifest.json        config snapshot, versions, prompt hashes, inputs, counts (rewritten atomically)
     tasks.jsonl          one `ImageTasks` per image, so a resume never synthesises tasks twice
-    trajectories*.jsonl  one `Trajectory` per (task, resolution); `-<shard>` files come from parallel workers
+    trajectories.jsonl   one `Trajectory` per (task, resolution)
     errors.jsonl         one `ErrorRecord` per failed image or search, with its reason
+    *-<shard>.jsonl      the same three, written by one Ray agent actor each (`-w0`, `-w1`, ...)
+
+Readers take every shard of a kind (`tasks*.jsonl`, ...), so a run folder reads the same whoever wrote it.
 
 Every record is flushed and fsync'd before the next one, so a killed process loses at most the line it
 was writing; that torn tail is cut off (and kept beside the file as `*.torn`) when the file is next opened.
@@ -26,8 +29,7 @@ from mmcof_gen.schema import ErrorRecord, ImageTasks, Trajectory
 
 MANIFEST = "manifest.json"
 TASKS = "tasks.jsonl"
-ERRORS = "errors.jsonl"
-TRAJECTORIES_GLOB = "trajectories*.jsonl"
+KINDS = {ImageTasks: "tasks", Trajectory: "trajectories", ErrorRecord: "errors"}
 
 Record = TypeVar("Record", bound=BaseModel)
 
@@ -101,17 +103,17 @@ def unwritable(folder: Path, exc: OSError) -> StoreError:
 
 
 class RunStore:
-    """One run folder. Thread-safe appends; `shard` names this writer's trajectories file."""
+    """One run folder. Thread-safe appends; `shard` names this writer's files (one per Ray agent actor)."""
 
     def __init__(self, root: Path, shard: str | None = None):
         self.root = Path(root)
-        self.trajectories_path = self.root / (f"trajectories-{shard}.jsonl" if shard else "trajectories.jsonl")
+        self.paths = {kind: self.root / f"{name}{f'-{shard}' if shard else ''}.jsonl" for kind, name in KINDS.items()}
         self._lock = threading.Lock()
         self._handles: dict[Path, object] = {}
 
     # -- opening ---------------------------------------------------------------------------------
     @classmethod
-    def open(cls, root: Path, fingerprint: str, manifest: dict, shard: str | None = None) -> RunStore:
+    def open(cls, root: Path, fingerprint: str, manifest: dict) -> RunStore:
         """Create a run folder, or reopen one made with the same fingerprint (a resume).
 
         A folder with other content, or a run made with another config, is refused: nothing is ever
@@ -133,16 +135,28 @@ class RunStore:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot create run folder {root}: {exc.strerror}") from None
-        store = cls(root, shard)
+        store = cls(root)
         manifest["fingerprint"] = fingerprint
         manifest.setdefault("created", _now())
         try:
             remove_temporaries(root, MANIFEST)  # a run killed while writing its manifest
             store.write_manifest(manifest)
-            for path in [root / TASKS, root / ERRORS, *root.glob(TRAJECTORIES_GLOB)]:
+            for path in (path for kind in KINDS for path in store.files(kind)):
                 repair_torn_tail(path)
         except OSError as exc:
             raise unwritable(root, exc) from None
+        return store
+
+    @classmethod
+    def open_shard(cls, root: Path, shard: str) -> RunStore:
+        """A writer's own files in a run folder the driver opened; a torn tail its previous life (an actor
+        killed mid-write, then restarted) left is cut first, so its next line starts on a line of its own."""
+        store = cls(root, shard)
+        if not (store.root / MANIFEST).exists():
+            raise StoreError(f"{store.root} is not a run folder on this node; with --executor ray the --out folder "
+                             "must be on a filesystem that every node mounts at the same path")
+        for path in store.paths.values():
+            repair_torn_tail(path)
         return store
 
     # -- reading ---------------------------------------------------------------------------------
@@ -153,28 +167,48 @@ class RunStore:
         return json.loads(path.read_text(encoding="utf-8"))
 
     def trajectories(self) -> Iterator[Trajectory]:
-        for path in sorted(self.root.glob(TRAJECTORIES_GLOB)):
-            yield from read_jsonl(path, Trajectory)
+        yield from self._records(Trajectory)
 
     def errors(self) -> Iterator[ErrorRecord]:
-        yield from read_jsonl(self.root / ERRORS, ErrorRecord)
+        yield from self._records(ErrorRecord)
 
     def image_tasks(self) -> Iterator[ImageTasks]:
-        yield from read_jsonl(self.root / TASKS, ImageTasks)
+        yield from self._records(ImageTasks)
+
+    def _records(self, kind: type[Record]) -> Iterator[Record]:
+        for path in self.files(kind):
+            yield from read_jsonl(path, kind)
+
+    def files(self, kind: type[Record]) -> list[Path]:
+        """Every file of one record kind: the driver's and each shard's, in a fixed order."""
+        return sorted(self.root.glob(f"{KINDS[kind]}*.jsonl"))
+
+    def sizes(self) -> dict[Path, int]:
+        """Where this writer's files end now: `records_since` reads what was appended after."""
+        return {path: path.stat().st_size if path.exists() else 0 for path in self.paths.values()}
+
+    def records_since(self, sizes: dict[Path, int]) -> Iterator[ImageTasks | Trajectory | ErrorRecord]:
+        """The whole records appended to this writer's files after `sizes`, while it may still be writing:
+        a line cut by the start offset or not yet ended (being written, or torn by a kill) is not one."""
+        for kind, path in self.paths.items():
+            if not path.exists():
+                continue
+            with path.open("rb") as handle:
+                start = sizes.get(path, 0)
+                handle.seek(max(start - 1, 0))
+                data = handle.read()
+            lines = data.split(b"\n")[:-1]  # the last piece has no newline: empty, or a line not yet whole
+            if start > 0:
+                lines = lines[1:]  # the end of the line before `start`, or of a line cut by it: not since
+            yield from (kind.model_validate_json(line) for line in lines if line.strip())
 
     def done_ids(self) -> set[str]:
         """Ids of finished work: trajectories and errors (an error is final for this run)."""
         return {t.id for t in self.trajectories()} | {e.id for e in self.errors()}
 
     # -- writing ---------------------------------------------------------------------------------
-    def append_trajectory(self, trajectory: Trajectory) -> None:
-        self._append(self.trajectories_path, trajectory)
-
-    def append_error(self, error: ErrorRecord) -> None:
-        self._append(self.root / ERRORS, error)
-
-    def append_image_tasks(self, image_tasks: ImageTasks) -> None:
-        self._append(self.root / TASKS, image_tasks)
+    def append(self, record: ImageTasks | Trajectory | ErrorRecord) -> None:
+        self._append(self.paths[type(record)], record)
 
     def write_manifest(self, manifest: dict) -> None:
         with self._lock:

@@ -117,12 +117,13 @@ def synthesize(
                     if record.id in done:  # exactly once, whatever an executor retried
                         return
                     done.add(record.id)
-                if isinstance(record, Trajectory):
-                    store.append_trajectory(record)
-                elif isinstance(record, ErrorRecord):
-                    store.append_error(record)
-                else:
-                    store.append_image_tasks(record)
+                store.append(record)
+                status.record(record)
+
+        def written(record: Record) -> None:
+            """A record a Ray actor wrote to its shard (it made sure of exactly once)."""
+            with writing:
+                done.add(record.id)
                 status.record(record)
 
         try:
@@ -131,7 +132,7 @@ def synthesize(
             if config.executor.kind == "ray":
                 from mmcof_gen.executors.ray import run_ray  # Ray is the optional [ray] extra
 
-                run_ray(units, config, prompts, provenance, write, cached, done, status)
+                run_ray(units, config, prompts, provenance, out_dir, write, written, cached, done, status)
             else:
                 run_local(units, lambda: ImageWorker(config, prompts, provenance), write, cached, done,
                           workers=config.executor.workers, status=status)

@@ -4,6 +4,7 @@ executor, resume across executors, a killed actor, and detector actors that batc
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ from mmcof_gen.imaging import make_frame
 from mmcof_gen.models.chat import ChatModelConfig
 from mmcof_gen.models.detect import DetectorConfig, detector
 from mmcof_gen.prompts import Prompts
-from mmcof_gen.schema import ErrorRecord, ImageTasks, Provenance, Trajectory
+from mmcof_gen.schema import ErrorRecord, ImageTasks, Provenance, Trajectory, trajectory_id
 from mmcof_gen.store import RunStore
 from mmcof_gen.synthesize import synthesize
 from mmcof_gen.tasks.sources import questions_source
@@ -77,6 +78,8 @@ def local_run(text_images, tmp_path_factory) -> Path:
 def test_ray_and_local_make_the_same_ids_and_the_same_accepted_records(text_images, local_run, tmp_path):
     synthesize(offline_config("ray", workers=2), text_images, tmp_path / "ray")
     local, distributed = RunStore(local_run), RunStore(tmp_path / "ray")
+    shards = {path.name for path in (tmp_path / "ray").glob("*.jsonl")}
+    assert shards == {"tasks-w0.jsonl", "tasks-w1.jsonl", "trajectories-w0.jsonl", "trajectories-w1.jsonl"}
     assert {t.id for t in distributed.trajectories()} == {t.id for t in local.trajectories()}
     accepted = {t.id: without_timing(t) for t in local.trajectories() if t.status == "accepted"}
     assert accepted and {t.id: without_timing(t) for t in distributed.trajectories()
@@ -93,8 +96,23 @@ def test_a_run_resumes_across_executors_with_every_record_once(text_images, loca
     ids = [t.id for t in store.trajectories()] + [e.id for e in store.errors()]
     assert len(ids) == len(set(ids))
     assert set(ids) == {t.id for t in RunStore(local_run).trajectories()}
-    assert [i.image for i in store.image_tasks()] == ["img0.png", "img1.png", "img2.png"]
+    assert sorted(i.image for i in store.image_tasks()) == ["img0.png", "img1.png", "img2.png"]
     assert stats["accepted"] + stats["rejected"] == len(ids)
+
+
+def test_two_copies_of_an_image_under_ray_are_written_once(text_images, local_run, tmp_path):
+    """The same bytes at two paths make the same ids; the actors working on both at once write each id once."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("img0.png", "img1.png"):
+        shutil.copy(text_images / name, images / name)
+    shutil.copy(text_images / "img0.png", images / "copy-of-img0.png")
+    synthesize(offline_config("ray", workers=2), images, tmp_path / "run")
+    store = RunStore(tmp_path / "run")
+    ids = [t.id for t in store.trajectories()] + [e.id for e in store.errors()]
+    assert len(ids) == len(set(ids))
+    assert set(ids) == {t.id for t in RunStore(local_run).trajectories() if t.task.image in ("img0.png", "img1.png")}
+    assert sorted(i.image for i in store.image_tasks()) == ["copy-of-img0.png", "img0.png", "img1.png"]
 
 
 def sign_picture() -> Image.Image:
@@ -120,19 +138,29 @@ def question_folder(tmp_path: Path, questions: list[dict]) -> tuple[Path, Path]:
     return images, lines
 
 
-def run_records(config: PipelineConfig, images: Path, questions: Path, on_record=None) -> list:
-    """run_ray straight into a list (the write callback of `synthesize`, without the run folder)."""
-    prompts = Prompts(config.prompts_dir)
+def run_records(config: PipelineConfig, images: Path, questions: Path, run_dir: Path, on_record=None) -> list:
+    """run_ray into a run folder (as `synthesize` calls it); the records in the order the driver learns of them."""
+    store = RunStore.open(run_dir, "x", {})
     records = []
 
-    def write(record):
+    def written(record):
         records.append(record)
         if on_record:
             on_record(record)
 
-    run_ray(questions_source(images, questions).units, config, prompts, Provenance(package_version="0", config_hash="x"),
-            write, cached={}, done=set())
+    def write(record):
+        store.append(record)
+        written(record)
+
+    run_ray(questions_source(images, questions).units, config, Prompts(config.prompts_dir),
+            Provenance(package_version="0", config_hash="x"), run_dir, write, written, cached={}, done=set())
+    store.close()
     return records
+
+
+def folder_records(run_dir: Path) -> list:
+    store = RunStore(run_dir)
+    return [*store.image_tasks(), *store.trajectories(), *store.errors()]
 
 
 def reader_question(body: dict) -> str:
@@ -140,21 +168,25 @@ def reader_question(body: dict) -> str:
                 for p in m["content"] if p["type"] == "text")
 
 
-def test_a_killed_actor_is_restarted_and_its_image_finished_without_duplicates(tmp_path):
-    """One image, three searches: 'colour' answers at once, 'shape' slowly, 'text' fails (HTTP 500). The actor is
-    killed when the first trajectory arrives; the retry searches only what was not written."""
-    def reply(body: dict) -> Reply:
-        question = reader_question(body)
-        if "colour" in question:
-            return Reply('{"answer": "red"}')
-        if "shape" in question:
-            return Reply('{"answer": "square"}', delay=2)
-        return Reply(status=500)
+THREE_SEARCHES = [{"question": "What colour is the small sign?", "answer": "red"},
+                  {"question": "What shape is the small sign?", "answer": "square"},
+                  {"question": "What text is on the small sign?", "answer": "stop"}]
 
-    images, questions = question_folder(tmp_path, [
-        {"question": "What colour is the small sign?", "answer": "red"},
-        {"question": "What shape is the small sign?", "answer": "square"},
-        {"question": "What text is on the small sign?", "answer": "stop"}])
+
+def three_searches(body: dict) -> Reply:
+    """'colour' answers at once, 'shape' after 2 s, 'text' fails (HTTP 500)."""
+    question = reader_question(body)
+    if "colour" in question:
+        return Reply('{"answer": "red"}')
+    if "shape" in question:
+        return Reply('{"answer": "square"}', delay=2)
+    return Reply(status=500)
+
+
+def test_a_killed_actor_is_restarted_and_its_image_finished_without_duplicates(tmp_path):
+    """One image, three searches (`three_searches`). The actor is killed when the first trajectory arrives; the
+    retry searches only what was not written."""
+    images, questions = question_folder(tmp_path, THREE_SEARCHES)
     killed = []
 
     def kill_on_first_trajectory(record):
@@ -163,11 +195,12 @@ def test_a_killed_actor_is_restarted_and_its_image_finished_without_duplicates(t
             ray.kill(ray.get_actor(name), no_restart=False)
             killed.append(record.task.question)
 
-    with ScriptedServer(reply) as server:
-        records = run_records(vlm_config(server), images, questions, kill_on_first_trajectory)
+    with ScriptedServer(three_searches) as server:
+        records = run_records(vlm_config(server), images, questions, tmp_path / "run", kill_on_first_trajectory)
     assert killed == ["What colour is the small sign?"]
     ids = [r.id for r in records]
     assert len(ids) == len(set(ids))
+    assert sorted(r.id for r in folder_records(tmp_path / "run")) == sorted(ids)
     assert [type(r).__name__ for r in records].count("ImageTasks") == 1
     trajectories = {r.task.question: (r.status, r.answer) for r in records if isinstance(r, Trajectory)}
     assert trajectories == {"What colour is the small sign?": ("accepted", "red"),
@@ -177,6 +210,36 @@ def test_a_killed_actor_is_restarted_and_its_image_finished_without_duplicates(t
     asked = [reader_question(body).split("\n")[0] for body in server.requests]
     assert sum("colour" in q for q in asked) == 1  # written before the kill: not searched again
     assert sum("shape" in q for q in asked) == 2   # in flight at the kill: searched once more
+
+
+def test_what_a_dead_actor_wrote_but_never_streamed_is_not_searched_again(tmp_path):
+    """The window between an actor's write and its stream: when the first trajectory arrives, the 'shape' record is
+    planted in the actor's shard (as if written just before the kill) and the actor killed while its own 'shape'
+    search still waits on the server. The driver reads it back from the shard: counted once, not searched again."""
+    images, questions = question_folder(tmp_path, THREE_SEARCHES)
+    run_dir = tmp_path / "run"
+    planted = []
+
+    def plant_then_kill(record):
+        if isinstance(record, ImageTasks):
+            planted.append(record)
+        if isinstance(record, Trajectory) and len(planted) == 1:
+            shape = next(task for task in planted[0].tasks if "shape" in task.question)
+            planted.append(record.model_copy(update={"id": trajectory_id(shape.id, 448), "task": shape,
+                                                     "answer": "square"}))
+            with (run_dir / "trajectories-w0.jsonl").open("a") as shard:
+                shard.write(planted[1].model_dump_json() + "\n")
+            name = next(n for n in ray.util.list_named_actors() if n.startswith("mmcof-agent-"))
+            ray.kill(ray.get_actor(name), no_restart=False)
+
+    with ScriptedServer(three_searches) as server:
+        records = run_records(vlm_config(server), images, questions, run_dir, plant_then_kill)
+    ids = [r.id for r in records]
+    assert len(ids) == len(set(ids)) == 4  # tasks, colour, shape (planted), text (an error)
+    assert planted[1] in records
+    assert sorted(r.id for r in folder_records(run_dir)) == sorted(ids)
+    asked = [reader_question(body).split("\n")[0] for body in server.requests]
+    assert sum("shape" in q for q in asked) == 1  # only the search the kill cut short
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +275,7 @@ def test_vlm_locate_goes_through_the_shared_detector_actor(tmp_path, tiny_owl):
 
     images, questions = question_folder(tmp_path, [{"question": "What colour is the small sign?", "answer": "red"}])
     with ScriptedServer(reply) as server:
-        records = run_records(vlm_config(server, detector=tiny_owl.model_dump()), images, questions)
+        records = run_records(vlm_config(server, detector=tiny_owl.model_dump()), images, questions, tmp_path / "run")
     [trajectory] = [r for r in records if isinstance(r, Trajectory)]
     assert trajectory.status == "accepted" and [list(c.box) for c in trajectory.chain] == [evidence]
     locate = next(s for s in trajectory.steps if s.action == "locate" and s.arguments.get("phrase"))
@@ -235,4 +298,4 @@ def test_workers_that_cannot_be_built_stop_the_run_with_one_clear_error(tmp_path
         "resolutions": [448], "prompts_dir": REPO_ROOT / "prompts" / "agent", "agent": {"kind": "vlm"},
         "executor": {"kind": "ray"}, "models": {"planner": {"model": "m", "api_key_env": "MMCOF_TEST_MISSING_KEY"}}})
     with pytest.raises(ConfigError, match="^the Ray workers could not be built: .*MMCOF_TEST_MISSING_KEY"):
-        run_records(config, images, questions)
+        run_records(config, images, questions, tmp_path / "run")

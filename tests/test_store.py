@@ -13,7 +13,7 @@ def _error(i: int) -> ErrorRecord:
 def test_records_round_trip_and_count_as_done(tmp_path):
     store = RunStore.open(tmp_path / "run", "fp1", {"tool": "mmcof-gen"})
     for i in range(3):
-        store.append_error(_error(i))
+        store.append(_error(i))
     store.close()
     assert [e.id for e in store.errors()] == ["e0", "e1", "e2"]
     assert store.done_ids() == {"e0", "e1", "e2"}
@@ -23,7 +23,7 @@ def test_records_round_trip_and_count_as_done(tmp_path):
 
 def test_torn_last_line_is_cut_and_kept_aside(tmp_path):
     store = RunStore.open(tmp_path / "run", "fp1", {})
-    store.append_error(_error(0))
+    store.append(_error(0))
     store.close()
     path = tmp_path / "run" / "errors.jsonl"
     with path.open("a") as handle:
@@ -61,3 +61,45 @@ def test_resume_keeps_created_time(tmp_path):
     first = json.loads((tmp_path / "run" / "manifest.json").read_text())["created"]
     RunStore.open(tmp_path / "run", "fp1", {"created": "now"})
     assert json.loads((tmp_path / "run" / "manifest.json").read_text())["created"] == first
+
+
+def test_a_shard_is_its_writers_own_and_readers_take_every_shard(tmp_path):
+    driver = RunStore.open(tmp_path / "run", "fp1", {})
+    driver.append(_error(0))
+    shard = RunStore.open_shard(tmp_path / "run", "w1")
+    shard.append(_error(1))
+    driver.close(), shard.close()
+    assert sorted(p.name for p in (tmp_path / "run").glob("*.jsonl")) == ["errors-w1.jsonl", "errors.jsonl"]
+    assert sorted(e.id for e in RunStore(tmp_path / "run").errors()) == ["e0", "e1"]
+
+
+def test_a_restarted_shard_writer_cuts_the_torn_line_of_its_killed_life(tmp_path):
+    RunStore.open(tmp_path / "run", "fp1", {})
+    path = tmp_path / "run" / "errors-w0.jsonl"
+    path.write_text(_error(0).model_dump_json() + "\n" + '{"id": "e1", "sta')
+    shard = RunStore.open_shard(tmp_path / "run", "w0")
+    shard.append(_error(2))
+    shard.close()
+    assert [e.id for e in read_jsonl(path, ErrorRecord)] == ["e0", "e2"]
+
+
+def test_a_shard_outside_a_run_folder_says_the_folder_must_be_shared(tmp_path):
+    with pytest.raises(StoreError, match="filesystem that every node mounts"):
+        RunStore.open_shard(tmp_path / "elsewhere", "w0")
+
+
+def test_records_since_reads_only_whole_lines_appended_after_the_mark(tmp_path):
+    RunStore.open(tmp_path / "run", "fp1", {})
+    shard = RunStore.open_shard(tmp_path / "run", "w0")
+    shard.append(_error(0))
+    mark = shard.sizes()
+    shard.append(_error(1))
+    shard.append(_error(2))
+    shard.close()
+    path = tmp_path / "run" / "errors-w0.jsonl"
+    with path.open("a") as handle:
+        handle.write('{"id": "e3", "sta')  # being written, or torn by a kill
+    assert [r.id for r in shard.records_since(mark)] == ["e1", "e2"]
+    inside_a_line = {path: mark[path] - 5}
+    assert [r.id for r in shard.records_since(inside_a_line)] == ["e1", "e2"]
+    assert [r.id for r in shard.records_since({})] == ["e0", "e1", "e2"]

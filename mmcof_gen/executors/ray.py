@@ -1,18 +1,22 @@
 """The Ray executor: the same `ImageWorker` as the local executor, in agent actors across a cluster.
 
     driver (this process) ──► at most max_in_flight images ──► AgentActor x workers ──locate──► DetectorActor x n
-    streams units from the source,     records stream back       threads, one ImageWorker     batches requests
-    writes every record                (Ray generators)          each (its own event loop)    (executors/detectors.py)
+    streams units from the source,     what each wrote            threads, one ImageWorker     batches requests
+    counts, retries a dead actor's     streams back (Ray          each; writes its own shard   (executors/detectors.py)
+    images, writes its own errors      generators)                tasks|trajectories|errors-wN.jsonl
 
-Who writes: the driver, the one writer of the run folder. Agent actors stream their records back as
-they are made and the driver appends them (the run store's `write` of `synthesize`). That keeps
-"exactly once" simple: the driver knows every id it has written, so when an actor dies part-way
-through an image, the image is sent again (once) with the ids already written marked done and its
-task list as written, and a repeat that slips through is dropped by id; no shard has to be re-read
-after a crash, `tasks.jsonl`/`errors.jsonl` keep a single writer, and only the driver needs the run
-folder (no shared filesystem for outputs; the images must be readable at the same path on every node).
-Resume works across executors because ids are deterministic and the driver's done ids come from the
-run folder, whoever wrote it.
+Who writes: each agent actor appends its records to its own shard of the run folder (`RunStore.open_shard`;
+readers take every shard), then streams them to the driver, which only counts them. So the run folder
+must be on a filesystem every node mounts at the same path (as the images already must be).
+
+Exactly once, with several writers:
+- a resumed run: the driver passes each image the ids already done, from every shard (ids are
+  deterministic, so a run started local resumes with Ray and vice versa);
+- a dead actor: the driver noted where the actor's shard ended when it sent the image, and reads back
+  what was appended for that image since: records the actor wrote but did not live to stream count as
+  done, and the image is sent once more (to the restarted actor, or another) for the rest;
+- two copies of one image (the same bytes at two paths make the same ids): an `IdLedger` actor gives
+  each id to the first image that claims it, and an actor writes a record only when its image holds the id.
 
 Configuration reaches the actors as the `PipelineConfig` object itself (constructor arguments), never
 through environment variables.
@@ -25,11 +29,13 @@ import math
 import queue
 import secrets
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 from mmcof_gen.config import ConfigError, PipelineConfig
 from mmcof_gen.progress import LiveStatus
 from mmcof_gen.prompts import Prompts
-from mmcof_gen.schema import ErrorRecord, ImageTasks, Provenance, trajectory_id
+from mmcof_gen.schema import ErrorRecord, ImageTasks, Provenance, Trajectory, trajectory_id
+from mmcof_gen.store import RunStore
 from mmcof_gen.tasks.sources import ImageUnit
 from mmcof_gen.worker import ImageWorker, Record, image_error_id
 
@@ -42,29 +48,49 @@ except ImportError:  # pragma: no cover - the [ray] extra is not installed
     ray = None
 
 
+class IdLedger:
+    """Which image each record id of this invocation belongs to: the first image that claims it. Calls run
+    one at a time (a plain actor), so two actors claiming one id cannot both win."""
+
+    def __init__(self):
+        self._owners: dict[str, str] = {}
+
+    def claim(self, image: str, record_id: str) -> bool:
+        return self._owners.setdefault(record_id, image) == image
+
+
 class AgentActor:
     """An agent worker: up to `max_concurrency` images at once, each on an `ImageWorker` of its own pool
-    (a worker owns an event loop, so it serves one image at a time; its searches run concurrently on it)."""
+    (a worker owns an event loop, so it serves one image at a time; its searches run concurrently on it).
+    Writes what its workers make to its own shard of the run folder."""
 
-    def __init__(self, config: PipelineConfig, prompts: Prompts, provenance: Provenance, detectors: list[str]):
-        """`detectors`: names of the detector actors, looked up here (Ray warns that a restart may fail when
+    def __init__(self, config: PipelineConfig, prompts: Prompts, provenance: Provenance, detectors: list[str],
+                 run_dir: Path, shard: str, ledger: str):
+        """`detectors`, `ledger`: names of actors, looked up here (Ray warns that a restart may fail when
         constructor arguments live in the object store, as passed handles do)."""
         shared = ActorDetector([ray.get_actor(name) for name in detectors], _detector_name(config)) if detectors else None
         self._make = lambda: ImageWorker(config, prompts, provenance, shared_detector=shared)
         self._idle: queue.SimpleQueue[ImageWorker] = queue.SimpleQueue()
         self._idle.put(self._make())  # a worker that cannot be built fails the run at its start, not per image
+        self._store = RunStore.open_shard(run_dir, shard)
+        self._ledger = ray.get_actor(ledger)
 
     def ready(self) -> None:
         """Returns once the actor is built (the driver waits for every actor before sending images)."""
 
     def process(self, unit: ImageUnit, cached: ImageTasks | None, done: set[str]):
-        """The records of one image, streamed (a Ray generator) as the worker makes them."""
+        """The records of one image, each written to this actor's shard and then streamed (a Ray generator)."""
         try:
             worker = self._idle.get_nowait()
         except queue.Empty:
             worker = self._make()
         try:
-            yield from worker.process(unit, cached, done)
+            for record in worker.process(unit, cached, done):
+                if isinstance(record, (Trajectory, ErrorRecord)) and not ray.get(
+                        self._ledger.claim.remote(unit.rel, record.id)):
+                    continue  # a copy of this image (the same bytes at another path) has it
+                self._store.append(record)
+                yield record
         finally:
             self._idle.put(worker)
 
@@ -74,15 +100,19 @@ def run_ray(
     config: PipelineConfig,
     prompts: Prompts,
     provenance: Provenance,
+    run_dir: Path,
     write: Callable[[Record], None],
+    written: Callable[[Record], None],
     cached: dict[str, ImageTasks],
     done: set[str],
     status: LiveStatus | None = None,
 ) -> None:
-    """Process every unit on Ray actors, handing each record to `write` (in this process) as it arrives.
+    """Process every unit on Ray actors that write to their shards of `run_dir` (opened by the caller).
 
-    Joins the cluster at `executor.address`, or starts a local Ray with one CPU per actor (and stops it
-    at the end) unless this process is already connected.
+    `written` is told of every record an actor wrote, as it arrives; `write` is given the records the
+    driver makes itself (an image whose actor died twice). Joins the cluster at `executor.address`, or
+    starts a local Ray with one CPU per actor (and stops it at the end) unless this process is already
+    connected.
     """
     if ray is None:
         raise ConfigError("executor ray needs Ray: pip install 'mmcof-gen[ray]' (or use --executor local)")
@@ -94,8 +124,11 @@ def run_ray(
     in_flight = settings.max_in_flight or (2 if config.agent.kind == "ocr" else 8) * settings.workers
     # an OCR worker is CPU-bound: it takes one image at a time, the next ones wait queued in the actor
     concurrency = 1 if config.agent.kind == "ocr" else math.ceil(in_flight / settings.workers)
-    actors = []
+    shards = [f"w{index}" for index in range(settings.workers)]
+    actors = []  # every actor of this run, killed at the end
     try:
+        actors.append(ray.remote(IdLedger).options(name=f"mmcof-ledger-{run}", num_cpus=0,
+                                                   max_restarts=settings.max_restarts).remote())
         for name in detector_names:
             actors.append(ray.remote(DetectorActor).options(
                 name=f"{name}-{run}", num_cpus=1, num_gpus=_detector_gpus(config), max_restarts=settings.max_restarts,
@@ -103,11 +136,14 @@ def run_ray(
         agents = [ray.remote(AgentActor).options(
             name=f"mmcof-agent-{index}-{run}", num_cpus=1, max_concurrency=concurrency,
             max_restarts=settings.max_restarts, max_task_retries=0,
-        ).remote(config, prompts, provenance, [f"{name}-{run}" for name in detector_names])
-            for index in range(settings.workers)]
+        ).remote(config, prompts, provenance, [f"{name}-{run}" for name in detector_names], Path(run_dir).resolve(),
+                 shard, f"mmcof-ledger-{run}")
+            for index, shard in enumerate(shards)]
         actors += agents
-        _wait_until_built(actors)
-        asyncio.run(_Driver(agents, write, cached, done, config.resolutions, status).run(units, in_flight))
+        _wait_until_built(actors[1:])  # the ledger holds nothing that could fail to build
+        driver = _Driver(agents, [RunStore(run_dir, shard) for shard in shards], write, written, cached, done,
+                         config.resolutions, status)
+        asyncio.run(driver.run(units, in_flight))
     finally:
         for actor in actors:
             ray.kill(actor)
@@ -116,13 +152,16 @@ def run_ray(
 
 
 class _Driver:
-    """Streams units to the least busy agent actor, at most `in_flight` at once, and writes what comes back."""
+    """Streams units to the least busy agent actor, at most `in_flight` at once, and counts what they write."""
 
-    def __init__(self, agents: list, write: Callable[[Record], None], cached: dict[str, ImageTasks],
-                 done: set[str], resolutions: list[int], status: LiveStatus | None):
+    def __init__(self, agents: list, shards: list[RunStore], write: Callable[[Record], None],
+                 written: Callable[[Record], None], cached: dict[str, ImageTasks], done: set[str],
+                 resolutions: list[int], status: LiveStatus | None):
         self.agents = agents
+        self.shards = shards
         self.load = [0] * len(agents)
         self.write = write
+        self.written = written
         self.cached = cached
         self.done = done
         self.resolutions = resolutions
@@ -144,20 +183,20 @@ class _Driver:
         is not yet written."""
         if self.status:
             self.status.image_started()
-        tasks = self.cached.get(unit.rel)
-        written: set[str] = set()
+        image = _Image(self.cached.get(unit.rel), self.written)
         for attempt in (1, 2):
             index = min(range(len(self.agents)), key=self.load.__getitem__)
             self.load[index] += 1
+            shard = self.shards[index]
+            sizes = shard.sizes()
             try:
-                async for ref in self.agents[index].process.remote(unit, tasks, self._done(tasks) | written):
-                    record = await ref
-                    if isinstance(record, ImageTasks):
-                        tasks = record
-                    written.add(record.id)
-                    self.write(record)
+                async for ref in self.agents[index].process.remote(unit, image.tasks, self._done(image)):
+                    image.take(await ref)
                 break
             except (RayActorError, ObjectLostError) as exc:
+                for record in shard.records_since(sizes):  # written by the actor, never streamed: done
+                    if _image_of(record) == unit.rel and record.id not in image.ids:
+                        image.take(record)
                 if attempt == 2:
                     self.write(ErrorRecord(id=image_error_id(unit.rel), stage="image", image=unit.rel,
                                            reason=f"worker died twice on this image: {type(exc).__name__}"))
@@ -171,12 +210,32 @@ class _Driver:
         if self.status:
             self.status.image_finished()
 
-    def _done(self, tasks: ImageTasks | None) -> set[str]:
-        """The done ids of this image's searches (known only once its task list is): all an actor needs."""
-        if tasks is None:
-            return set()
-        ids = (trajectory_id(task.id, resolution) for task in tasks.tasks for resolution in self.resolutions)
-        return {id_ for id_ in ids if id_ in self.done}
+    def _done(self, image: _Image) -> set[str]:
+        """What the actor must not do again: the image's searches done in earlier runs (known only once its
+        task list is) and every record written for it in this one."""
+        if image.tasks is None:
+            return set(image.ids)
+        ids = (trajectory_id(task.id, resolution) for task in image.tasks.tasks for resolution in self.resolutions)
+        return {id_ for id_ in ids if id_ in self.done} | image.ids
+
+
+class _Image:
+    """What the driver knows of one image in flight: its task list and the ids written for it."""
+
+    def __init__(self, tasks: ImageTasks | None, written: Callable[[Record], None]):
+        self.tasks = tasks
+        self.ids: set[str] = set()
+        self._written = written
+
+    def take(self, record: Record) -> None:
+        if isinstance(record, ImageTasks):
+            self.tasks = record
+        self.ids.add(record.id)
+        self._written(record)
+
+
+def _image_of(record: Record) -> str:
+    return record.task.image if isinstance(record, Trajectory) else record.image
 
 
 def _connect(address: str | None, cpus: int) -> bool:
