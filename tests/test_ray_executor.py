@@ -24,7 +24,7 @@ from mmcof_gen.prompts import Prompts
 from mmcof_gen.schema import ErrorRecord, ImageTasks, Provenance, Trajectory, trajectory_id
 from mmcof_gen.store import RunStore
 from mmcof_gen.synthesize import synthesize
-from mmcof_gen.tasks.sources import questions_source
+from mmcof_gen.tasks.sources import ImageUnit, questions_source
 from mmcof_gen.testing.scripted_server import Reply, ScriptedServer
 from mmcof_gen.testing.tiny_models import build_tiny_owlv2
 
@@ -113,6 +113,29 @@ def test_two_copies_of_an_image_under_ray_are_written_once(text_images, local_ru
     assert len(ids) == len(set(ids))
     assert set(ids) == {t.id for t in RunStore(local_run).trajectories() if t.task.image in ("img0.png", "img1.png")}
     assert sorted(i.image for i in store.image_tasks()) == ["copy-of-img0.png", "img0.png", "img1.png"]
+
+
+def test_images_are_pulled_from_the_source_only_as_slots_free_up(tmp_path):
+    """Backpressure: with max_in_flight 8, the driver never holds more than 8 images it has not finished, over a
+    stream of 2,000 (kept-out images: each is one record, no file read, so the test is about the driver)."""
+    config = offline_config("ray", workers=2)
+    config.executor.max_in_flight = 8
+    pulled, finished, outstanding = [0], [0], []
+
+    def stream():
+        for index in range(2000):
+            pulled[0] += 1
+            outstanding.append(pulled[0] - finished[0])
+            yield ImageUnit(tmp_path / f"{index}.jpg", f"{index}.jpg", skipped="on the exclusion list")
+
+    def written(record):
+        finished[0] += 1
+
+    RunStore.open(tmp_path / "run", "x", {})
+    run_ray(stream(), config, Prompts(config.prompts_dir), Provenance(package_version="0", config_hash="x"),
+            tmp_path / "run", written, written, cached={}, done=set())
+    assert finished[0] == 2000 and max(outstanding) == 9  # 8 in flight, and the one just pulled for a free slot
+    assert len(list(RunStore(tmp_path / "run").errors())) == 2000
 
 
 def sign_picture() -> Image.Image:
