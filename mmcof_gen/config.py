@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -136,6 +137,15 @@ class ExecutorConfig(Section):
                                                                 "models.detector.device is cuda, else 0")
     detector_window_ms: float = Field(5.0, ge=0, description="ray: a detector actor waits this long for more "
                                                              "requests before running a batch that is not full")
+    ocr_threads: int | None = Field(None, ge=1, description="ONNX Runtime threads of each worker's OCR engine; none: "
+                                                          "the worker's share of the CPUs (local: cores / workers; "
+                                                          "ray: 1, the CPU its actor holds)")
+
+    def ocr_threads_per_worker(self) -> int:
+        """Workers that each spread over every core slow each other down (benchmarks/bench_throughput.py part 2)."""
+        if self.ocr_threads:
+            return self.ocr_threads
+        return 1 if self.kind == "ray" else max(1, (os.cpu_count() or 1) // self.workers)
 
 
 class FilterConfig(Section):

@@ -61,7 +61,8 @@ class ImageWorker:
     @cached_property
     def engine(self) -> OcrEngine:
         """Built on first use: the vlm agent needs OCR only to synthesise text tasks for bare folders."""
-        return OcrEngine(self.config.ocr.tile_size, self.config.ocr.tile_overlap, self.config.ocr.min_score)
+        ocr = self.config.ocr
+        return OcrEngine(ocr.tile_size, ocr.tile_overlap, ocr.min_score, self.config.executor.ocr_threads_per_worker())
 
     def process(self, unit: ImageUnit, cached: ImageTasks | None, done: set[str]) -> Iterator[Record]:
         if unit.skipped is not None:

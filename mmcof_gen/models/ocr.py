@@ -39,13 +39,15 @@ class OcrEngine:
     there and kept from the neighbouring tile, which holds it whole.
     """
 
-    def __init__(self, tile_size: int = 1536, tile_overlap: int = 192, min_score: float = 0.5):
+    def __init__(self, tile_size: int = 1536, tile_overlap: int = 192, min_score: float = 0.5,
+                 threads: int | None = None):
+        """`threads`: ONNX Runtime's intra- and inter-op threads; None leaves its default (every core)."""
         from rapidocr_onnxruntime import RapidOCR
 
         self.tile_size = tile_size
         self.tile_overlap = tile_overlap
         self.min_score = min_score
-        self._engine = RapidOCR()
+        self._engine = RapidOCR(intra_op_num_threads=threads or -1, inter_op_num_threads=threads or -1)
 
     @property
     def name(self) -> str:
