@@ -307,6 +307,19 @@ def test_vlm_locate_goes_through_the_shared_detector_actor(tmp_path, tiny_owl):
     assert isinstance(records[0], ImageTasks)
 
 
+def test_the_cli_runs_on_a_local_ray_of_its_own(text_images, local_run, tmp_path):
+    """`--executor ray` without an address starts a Ray for the run (this test process holds another one)."""
+    result = subprocess.run([*CLI, "synthesize", "--images", str(text_images), "--out", str(tmp_path / "run"),
+                             "--executor", "ray", "--workers", "2", "--max-in-flight", "2"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    summary = next(line for line in result.stderr.splitlines() if line.startswith("done in"))
+    made = list(RunStore(tmp_path / "run").trajectories())
+    assert f": {len(made)} accepted, 0 rejected, 0 errors (0 resumed)" in summary
+    at_local_resolutions = {t.id for t in made if t.view.resolution in (448, 672)}  # the CLI's config has four
+    assert at_local_resolutions == {t.id for t in RunStore(local_run).trajectories()}
+
+
 def test_ray_flags_without_executor_ray_are_one_line(tmp_path):
     result = subprocess.run([*CLI, "synthesize", "--images", str(tmp_path), "--out", str(tmp_path / "run"),
                              "--max-in-flight", "4"], capture_output=True, text=True, timeout=60)

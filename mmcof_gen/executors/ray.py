@@ -246,7 +246,7 @@ def _connect(address: str | None, cpus: int) -> bool:
         if address:
             ray.init(address=address)
             return False
-        ray.init(num_cpus=cpus, include_dashboard=False)
+        ray.init(address="local", num_cpus=cpus, include_dashboard=False)  # "local": not a `ray start` cluster
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"the Ray cluster at {address} (--ray-address)" if address else "a local Ray"
         raise ConfigError(f"cannot start or reach {where}: {str(exc).splitlines()[0] if str(exc) else exc}; "
