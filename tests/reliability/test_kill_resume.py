@@ -91,6 +91,19 @@ def test_twenty_sigkills_of_synthesize_then_resume_give_every_task_exactly_once(
     assert kills >= 10  # most seeded points fall inside the run (the rest: the process had already finished)
 
 
+def test_sigkills_of_a_ray_run_then_resume_give_every_task_exactly_once(reference, tmp_path):
+    """The driver killed: its Ray and actors go with it, their shards may hold torn tails; the resume (again on
+    Ray) repairs them and makes the uninterrupted run's decisions."""
+    command, reference_run = reference
+    out = tmp_path / "run"
+    ray_command = [*command, "--out", str(out), "--executor", "ray", "--workers", "2"]
+    tally = kill_then_resume(ray_command, out, random.Random(SEED + 1), 3, record_count(reference_run))
+    assert_run_whole(out)
+    assert decisions(out) == decisions(reference_run)
+    assert list(out.glob("trajectories-w*.jsonl"))
+    print(f"ray: 3 trials, {tally['kills']} killed mid-run, {tally['torn']} torn tails repaired")
+
+
 def test_run_killed_while_writing_its_first_manifest_resumes(reference, tmp_path):
     command, reference_run = reference
     out = tmp_path / "run"
