@@ -131,11 +131,11 @@ def concurrency(url: str, folder: Path, levels: list[int], rounds: int) -> None:
         first = first or rate
         per_task = in_flight / rate
 
-        worker = ImageWorker(config, prompts, provenance)
-        list(worker.process(unit(path, [-1]), None, set()))  # warm-up: the client and its connection
-        start = time.perf_counter()
-        records = list(worker.process(unit(path, range(in_flight)), None, set()))
-        baseline = time.perf_counter() - start
+        with ImageWorker(config, prompts, provenance) as worker:
+            list(worker.process(unit(path, [-1]), None, set()))  # warm-up: the client and its connection
+            start = time.perf_counter()
+            records = list(worker.process(unit(path, range(in_flight)), None, set()))
+            baseline = time.perf_counter() - start
         check(records, in_flight)
         print(f"{in_flight:>9}  {count:>5}  {rate:>7.2f}  {rate / first:>7.1f}x  {(per_task - model) / per_task:>12.1%}  "
               f"{(baseline - model) / baseline:>17.1%}  {rate / (in_flight / baseline):>20.2f}")

@@ -337,12 +337,16 @@ def _ceil(v: float) -> int:
 # ---------------------------------------------------------------- hashing
 
 
-def image_to_png_bytes(image: Image.Image) -> bytes:
-    """PNG of the pixels alone (metadata such as ICC and EXIF dropped): same pixels -> same bytes with one Pillow."""
+def image_to_png_bytes(image: Image.Image, compress_level: int = 6) -> bytes:
+    """PNG of the pixels alone (metadata such as ICC and EXIF dropped): same pixels -> same bytes with one Pillow.
+
+    `compress_level` 1 encodes photos about 6x faster than the default 6, for about 20% more bytes: for images
+    sent to a model rather than stored.
+    """
     bare = image.copy()
     bare.info = {}
     buffer = io.BytesIO()
-    bare.save(buffer, format="PNG", compress_level=6)
+    bare.save(buffer, format="PNG", compress_level=compress_level)
     return buffer.getvalue()
 
 

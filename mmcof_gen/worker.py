@@ -58,6 +58,26 @@ class ImageWorker:
         else:
             self.agent = OcrSearchAgent(self.engine, prompts, config.agent, config.ocr.min_read_height)
 
+    def __enter__(self) -> ImageWorker:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the chat clients on this worker's event loop, then the loop (a vlm worker; an ocr one holds
+        neither). Left to the garbage collector, connections are closed on whatever loop runs then, or never:
+        "Event loop is closed" tracebacks and unclosed-resource warnings at shutdown. Closing twice is harmless."""
+        if self.config.agent.kind != "vlm" or self.loop.is_closed():
+            return
+        roles = self.agent.roles
+        models = {roles.planner, roles.reader, roles.locator, roles.judge, roles.summariser} - {None}
+        if "task_writer" in vars(self):  # built: its writer may be a model of its own
+            models.add(self.task_writer.writer)
+        for model in models:
+            self.loop.run_until_complete(model.aclose())
+        self.loop.close()
+
     @cached_property
     def engine(self) -> OcrEngine:
         """Built on first use: the vlm agent needs OCR only to synthesise text tasks for bare folders."""

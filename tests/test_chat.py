@@ -14,6 +14,7 @@ from PIL import Image
 from pydantic import BaseModel
 
 from mmcof_gen.config import ConfigError
+from mmcof_gen.imaging import image_to_png_bytes
 from mmcof_gen.models.chat import (ChatError, ChatMessage, ChatModelConfig, OpenAIChat, ReplyError, chat_model,
                                    complete_json, endpoint_limiter)
 from mmcof_gen.testing.scripted_server import Reply, ScriptedServer
@@ -56,6 +57,23 @@ def test_images_arrive_as_png_data_urls_in_order_before_the_text():
         assert header == "data:image/png;base64"
         received = Image.open(io.BytesIO(base64.b64decode(payload)))
         assert received.size == sent.size and received.convert("RGB").tobytes() == sent.tobytes()
+
+
+def test_an_image_sent_with_every_call_is_encoded_once(monkeypatch):
+    encoded = []
+
+    def counting(image, **options):
+        encoded.append(image)
+        return image_to_png_bytes(image, **options)
+
+    monkeypatch.setattr("mmcof_gen.models.chat.image_to_png_bytes", counting)
+    frame = Image.new("RGB", (30, 20), (255, 0, 0))
+    with ScriptedServer([Reply("ok")] * 3) as server:
+        model = chat_model(openai_config(server))
+        for _ in range(3):
+            ask(model, [ChatMessage("user", "look", [frame])])
+    assert encoded == [frame]
+    assert server.requests[0]["messages"] == server.requests[2]["messages"]
 
 
 @pytest.mark.parametrize("fault", [

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import io
 import json
 import re
 import subprocess
 import sys
+import warnings
 from collections import defaultdict
 
 import numpy as np
@@ -19,12 +21,14 @@ from PIL import Image
 from mmcof_gen import cof_format
 from mmcof_gen.agent.search import PlannerAction, Roles, VlmSearchAgent, adjust_box, chain_boxes
 from mmcof_gen.agent.verify import as_option, box_hint
-from mmcof_gen.config import REPO_ROOT, AgentConfig
+from mmcof_gen.config import REPO_ROOT, AgentConfig, PipelineConfig
 from mmcof_gen.imaging import crop_zoom, frame_from_image, image_sha256
 from mmcof_gen.models.chat import ChatError, ChatModelConfig, chat_model
 from mmcof_gen.prompts import Prompts
 from mmcof_gen.schema import Provenance, Task, Trajectory, View
+from mmcof_gen.tasks.sources import GivenQuestion, ImageUnit
 from mmcof_gen.testing.scripted_server import Reply, ScriptedServer
+from mmcof_gen.worker import ImageWorker
 
 PROMPTS = Prompts(REPO_ROOT / "prompts" / "agent")
 EVIDENCE = [300, 200, 340, 230]   # frame pixels of the red sign
@@ -332,3 +336,41 @@ def test_a_configured_detector_plays_locator(tmp_path):
     assert [c.role for c in locate.calls] == ["planner"]  # the detector answered, no locator call
     assert locate.detections == owl.detect([(frame, ["the small sign"])])[0]
     assert len(locate.detections) == 3
+
+
+def test_a_closed_worker_is_collected_without_unclosed_connections_or_loop(tmp_path):
+    """A worker owns an event loop and chat clients; collected after close(), nothing is left open or scheduled on
+    a dead loop (dropped unclosed: unclosed-transport and -loop warnings, or "Event loop is closed" tracebacks when
+    another loop ran the clients' cleanup)."""
+    gc.collect()  # what earlier tests left unclosed is collected now, not below
+    picture().resize((896, 672), Image.NEAREST).save(tmp_path / "sign.png")
+    unit = ImageUnit(tmp_path / "sign.png", "sign.png", [GivenQuestion(
+        image="sign.png", question="What colour is the small sign?", answer="red", bbox=[600, 400, 680, 460])], "q")
+    with ScriptedServer(scripted_model()) as server:
+        config = PipelineConfig.model_validate({
+            "resolutions": [448], "prompts_dir": REPO_ROOT / "prompts" / "agent", "agent": {"kind": "vlm"},
+            "models": {"planner": {"base_url": server.url, "model": "scripted-model", "backoff_seconds": 0.01}}})
+        workers = [ImageWorker(config, PROMPTS, Provenance(package_version="0", config_hash="x"))]
+        with workers[0] as worker:
+            records = list(worker.process(unit, None, set()))
+        del worker
+    assert [r.status for r in records if isinstance(r, Trajectory)] == ["accepted"]
+
+    problems = []
+
+    async def collect_while_another_loop_runs() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda loop, context: problems.append(context))
+        workers.clear()
+        gc.collect()
+        await asyncio.sleep(0.05)  # whatever the collection scheduled on this loop runs now
+
+    hook, sys.unraisablehook = sys.unraisablehook, problems.append
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ResourceWarning)
+            asyncio.run(collect_while_another_loop_runs())
+            gc.collect()
+    finally:
+        sys.unraisablehook = hook
+    assert problems == []
+    assert [str(w.message) for w in caught if w.category is ResourceWarning] == []
