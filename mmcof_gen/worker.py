@@ -2,13 +2,19 @@
 
 A worker yields records as it finishes them (task list, trajectories, errors); the executor writes
 them, so a killed run loses at most the search in progress.
+
+A vlm worker runs every search on one event loop of its own, in a thread of its own: `process` may be
+called from several threads at once (a Ray agent actor works on many images), and all their searches
+share the loop and its model clients, so one worker keeps many requests in flight to the server.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Iterator
+import threading
+from collections.abc import Coroutine, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from functools import cached_property
 
 from PIL import Image
@@ -43,7 +49,7 @@ def truth_size(width: int, height: int, max_pixels: int) -> tuple[int, int]:
 
 
 class ImageWorker:
-    """Holds the models (one set per worker thread or actor) and turns images into records."""
+    """Holds the models (one set per local worker thread or Ray actor) and turns images into records."""
 
     def __init__(self, config: PipelineConfig, prompts: Prompts, provenance: Provenance,
                  shared_detector: Detector | None = None):
@@ -54,7 +60,9 @@ class ImageWorker:
         self.provenance = provenance
         if config.agent.kind == "vlm":
             self.agent = VlmSearchAgent(Roles.build(config.models, shared_detector), prompts, config.agent)
-            self.loop = asyncio.new_event_loop()  # one per worker (thread or actor): its searches run concurrently
+            self.loop = asyncio.new_event_loop()
+            self._loop_thread = threading.Thread(target=self.loop.run_forever, name="mmcof-agent-loop", daemon=True)
+            self._loop_thread.start()
         else:
             self.agent = OcrSearchAgent(self.engine, prompts, config.agent, config.ocr.min_read_height)
 
@@ -75,8 +83,13 @@ class ImageWorker:
         if "task_writer" in vars(self):  # built: its writer may be a model of its own
             models.add(self.task_writer.writer)
         for model in models:
-            self.loop.run_until_complete(model.aclose())
+            self._on_loop(model.aclose()).result()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._loop_thread.join()
         self.loop.close()
+
+    def _on_loop(self, coroutine: Coroutine) -> Future:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop)
 
     @cached_property
     def engine(self) -> OcrEngine:
@@ -129,7 +142,7 @@ class ImageWorker:
                           done: set[str]) -> Iterator[Record]:
         """Every pending (task, R) of the image searched concurrently on this worker's event loop; each
         record comes out as soon as its search finishes."""
-        searches: dict[asyncio.Task, tuple[Task, View]] = {}
+        searches: dict[Future, tuple[Task, View]] = {}
         for resolution, pending, frame in self._frames(unit, tasks, done):
             if isinstance(frame, Exception):
                 for task in pending:
@@ -137,15 +150,19 @@ class ImageWorker:
                 continue
             view = _view(frame, resolution, width, height)
             for task in pending:
-                searches[self.loop.create_task(self.agent.run(task, frame, view))] = (task, view)
-        while searches:
-            finished, _ = self.loop.run_until_complete(asyncio.wait(searches, return_when=asyncio.FIRST_COMPLETED))
-            for future in finished:
-                task, view = searches.pop(future)
-                try:
-                    yield self._trajectory(task, view, future.result())
-                except Exception as exc:  # a failed model call (retries spent) becomes an error record
-                    yield self._error(task, view.resolution, exc)
+                searches[self._on_loop(self.agent.run(task, frame, view))] = (task, view)
+        try:
+            while searches:
+                finished, _ = wait(searches, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    task, view = searches.pop(future)
+                    try:
+                        yield self._trajectory(task, view, future.result())
+                    except Exception as exc:  # a failed model call (retries spent) becomes an error record
+                        yield self._error(task, view.resolution, exc)
+        finally:
+            for future in searches:  # the caller stopped early (its run failed): no search goes on without it
+                future.cancel()
 
     def _frames(self, unit: ImageUnit, tasks: list[Task],
                 done: set[str]) -> Iterator[tuple[int, list[Task], Image.Image | Exception]]:
@@ -179,8 +196,8 @@ class ImageWorker:
             if self.config.tasks.kind == "vlm":
                 frame = make_frame(unit.path, max(self.config.resolutions), self.config.images.max_pixels)
                 try:
-                    made = self.loop.run_until_complete(self.task_writer.synthesize(image, frame, (width, height),
-                                                                                    unit.rel, sha))
+                    made = self._on_loop(self.task_writer.synthesize(image, frame, (width, height), unit.rel,
+                                                                     sha)).result()
                 except Exception as exc:  # a model out of reach: this image fails, the run goes on
                     return None, [ErrorRecord(id="tasks-" + short_hash(unit.rel), stage="tasks", image=unit.rel,
                                               reason=f"task synthesis: {_reason(exc)}")]

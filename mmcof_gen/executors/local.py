@@ -35,25 +35,31 @@ def run_local(
             status.image_finished()
 
     if workers == 1:
-        worker = make_worker()
-        for unit in units:
-            process(worker, unit)
+        with make_worker() as worker:
+            for unit in units:
+                process(worker, unit)
         return
 
     local = threading.local()
+    made: list[ImageWorker] = []
 
     def job(unit: ImageUnit) -> None:
         if not hasattr(local, "worker"):
             local.worker = make_worker()
+            made.append(local.worker)
         process(local.worker, unit)
 
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mmcof-worker") as pool:
-        in_flight: set[Future] = set()
-        for unit in units:
-            if len(in_flight) >= 2 * workers:
-                finished, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    future.result()
-            in_flight.add(pool.submit(job, unit))
-        for future in in_flight:
-            future.result()
+    try:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mmcof-worker") as pool:
+            in_flight: set[Future] = set()
+            for unit in units:
+                if len(in_flight) >= 2 * workers:
+                    finished, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        future.result()
+                in_flight.add(pool.submit(job, unit))
+            for future in in_flight:
+                future.result()
+    finally:
+        for worker in made:
+            worker.close()

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import queue
 import secrets
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -60,18 +59,16 @@ class IdLedger:
 
 
 class AgentActor:
-    """An agent worker: up to `max_concurrency` images at once, each on an `ImageWorker` of its own pool
-    (a worker owns an event loop, so it serves one image at a time; its searches run concurrently on it).
-    Writes what its workers make to its own shard of the run folder."""
+    """An agent worker: up to `max_concurrency` images at once (threads), all searches of all of them on the
+    one event loop of its `ImageWorker`, sharing its model clients. Writes what it makes to its own shard
+    of the run folder."""
 
     def __init__(self, config: PipelineConfig, prompts: Prompts, provenance: Provenance, detectors: list[str],
                  run_dir: Path, shard: str, ledger: str):
         """`detectors`, `ledger`: names of actors, looked up here (Ray warns that a restart may fail when
         constructor arguments live in the object store, as passed handles do)."""
         shared = ActorDetector([ray.get_actor(name) for name in detectors], _detector_name(config)) if detectors else None
-        self._make = lambda: ImageWorker(config, prompts, provenance, shared_detector=shared)
-        self._idle: queue.SimpleQueue[ImageWorker] = queue.SimpleQueue()
-        self._idle.put(self._make())  # a worker that cannot be built fails the run at its start, not per image
+        self._worker = ImageWorker(config, prompts, provenance, shared_detector=shared)
         self._store = RunStore.open_shard(run_dir, shard)
         self._ledger = ray.get_actor(ledger)
 
@@ -80,19 +77,12 @@ class AgentActor:
 
     def process(self, unit: ImageUnit, cached: ImageTasks | None, done: set[str]):
         """The records of one image, each written to this actor's shard and then streamed (a Ray generator)."""
-        try:
-            worker = self._idle.get_nowait()
-        except queue.Empty:
-            worker = self._make()
-        try:
-            for record in worker.process(unit, cached, done):
-                if isinstance(record, (Trajectory, ErrorRecord)) and not ray.get(
-                        self._ledger.claim.remote(unit.rel, record.id)):
-                    continue  # a copy of this image (the same bytes at another path) has it
-                self._store.append(record)
-                yield record
-        finally:
-            self._idle.put(worker)
+        for record in self._worker.process(unit, cached, done):
+            if isinstance(record, (Trajectory, ErrorRecord)) and not ray.get(
+                    self._ledger.claim.remote(unit.rel, record.id)):
+                continue  # a copy of this image (the same bytes at another path) has it
+            self._store.append(record)
+            yield record
 
 
 def run_ray(

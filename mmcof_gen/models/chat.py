@@ -95,7 +95,8 @@ class ChatModelConfig(BaseModel):
     # openai backend
     base_url: str = Field("http://localhost:8000/v1", description="OpenAI-compatible endpoint, ending in /v1")
     api_key_env: str | None = Field(None, description="env var holding the API key; none: a dummy key (vLLM)")
-    max_concurrency: int = Field(16, ge=1, description="requests in flight from one worker")
+    max_concurrency: int = Field(64, ge=1, description="requests in flight from one worker (a local worker "
+                                                       "thread, or a Ray agent actor over all its images)")
     timeout: float = Field(120.0, gt=0, description="seconds per request")
     max_retries: int = Field(4, ge=0, description="retries on 429/5xx/timeouts/connection errors")
     backoff_seconds: float = Field(1.0, ge=0, description="first backoff; doubles per retry, with jitter")
