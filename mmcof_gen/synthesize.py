@@ -86,10 +86,10 @@ def synthesize(
     """Run (or resume) a synthesis into `out_dir`; returns the run's stats."""
     console = console or Console(stderr=True)
     prompts = Prompts(config.prompts_dir)
-    hashes = prompts.hashes
+    # the task prompts (text questions, or the vlm task writer's) are hashed whichever agent searches
+    hashes = {**prompts.hashes, **{f"tasks/{name}": digest for name, digest in task_prompts(config).hashes.items()}}
     models = MODELS if config.agent.kind == "ocr" else role_models(config.models)
     if config.tasks.kind == "vlm":
-        hashes = {**hashes, **{f"tasks/{name}": digest for name, digest in task_prompts(config).hashes.items()}}
         writer = config.models.task_writer or config.models.planner
         models = {**models, "task_writer": writer.name}
     fingerprint = config.fingerprint() + "-" + Prompts.combined_hash(hashes)

@@ -13,9 +13,9 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from functools import cached_property
+from typing import Any
 
 from PIL import Image
 
@@ -58,6 +58,9 @@ class ImageWorker:
         self.config = config
         self.prompts = prompts
         self.provenance = provenance
+        self.task_prompts = task_prompts(config)
+        self._parts: dict[str, Any] = {}  # built on first use (`_built`)
+        self._building = threading.Lock()
         if config.agent.kind == "vlm":
             self.agent = VlmSearchAgent(Roles.build(config.models, shared_detector), prompts, config.agent)
             self.loop = asyncio.new_event_loop()
@@ -80,7 +83,7 @@ class ImageWorker:
             return
         roles = self.agent.roles
         models = {roles.planner, roles.reader, roles.locator, roles.judge, roles.summariser} - {None}
-        if "task_writer" in vars(self):  # built: its writer may be a model of its own
+        if "task_writer" in self._parts:  # built: its writer may be a model of its own
             models.add(self.task_writer.writer)
         for model in models:
             self._on_loop(model.aclose()).result()
@@ -91,11 +94,18 @@ class ImageWorker:
     def _on_loop(self, coroutine: Coroutine) -> Future:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop)
 
-    @cached_property
+    def _built(self, name: str, build: Callable[[], Any]) -> Any:
+        """A part made on first use, once, though a Ray actor calls `process` from several threads."""
+        with self._building:
+            if name not in self._parts:
+                self._parts[name] = build()
+            return self._parts[name]
+
+    @property
     def engine(self) -> OcrEngine:
         """Built on first use: the vlm agent needs OCR only to synthesise text tasks for bare folders."""
-        ocr = self.config.ocr
-        return OcrEngine(ocr.tile_size, ocr.tile_overlap, ocr.min_score, self.config.executor.ocr_threads_per_worker())
+        ocr, threads = self.config.ocr, self.config.executor.ocr_threads_per_worker()
+        return self._built("engine", lambda: OcrEngine(ocr.tile_size, ocr.tile_overlap, ocr.min_score, threads))
 
     def process(self, unit: ImageUnit, cached: ImageTasks | None, done: set[str]) -> Iterator[Record]:
         if unit.skipped is not None:
@@ -177,12 +187,16 @@ class ImageWorker:
                 frame = exc
             yield resolution, pending, frame
 
-    @cached_property
+    @property
     def task_writer(self) -> TaskWriter:
         """tasks.kind vlm: the worker's reader and detector check and propose; the writer defaults to the planner."""
         roles, models = self.agent.roles, self.config.models
-        writer = chat_model(models.task_writer) if models.task_writer else roles.planner
-        return TaskWriter(writer, roles.reader, roles.detector, task_prompts(self.config), self.prompts, self.config)
+
+        def build() -> TaskWriter:
+            writer = chat_model(models.task_writer) if models.task_writer else roles.planner
+            return TaskWriter(writer, roles.reader, roles.detector, self.task_prompts, self.prompts, self.config)
+
+        return self._built("task_writer", build)
 
     def _tasks(self, unit: ImageUnit, sha: str, width: int,
                height: int) -> tuple[ImageTasks | None, list[ErrorRecord]]:
@@ -204,7 +218,7 @@ class ImageWorker:
                 return record.model_copy(update={"tasks": made.tasks, "rejected": made.rejected,
                                                  "calls": made.calls}), []
             hits = self.engine.read(image)
-            record.tasks = synthesize_text_tasks(hits, size, (width, height), unit.rel, sha, self.prompts,
+            record.tasks = synthesize_text_tasks(hits, size, (width, height), unit.rel, sha, self.task_prompts,
                                                  self.config.tasks)
             return record, []
         tasks: dict[str, Task] = {}

@@ -4,15 +4,15 @@ from mmcof_gen.agent.verify import normalize_text, verify_answer
 from mmcof_gen.config import DEFAULT_CONFIG, ConfigError, load_config
 from mmcof_gen.positions import cell_box, cell_named, cell_of, position_name
 from mmcof_gen.prompts import Prompts
+from mmcof_gen.tasks.synthesis import task_prompts
 
 
 def test_default_pipeline_loads_with_its_prompts():
     config = load_config(DEFAULT_CONFIG)
     assert config.resolutions == [448, 672, 1024, 1920]
-    prompts = Prompts(config.prompts_dir)
-    assert prompts.render("question_text", position="bottom left") == (
+    assert set(Prompts(config.prompts_dir).hashes) >= {"think_direct", "think_answer"}
+    assert task_prompts(config).render("question_text", position="bottom left") == (
         "What does the small text in the bottom left part of the image say?")
-    assert set(prompts.hashes) >= {"question_text", "think_direct", "think_answer"}
 
 
 def test_fingerprint_ignores_executor_but_not_resolutions():

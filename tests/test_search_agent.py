@@ -12,11 +12,12 @@ import subprocess
 import sys
 import warnings
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 import yaml
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from mmcof_gen import cof_format
 from mmcof_gen.agent.search import PlannerAction, Roles, VlmSearchAgent, adjust_box, chain_boxes
@@ -24,9 +25,10 @@ from mmcof_gen.agent.verify import as_option, box_hint
 from mmcof_gen.config import REPO_ROOT, AgentConfig, PipelineConfig
 from mmcof_gen.imaging import crop_zoom, frame_from_image, image_sha256
 from mmcof_gen.models.chat import ChatError, ChatModelConfig, chat_model
+from mmcof_gen.models.ocr import OcrEngine
 from mmcof_gen.prompts import Prompts
 from mmcof_gen.schema import Provenance, Task, Trajectory, View
-from mmcof_gen.tasks.sources import GivenQuestion, ImageUnit
+from mmcof_gen.tasks.sources import GivenQuestion, ImageUnit, folder_source
 from mmcof_gen.testing.scripted_server import Reply, ScriptedServer
 from mmcof_gen.worker import ImageWorker
 
@@ -374,3 +376,50 @@ def test_a_closed_worker_is_collected_without_unclosed_connections_or_loop(tmp_p
         sys.unraisablehook = hook
     assert problems == []
     assert [str(w.message) for w in caught if w.category is ResourceWarning] == []
+
+
+def test_one_worker_serves_images_from_several_threads_and_builds_its_ocr_engine_once(tmp_path, monkeypatch):
+    """A Ray agent actor calls `process` from a thread per image: the searches share the worker's event loop, the
+    OCR engine (text tasks of bare images) is built once, and the records are those of one image at a time."""
+    built = []
+
+    class CountedEngine(OcrEngine):
+        def __init__(self, *args):
+            built.append(args)
+            super().__init__(*args)
+
+    monkeypatch.setattr("mmcof_gen.worker.OcrEngine", CountedEngine)
+    (tmp_path / "images").mkdir()
+    for index, text in enumerate(["GATE 7", "CAFE 9", "EXIT 42B", "BUS 12"]):
+        image = Image.new("RGB", (900, 700), (120, 140, 160))
+        draw = ImageDraw.Draw(image)
+        draw.rectangle((40, 580, 360, 650), fill=(255, 255, 255))
+        draw.text((52, 588), text, fill=(0, 0, 0), font=ImageFont.load_default(size=44))
+        image.save(tmp_path / "images" / f"img{index}.png")
+    units = list(folder_source(tmp_path / "images").units)
+
+    def unsure(body: dict) -> Reply:
+        name = body["response_format"]["json_schema"]["name"]
+        if name == "ReaderReply":
+            return Reply('{"answer": "unsure"}')
+        if name == "Targets":
+            return Reply('{"missing": ["the text"]}')
+        return action(thought="Done.", action="answer", answer="unsure")
+
+    with ScriptedServer(unsure) as server:
+        config = PipelineConfig.model_validate({
+            "resolutions": [448], "prompts_dir": REPO_ROOT / "prompts" / "agent", "agent": {"kind": "vlm"},
+            "models": {"planner": {"base_url": server.url, "model": "scripted-model"}}})
+        provenance = Provenance(package_version="0", config_hash="x")
+        with ImageWorker(config, PROMPTS, provenance) as worker, ThreadPoolExecutor(4) as threads:
+            together = list(threads.map(lambda unit: list(worker.process(unit, None, set())), units))
+        assert len(built) == 1
+        with ImageWorker(config, PROMPTS, provenance) as worker:
+            alone = [list(worker.process(unit, None, set())) for unit in units]
+
+    def outcome(records: list) -> list:
+        return sorted((r.id, getattr(r, "status", None)) for r in records)
+
+    assert [outcome(records) for records in together] == [outcome(records) for records in alone]
+    searched = [(len(records[0].tasks), sum(isinstance(r, Trajectory) for r in records)) for records in together]
+    assert all(tasks == trajectories for tasks, trajectories in searched) and sum(t for t, _ in searched) >= 3

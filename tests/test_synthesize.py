@@ -78,7 +78,7 @@ def test_ids_are_deterministic_and_a_rerun_adds_nothing(scene_run, scene_dir):
     manifest = json.loads((scene_run / "manifest.json").read_text())
     assert manifest["counts"]["accepted"] == stats["accepted"]
     assert manifest["versions"]["rapidocr-onnxruntime"] != "not installed"
-    assert set(manifest["prompts"]) >= {"question_text", "think_answer"}
+    assert set(manifest["prompts"]) >= {"tasks/question_text", "think_answer"}
 
 
 def _text_image(size, text="EXIT 42B", mode="RGB") -> Image.Image:

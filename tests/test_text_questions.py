@@ -1,9 +1,9 @@
 from mmcof_gen.config import DEFAULT_CONFIG, TextTasksConfig, load_config
 from mmcof_gen.models.ocr import TextHit
-from mmcof_gen.prompts import Prompts
+from mmcof_gen.tasks.synthesis import task_prompts
 from mmcof_gen.tasks.text_questions import synthesize_text_tasks
 
-PROMPTS = Prompts(load_config(DEFAULT_CONFIG).prompts_dir)
+PROMPTS = task_prompts(load_config(DEFAULT_CONFIG))
 
 
 def _tasks(hits, size=(3000, 2000), original=(6000, 4000)):
