@@ -285,6 +285,18 @@ def test_detector_actor_batches_concurrent_requests_and_answers_like_the_model(t
     assert sizes == [4, 4]
 
 
+def test_a_detector_actor_given_a_gpu_loads_on_the_device_ray_shows_it(monkeypatch, tiny_owl):
+    """Ray numbers an actor's GPUs from 0, so `cuda:1` in the config becomes `cuda` inside an actor given a GPU
+    (no GPU here: the model builder records the device it is asked for)."""
+    devices = []
+    monkeypatch.setattr("mmcof_gen.executors.detectors.detector", lambda config: devices.append(config.device))
+    DetectorActor(tiny_owl.model_copy(update={"device": "cuda:1"}), 0.005)  # this process holds no GPU: as given
+    monkeypatch.setattr(ray, "get_gpu_ids", lambda: [1])
+    DetectorActor(tiny_owl.model_copy(update={"device": "cuda:1"}), 0.005)
+    DetectorActor(tiny_owl.model_copy(update={"device": "cpu"}), 0.005)
+    assert devices == ["cuda:1", "cuda", "cpu"]
+
+
 def test_vlm_locate_goes_through_the_shared_detector_actor(tmp_path, tiny_owl):
     evidence = [300, 200, 340, 230]
     script = {"ReaderReply": [Reply('{"answer": "blue"}'), Reply('{"answer": "red"}')],

@@ -27,6 +27,9 @@ class DetectorActor:
     """An async Ray actor around one `models.detect.Detector`; `detect` answers one request, batched with others."""
 
     def __init__(self, config: DetectorConfig, window_seconds: float):
+        if config.device.startswith("cuda:") and ray.get_gpu_ids():
+            # Ray shows an actor only the GPUs it was given, numbered from 0: `cuda:1` would name one it cannot see
+            config = config.model_copy(update={"device": "cuda"})
         self.detector = detector(config)
         self.batch_size = config.batch_size
         self.window_seconds = window_seconds
