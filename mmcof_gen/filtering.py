@@ -2,8 +2,8 @@
 
 Reads a run folder (or a filtered one) and writes a new folder with the same layout, so every reader
 (stats, export, view) takes both: `manifest.json` (copied, plus a `filter` block), `tasks.jsonl`
-(every task file of the run, as one), `trajectories.jsonl` (the kept records, unchanged) and `filter_report.json`. The input is
-never modified.
+(every task file of the run, as one), `trajectories.jsonl` (the kept records, unchanged) and
+`filter_report.json`. The input is never modified.
 
 Rules run in a fixed order and a record is dropped by the first one it fails, with that rule's exact
 reason; balance runs last, on the survivors, by seeded down-sampling (the same input and config always
@@ -30,7 +30,7 @@ from mmcof_gen.imaging import box_area, scale_box, validate_box, zoom_region
 from mmcof_gen.replay import FrameSource, ReplayError, chain_crops
 from mmcof_gen.schema import ImageTasks, Trajectory
 from mmcof_gen.stats import run_stats
-from mmcof_gen.store import MANIFEST, TASKS, RunStore, StoreError, remove_temporaries, write_json_atomic
+from mmcof_gen.store import MANIFEST, TASKS, RunStore, StoreError, claim_out_dir, write_json_atomic
 from mmcof_gen.tasks.exclusion import load_exclusions
 
 REPORT = "filter_report.json"
@@ -212,7 +212,8 @@ def filter_run(run_dir: Path, out_dir: Path, config: FilterConfig) -> dict:
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     source = RunStore(run_dir)
     manifest = source.manifest()
-    _check_out_dir(run_dir, out_dir)
+    claim_out_dir(run_dir, out_dir, MARKER, earlier="filter output",
+                  is_input="input folder; filter never modifies its input, pass a new folder")
 
     rules: list[tuple[str, Rule]] = []
     if config.verified:
@@ -267,16 +268,6 @@ def filter_run(run_dir: Path, out_dir: Path, config: FilterConfig) -> dict:
     # The manifest is written last: a folder without it is an interrupted filter, never a usable one.
     write_json_atomic(out_dir / MANIFEST, {**manifest, "filter": filter_block, "counts": run_stats(store)})
     return report
-
-
-def _check_out_dir(run_dir: Path, out_dir: Path) -> None:
-    if out_dir.resolve() == run_dir.resolve():
-        raise StoreError(f"--out {out_dir} is the input folder; filter never modifies its input, pass a new folder")
-    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / MARKER).exists():
-        raise StoreError(f"--out {out_dir} is not empty and holds no earlier filter output; pass a new or empty folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / MARKER).touch()  # marks the folder as ours, so an interrupted filter can be re-run into it
-    remove_temporaries(out_dir)  # what an interrupted filter was writing; it is written again
 
 
 def _write_kept(source: RunStore, out_dir: Path, dropped: dict[int, tuple[str, str, str]]) -> None:

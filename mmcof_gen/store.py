@@ -96,6 +96,25 @@ def remove_temporaries(folder: Path, name: str = "*") -> None:
         stale.unlink(missing_ok=True)
 
 
+def claim_out_dir(run_dir: Path, out_dir: Path, marker: str, *, is_input: str, earlier: str) -> None:
+    """Make `out_dir` the output folder of a command reading `run_dir` (filter, export): never its input and
+    never a folder someone else filled. A folder holding `marker` is this command's earlier output (an
+    interrupted run): it is taken again, and what that run was writing (its temporaries) removed.
+
+    `is_input`: the end of the refusal when `out_dir` is `run_dir`; `earlier`: what the marker stands for.
+    """
+    if out_dir.resolve() == run_dir.resolve():
+        raise StoreError(f"--out {out_dir} is the {is_input}")
+    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / marker).exists():
+        raise StoreError(f"--out {out_dir} is not empty and holds no earlier {earlier}; pass a new or empty folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"cannot create --out {out_dir}: {exc.strerror}") from None
+    (out_dir / marker).write_text(json.dumps({"source": str(run_dir.resolve())}) + "\n", encoding="utf-8")
+    remove_temporaries(out_dir)
+
+
 def unwritable(folder: Path, exc: OSError) -> StoreError:
     """The one-line error of a full disk or a read-only folder; what was written stays and is resumed."""
     return StoreError(f"cannot write to {folder}: {exc.strerror or exc}; free space or fix permissions, "

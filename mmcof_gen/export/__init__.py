@@ -8,7 +8,6 @@ them), write one record per sample in the chosen format, count tokens, then writ
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 
@@ -19,7 +18,8 @@ from mmcof_gen.export.card import dataset_card
 from mmcof_gen.export.files import IMAGES_DIR, ImageFiles, RecordWriter
 from mmcof_gen.imaging import image_to_png_bytes
 from mmcof_gen.replay import FrameSource, ReplayError, chain_crops
-from mmcof_gen.store import RunStore, StoreError, remove_temporaries, write_bytes_atomic, write_json_atomic
+from mmcof_gen.store import (RunStore, StoreError, claim_out_dir, remove_temporaries, write_bytes_atomic,
+                             write_json_atomic)
 
 FORMATS: dict[str, ExportFormat] = {f.name: f for f in (sharegpt.FORMAT, qwen.FORMAT, parquet.FORMAT, v1.FORMAT,
                                                          swift.FORMAT)}
@@ -131,14 +131,5 @@ def _licence_files(images_root: Path) -> list[str]:
 
 def _prepare_out_dir(run_dir: Path, out_dir: Path) -> None:
     """Refuse the input folder and foreign folders; a folder marked as an export may be exported into again."""
-    if out_dir.resolve() == run_dir.resolve():
-        raise StoreError(f"--out {out_dir} is the run folder; pass a new folder for the export")
-    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / MARKER).exists():
-        raise StoreError(f"--out {out_dir} is not empty and holds no earlier export; pass a new or empty folder")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StoreError(f"cannot create --out {out_dir}: {exc.strerror}") from None
-    (out_dir / MARKER).write_text(json.dumps({"source": str(run_dir.resolve())}) + "\n", encoding="utf-8")
-    for folder in (out_dir, out_dir / IMAGES_DIR):
-        remove_temporaries(folder)  # what an interrupted export was writing; it is written again
+    claim_out_dir(run_dir, out_dir, MARKER, is_input="run folder; pass a new folder for the export", earlier="export")
+    remove_temporaries(out_dir / IMAGES_DIR)  # what an interrupted export was writing; it is written again
