@@ -191,7 +191,7 @@ def test_synthesize_questions_file_end_to_end_refuses_a_question_outside_the_fol
     assert (task.image, task.question, task.answer, task.gt_boxes) == ("a.png", "What does the sign say?", "EXIT",
                                                                        [(10, 10, 50, 30)])
     reasons = sorted(e.reason for e in read_jsonl(out / "errors.jsonl", ErrorRecord))
-    assert reasons == [f"tasks.jsonl:2: image '../secret.png' points outside the images folder; refused",
+    assert reasons == ["tasks.jsonl:2: image '../secret.png' points outside the images folder; refused",
                        f"tasks.jsonl:3: image {str(tmp_path / 'secret.png')!r} points outside the images folder; refused"]
     assert json.loads((out / "manifest.json").read_text())["inputs"]["source"] == "questions"
 
