@@ -104,8 +104,9 @@ class ImageWorker:
     @property
     def engine(self) -> OcrEngine:
         """Built on first use: the vlm agent needs OCR only to synthesise text tasks for bare folders."""
-        ocr, threads = self.config.ocr, self.config.executor.ocr_threads_per_worker()
-        return self._built("engine", lambda: OcrEngine(ocr.tile_size, ocr.tile_overlap, ocr.min_score, threads))
+        ocr, executor = self.config.ocr, self.config.executor
+        return self._built("engine", lambda: OcrEngine(ocr.tile_size, ocr.tile_overlap, ocr.min_score,
+                                                       executor.ocr_threads_per_worker()))
 
     def process(self, unit: ImageUnit, cached: ImageTasks | None, done: set[str]) -> Iterator[Record]:
         if unit.skipped is not None:
