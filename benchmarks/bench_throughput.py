@@ -38,7 +38,8 @@ import ray
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from mmcof_gen.config import REPO_ROOT, PipelineConfig, load_config
+from mmcof_gen import resources
+from mmcof_gen.config import PipelineConfig, load_config
 from mmcof_gen.executors.detectors import ActorDetector, DetectorActor
 from mmcof_gen.executors.ray import run_ray
 from mmcof_gen.models.chat import ChatModelConfig
@@ -48,8 +49,8 @@ from mmcof_gen.schema import Provenance, Trajectory
 from mmcof_gen.store import RunStore
 from mmcof_gen.synthesize import synthesize
 from mmcof_gen.tasks.sources import GivenQuestion, ImageUnit
-from mmcof_gen.testing.scripted_server import Reply, ScriptedServer
-from mmcof_gen.testing.tiny_models import build_tiny_owlv2
+from tests.support.scripted_server import Reply, ScriptedServer
+from tests.support.tiny_models import build_tiny_owlv2
 from mmcof_gen.worker import ImageWorker
 
 DELAY = 0.2
@@ -127,7 +128,7 @@ def concurrency(url: str, folder: Path, levels: list[int], rounds: int) -> None:
     first = None
     for in_flight in levels:
         config = PipelineConfig.model_validate({
-            "resolutions": [FRAME], "prompts_dir": REPO_ROOT / "prompts" / "agent", "agent": {"kind": "vlm"},
+            "resolutions": [FRAME], "prompts_dir": resources.prompts("agent"), "agent": {"kind": "vlm"},
             "executor": {"kind": "ray", "workers": 2, "max_in_flight": in_flight}, "models": {"planner": planner}})
         prompts, provenance = Prompts(config.prompts_dir), Provenance(package_version="0", config_hash="bench")
         count = max(8, rounds * in_flight)

@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from mmcof_gen import extras, resources
 from mmcof_gen.config import ConfigError, load_config
 from mmcof_gen.store import RunStore, StoreError
 
@@ -55,7 +56,8 @@ def synthesize(
     images: Annotated[Path, typer.Option(help="Folder of images (searched recursively).", exists=True,
                                          file_okay=False, dir_okay=True, readable=True)],
     out: Annotated[Path, typer.Option(help="Run folder; re-running the same command resumes it.")] = Path("outputs/run"),
-    config: Annotated[Optional[Path], typer.Option(help="Pipeline YAML (default: pipelines/default.yaml).")] = None,
+    config: Annotated[Optional[str], typer.Option(
+        help="Pipeline YAML file, or the name of a shipped pipeline (`mmcof-gen pipelines`; default: default).")] = None,
     questions: Annotated[Optional[Path], typer.Option(
         help="JSONL of questions (image, question, options?, answer?, bbox?); image paths relative to --images.",
         exists=True, dir_okay=False)] = None,
@@ -103,6 +105,7 @@ def synthesize(
         raise UserError(f"synthesize: --source {source.value} is for --images without --questions or --coco")
     if exclude:
         pipeline.tasks.exclude = exclude.resolve()
+    extras.require_pipeline(pipeline)
     kind = "questions" if questions else "coco" if coco else source.value
     stats = run(pipeline, images, out, questions=questions, limit=limit, coco=coco, source_kind=kind)
     typer.echo(f"{stats['accepted']} accepted ({stats['direct']} direct, {stats['zoom']} zoom), "
@@ -142,8 +145,8 @@ def filter_command(
     run_dir: Annotated[Path, typer.Argument(help="A run folder (synthesize) or a filtered folder.",
                                             exists=True, file_okay=False)],
     out: Annotated[Path, typer.Option(help="New folder for the kept trajectories (same layout as a run).")],
-    config: Annotated[Optional[Path], typer.Option(
-        help="Pipeline YAML whose `filter:` section sets the rules (default: pipelines/default.yaml).")] = None,
+    config: Annotated[Optional[str], typer.Option(
+        help="Pipeline YAML (file or shipped name) whose `filter:` section sets the rules (default: default).")] = None,
     exclude: Annotated[Optional[Path], typer.Option(
         help="Contamination list (one image sha256, file name or stem per line); overrides filter.exclude_file.",
         exists=True, dir_okay=False)] = None,
@@ -279,15 +282,15 @@ def finetune(
     save_steps: Annotated[Optional[int], typer.Option(min=1, help="Checkpoint every N steps.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in --out.")] = False,
     merge: Annotated[bool, typer.Option(help="Also write the base model with the LoRA adapter merged (OUT/merged).")] = False,
-    config: Annotated[Optional[Path], typer.Option(help="Fine-tune YAML (default: pipelines/finetune.yaml, the CoF "
-                                                        "recipe); flags override it.")] = None,
+    config: Annotated[Optional[str], typer.Option(help="Fine-tune YAML file or shipped name (default: finetune, the "
+                                                       "CoF recipe); flags override it.")] = None,
     emit_llamafactory: Annotated[Optional[Path], typer.Option(
         help="Do not train: write a LLaMA-Factory YAML and dataset_info.json with the same settings into this folder.",
         file_okay=False)] = None,
 ) -> None:
     """Fine-tune Qwen2.5-VL on exported chains (labels on assistant turns only). Multi-GPU: `accelerate launch
     --config_file pipelines/finetune/accelerate_zero3.yaml -m mmcof_gen.cli finetune ...`."""
-    from mmcof_gen.finetune.train import finetune as run, load_finetune_config
+    from mmcof_gen.finetune.settings import load_finetune_config
 
     settings = load_finetune_config(
         config, data=data, model=model, out=out, method=None if lora is None else ("lora" if lora else "full"),
@@ -299,6 +302,10 @@ def finetune(
 
         typer.echo(f"wrote {emit(settings, emit_llamafactory)} and {emit_llamafactory / 'dataset_info.json'}")
         return
+    extras.require("hf", "finetune (training; --emit-llamafactory needs no extra)")
+    extras.require("data", "finetune (its loss.png)", ("matplotlib",))
+    from mmcof_gen.finetune.train import finetune as run
+
     report = run(settings)
     if report:  # the main process of a multi-GPU run
         typer.echo(f"{report['global_step']} steps, loss {report['first_loss']:.4g} -> {report['last_loss']:.4g}; "
@@ -338,6 +345,7 @@ def eval_(
     if judge_endpoint and not judge_model:
         raise UserError("eval: --judge-endpoint needs --judge-model NAME")
     if model:
+        extras.require("hf", "eval --model (in-process; or serve it and pass --endpoint)")
         chat = ChatModelConfig(backend="transformers", model=model)
     else:
         chat = ChatModelConfig(backend="openai", base_url=endpoint, model=served_model, api_key_env=api_key_env,
@@ -362,6 +370,22 @@ def eval_(
     typer.echo(f"results in {out} (results.jsonl, report.json, report.png)")
 
 
+@app.command()
+def pipelines(
+    show: Annotated[Optional[str], typer.Option(help="Print this shipped pipeline's YAML (to start a copy from).")] = None,
+) -> None:
+    """List the shipped pipelines with their descriptions; `--config NAME` uses one, `--show NAME` prints it."""
+    shipped = resources.pipelines()
+    if show is not None:
+        if show not in shipped:
+            raise UserError(f"pipelines --show {show}: no shipped pipeline of that name; one of: {', '.join(shipped)}")
+        typer.echo(shipped[show].read_text(encoding="utf-8"), nl=False)
+        return
+    width = max(map(len, shipped))
+    for name, path in shipped.items():
+        typer.echo(f"{name:<{width}}  {resources.description(path)}")
+
+
 def main() -> None:
     """Console entry point: user errors are one line on stderr with exit code 2, never a traceback."""
     try:
@@ -369,8 +393,12 @@ def main() -> None:
     except UsageError as exc:
         command = exc.ctx.command_path if exc.ctx else "mmcof-gen"
         _fail(f"{command}: {exc.format_message()} (see '{command} --help')", 2)
-    except (ConfigError, StoreError, UserError) as exc:
+    except (ConfigError, StoreError, UserError, extras.MissingExtra) as exc:
         _fail(f"mmcof-gen: {exc}", 2)
+    except ModuleNotFoundError as exc:  # an optional import not guarded by extras.require
+        if (extra := extras.extra_of(exc.name)) is None:
+            raise
+        _fail(f"mmcof-gen: {extras.missing(extra, ' '.join(sys.argv[1:2]) or 'this command')}", 2)
     except typer.Abort:
         _fail("mmcof-gen: interrupted; re-run the same command to resume", 130)
     sys.exit(code or 0)

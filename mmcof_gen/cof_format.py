@@ -1,4 +1,4 @@
-"""The chain-of-focus sample format (shared/cof-format.md): what export writes, finetune trains on and
+"""The chain-of-focus sample format (docs/format.md): what export writes, finetune trains on and
 eval speaks, so that our data and the published CoF checkpoints are interchangeable.
 
 The system prompt and the format suffix are files in `prompts/cof/`, byte-identical to the CoF
@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
-
+from mmcof_gen import resources
 from mmcof_gen.schema import Box, Trajectory
 
-_PROMPTS = Path(__file__).resolve().parent.parent / "prompts" / "cof"
+_PROMPTS = resources.prompts("cof")
 SYSTEM_PROMPT = (_PROMPTS / "system.txt").read_text(encoding="utf-8").removesuffix("\n")
 FORMAT_SUFFIX = "\n" + (_PROMPTS / "format_suffix.txt").read_text(encoding="utf-8").removesuffix("\n")
 TOOL_NAME = "image_zoom_in_tool"

@@ -1,4 +1,5 @@
-"""Pipeline configuration: pydantic models loaded from `pipelines/*.yaml`, overridable by CLI flags.
+"""Pipeline configuration: pydantic models loaded from a pipeline YAML (a file, or the name of one shipped in
+`mmcof_gen/resources/pipelines/`), overridable by CLI flags.
 
 Everything a worker needs travels in one `PipelineConfig` object (never in environment variables),
 so the local and the Ray executor see the same settings.
@@ -15,12 +16,12 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from mmcof_gen import resources
 from mmcof_gen.models.chat import ChatModelConfig
 from mmcof_gen.models.detect import DetectorConfig
 from mmcof_gen.schema import invalid_fields
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG = REPO_ROOT / "pipelines" / "default.yaml"
+DEFAULT_CONFIG = resources.PIPELINES / "default.yaml"
 
 
 class ConfigError(ValueError):
@@ -71,7 +72,7 @@ class TaskSynthesisConfig(Section):
     write a question with ground truth, keep it only if it needs a zoom (tasks/synthesis.py)."""
 
     prompts_dir: Path | None = Field(None, description="templates propose/describe/write_question; relative to the "
-                                                       "YAML file; none: prompts/tasks of this package")
+                                                       "YAML file; none: the shipped prompts/tasks")
     question_types: list[QuestionType] = Field(default_factory=lambda: ["attribute", "position", "text", "counting"],
                                                min_length=1, description="what the writer may ask")
     tiles: int = Field(2, ge=1, le=4, description="the image is shown to the proposer as tiles x tiles parts")
@@ -174,7 +175,8 @@ class FilterConfig(Section):
 class PipelineConfig(Section):
     name: str = "default"
     resolutions: list[int] = Field(default_factory=lambda: [448, 672, 1024, 1920])
-    prompts_dir: Path = Path("../prompts/template")
+    prompts_dir: Path | None = Field(None, description="the agent's templates; relative to the YAML file; none: the "
+                                                      "shipped prompts/template (agent.kind ocr) or prompts/agent (vlm)")
     images: ImagesConfig = Field(default_factory=ImagesConfig)
     ocr: OcrConfig = Field(default_factory=OcrConfig)
     tasks: TasksConfig = Field(default_factory=TasksConfig)
@@ -191,9 +193,12 @@ class PipelineConfig(Section):
     @model_validator(mode="after")
     def _vlm_has_a_planner(self) -> PipelineConfig:
         if self.agent.kind == "vlm" and self.models.planner is None:
-            raise ValueError("agent.kind vlm needs models.planner (a ChatModelConfig); see pipelines/vllm-qwen2.5-vl.yaml")
+            raise ValueError("agent.kind vlm needs models.planner (a ChatModelConfig); see "
+                             "`mmcof-gen pipelines --show vllm-qwen2.5-vl`")
         if self.tasks.kind == "vlm" and self.agent.kind != "vlm":
             raise ValueError("tasks.kind vlm synthesises with the model roles: it needs agent.kind vlm")
+        if self.prompts_dir is None:
+            self.prompts_dir = resources.prompts("agent" if self.agent.kind == "vlm" else "template")
         return self
 
     def fingerprint(self) -> str:
@@ -205,24 +210,38 @@ class PipelineConfig(Section):
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def load_config(path: Path | None = None) -> PipelineConfig:
-    """Read a pipeline YAML; a relative `prompts_dir` is taken relative to the YAML file."""
-    path = Path(path) if path else DEFAULT_CONFIG
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist; pass --config with a file from pipelines/")
+def pipeline_file(value: Path | str | None, default: Path = DEFAULT_CONFIG) -> Path:
+    """`--config`: a YAML file, or the name of a shipped pipeline (`mmcof-gen pipelines` lists them)."""
+    if value is None:
+        return default
+    if Path(value).is_file():
+        return Path(value)
+    shipped = resources.pipelines()
+    if str(value) in shipped:
+        return shipped[str(value)]
+    raise ConfigError(f"--config {value}: no such file or shipped pipeline; pass a YAML file or one of: "
+                      f"{', '.join(shipped)}")
+
+
+def load_config(path: Path | str | None = None) -> PipelineConfig:
+    """Read a pipeline YAML (a file or a shipped name). A relative `prompts_dir` is taken relative to the
+    YAML file, an absolute one as is; without one the shipped prompts of the agent's kind are used."""
+    path = pipeline_file(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        for section in (data, (data.get("tasks") or {}).get("synthesis") or {}):
+            if isinstance(section, dict) and section.get("prompts_dir") is not None:
+                section["prompts_dir"] = (path.parent / section["prompts_dir"]).resolve()
         config = PipelineConfig.model_validate(data)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
     except ValidationError as exc:
         problems = invalid_fields(exc)
         raise ConfigError(f"{path}: {problems}") from None
-    if not config.prompts_dir.is_absolute():
-        config.prompts_dir = (path.parent / config.prompts_dir).resolve()
-    if not config.prompts_dir.is_dir():
-        raise ConfigError(f"{path}: prompts_dir {config.prompts_dir} is not a folder")
-    synthesis = config.tasks.synthesis
-    if synthesis.prompts_dir is not None and not synthesis.prompts_dir.is_absolute():
-        synthesis.prompts_dir = (path.parent / synthesis.prompts_dir).resolve()
+    except (AttributeError, TypeError):
+        raise ConfigError(f"{path}: a pipeline YAML is a mapping of sections (see `mmcof-gen pipelines --show "
+                          "default`)") from None
+    for folder in (config.prompts_dir, config.tasks.synthesis.prompts_dir):
+        if folder is not None and not folder.is_dir():
+            raise ConfigError(f"{path}: prompts_dir {folder} is not a folder")
     return config

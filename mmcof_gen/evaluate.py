@@ -27,8 +27,9 @@ from typing import Annotated, Literal
 from PIL import Image
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from mmcof_gen import cof_format
-from mmcof_gen.config import REPO_ROOT, ConfigError, ImagesConfig, valid_resolutions
+from mmcof_gen import cof_format, resources
+from mmcof_gen.config import ConfigError, ImagesConfig, valid_resolutions
+from mmcof_gen.extras import require
 from mmcof_gen.imaging import crop_zoom, make_frame, validate_box
 from mmcof_gen.models.chat import ChatMessage, ChatModel, ChatModelConfig, chat_model
 from mmcof_gen.prompts import Prompts
@@ -37,7 +38,7 @@ from mmcof_gen.scoring import score_answer
 from mmcof_gen.store import read_jsonl, repair_torn_tail, write_json_atomic
 from mmcof_gen.tasks.vstar import BenchItem, load_bench
 
-PROMPTS = Prompts(REPO_ROOT / "prompts" / "eval")
+PROMPTS = Prompts(resources.prompts("eval"))
 TOOL_RESULT_TEXT = cof_format.TOOL_RESULT.removeprefix(cof_format.IMAGE)  # what follows the crop image
 RESULTS, REPORT, PLOT, SETTINGS = "results.jsonl", "report.json", "report.png", "eval.json"
 Mode = Literal["cof", "no_zoom"]
@@ -287,6 +288,7 @@ def _append(path: Path, record: EvalRecord) -> None:
 def evaluate_bench(bench: Path, out: Path, settings: EvalSettings, model: ChatModelConfig,
                    judge: ChatModelConfig | None = None, limit: int | None = None) -> dict:
     """The `eval` command: load the benchmark, build the model (and judge), evaluate, report."""
+    require("data", "eval (its report.png)", ("matplotlib",))
     items = load_bench(bench)[:limit]
     chat = chat_model(model)
     return evaluate(chat, items, settings, out, chat_model(judge) if judge else None, bench=str(bench))

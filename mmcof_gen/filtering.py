@@ -65,7 +65,7 @@ def unbalanced_tag(text: str) -> str | None:
 
 
 def check_format(trajectory: Trajectory) -> str | None:
-    """The exported messages are well formed (cof-format.md): tags balanced per message, exactly one tool
+    """The exported messages are well formed (docs/format.md): tags balanced per message, exactly one tool
     call with the chain's box in each zoom turn, an answer in the last turn, one `<image>` per image."""
     messages = cof_format.trajectory_messages(trajectory)
     for number, message in enumerate(messages):

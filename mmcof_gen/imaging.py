@@ -1,7 +1,7 @@
 """Images in, working frames and zooms out: loading, Qwen's smart_resize, the crop function, box maths.
 
 Geometry and resizing are pure functions of their arguments, so a chain made at synthesis re-executes
-bit-identically at export and evaluation. Boxes are `[x1, y1, x2, y2]` integer pixels (see cof-format.md).
+bit-identically at export and evaluation. Boxes are `[x1, y1, x2, y2]` integer pixels (see docs/format.md).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ Box = tuple[int, int, int, int]
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp"}
 
-# The crop function's constants (cof-format.md); changing any of them breaks comparability with released CoF data.
+# The crop function's constants (docs/format.md); changing any of them breaks comparability with released CoF data.
 _FACTOR = 28
 _MIN_PIXELS = 112 * 112
 _CROP_MAX_PIXELS = 3840 * 3840
@@ -259,7 +259,7 @@ def zoom_region(box: Box, width: int, height: int, enlarge: float = _ENLARGE) ->
 
 
 def crop_zoom(frame: Image.Image, box) -> Image.Image:
-    """THE zoom tool (cof-format.md), bit-identical at synthesis, export and evaluation.
+    """THE zoom tool (docs/format.md), bit-identical at synthesis, export and evaluation.
 
     InvalidBox for a bad box, or for a region too thin for Qwen (aspect ratio over 200).
     """

@@ -209,7 +209,7 @@ def trajectory_card(trajectory: Trajectory, view: dict) -> dict:
         "other_zooms": [{"step": i + 1, **crop(s.box)} for i, s in enumerate(t.steps)
                         if s.action == "zoom" and s.box and s.box not in chain_boxes],
         "final_thought": t.final_thought,
-        # The sample as it trains (cof-format.md), without the system prompt the page shows once.
+        # The sample as it trains (docs/format.md), without the system prompt the page shows once.
         "messages": trajectory_messages(t)[1:] if t.status == "accepted" else None,
     }
 

@@ -1,7 +1,7 @@
 """Deterministic high-resolution demo scenes with small text, for the offline RapidOCR pipeline.
 
 Each scene is a photo-like street view (sky, building blocks, textured ground, noise) with the
-bundled real photos (`samples/photos/`) pasted as posters and billboards, and 2-4 small signs: a
+bundled real photos (`mmcof_gen/resources/photos/`) pasted as posters and billboards, and 2-4 small signs: a
 light plate with dark text, each alone in its cell of the 3x3 position grid and well away (6% of the
 image side) from the grid lines, so "the small text in the <position> part of the image" names one
 sign. Text sizes come in three tiers, set from the scene's size so that they hold at Qwen
@@ -32,10 +32,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from mmcof_gen import resources
 from mmcof_gen.agent.verify import normalize_text
 from mmcof_gen.imaging import frame_size
 
-PHOTOS_DIR = Path(__file__).resolve().parent.parent / "samples" / "photos"
+PHOTOS_DIR = resources.PHOTOS
 JPEG_QUALITY = 92
 GRID_MARGIN = 0.06  # sign plates keep this fraction of the image side away from every cell edge
 SIZES = ((3600, 2400), (3200, 2400), (4000, 2250), (3840, 2560), (3000, 2250), (3600, 2700))
@@ -310,15 +311,16 @@ def _write(path: Path, data: bytes) -> None:
 
 def generate_scenes(out_dir: Path, count: int = 6, seed: int = 0) -> list[Path]:
     """Write `count` scenes (scene_000.jpg, ...), `scenes.json` and `photos/` into out_dir; returns
-    the scene paths. Deterministic in (count, seed)."""
+    the scene paths. Deterministic in (count, seed). The photos are read before anything is written, so a
+    missing photo leaves no half-made folder."""
+    photos = _load_photos()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     photo_dir = out_dir / "photos"
     photo_dir.mkdir(exist_ok=True)
-    for src in sorted(PHOTOS_DIR.iterdir()):
+    for src in sorted(PHOTOS_DIR.iterdir()):  # the photos and their NOTICE.md (licences)
         if src.is_file():
             _write(photo_dir / src.name, src.read_bytes())
-    photos = _load_photos()
     used: set[str] = set()
     paths, manifest = [], []
     for index in range(count):

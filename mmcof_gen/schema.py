@@ -1,4 +1,4 @@
-"""The data contracts of a run (DESIGN.md, "Contracts"): every record is one JSON line.
+"""The data contracts of a run (docs/architecture.md, "Data contracts"): every record is one JSON line.
 
 Ids are deterministic, so a resumed run skips what is done and a re-run of the same input with the
 same config reproduces the same ids.

@@ -24,6 +24,7 @@ from rich.table import Table
 
 from mmcof_gen import cof_format
 from mmcof_gen.config import ConfigError
+from mmcof_gen.extras import require
 from mmcof_gen.export.budget import TokenBudget
 from mmcof_gen.export.v1 import ZOOMIN
 from mmcof_gen.imaging import crop_zoom, image_sha256, smart_resize, validate_box
@@ -81,6 +82,7 @@ def read_samples(path: Path, image_root: Path | None = None) -> Iterator[Sample]
 
 def _records(path: Path) -> Iterator[dict]:
     if path.suffix == ".parquet":
+        require("data", "reading .parquet", ("pyarrow",))
         import pyarrow.parquet as pq
 
         for batch in pq.ParquetFile(path).iter_batches(batch_size=64):

@@ -17,7 +17,7 @@ from mmcof_gen.config import ConfigError
 from mmcof_gen.imaging import image_to_png_bytes
 from mmcof_gen.models.chat import (ChatError, ChatMessage, ChatModelConfig, OpenAIChat, ReplyError, chat_model,
                                    complete_json, endpoint_limiter)
-from mmcof_gen.testing.scripted_server import Reply, ScriptedServer
+from tests.support.scripted_server import Reply, ScriptedServer
 
 
 def openai_config(server: ScriptedServer, **overrides) -> ChatModelConfig:
@@ -189,7 +189,7 @@ def test_api_key_is_sent_but_never_in_the_config(monkeypatch):
 
 @pytest.fixture(scope="module")
 def tiny_qwen(tmp_path_factory):
-    from mmcof_gen.testing.tiny_models import build_tiny_qwen25vl
+    from tests.support.tiny_models import build_tiny_qwen25vl
 
     return build_tiny_qwen25vl(tmp_path_factory.mktemp("qwen"))
 

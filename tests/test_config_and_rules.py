@@ -1,5 +1,6 @@
 import pytest
 
+from mmcof_gen import resources
 from mmcof_gen.agent.verify import normalize_text, verify_answer
 from mmcof_gen.config import DEFAULT_CONFIG, ConfigError, load_config
 from mmcof_gen.positions import cell_box, cell_named, cell_of, position_name
@@ -31,8 +32,27 @@ def test_unknown_key_and_bad_values_name_the_file(tmp_path):
     path.write_text("resolutions: [50]\nprompts_dir: /nonexistent\n")
     with pytest.raises(ConfigError, match="resolutions"):
         load_config(path)
-    with pytest.raises(ConfigError, match="does not exist"):
+    with pytest.raises(ConfigError, match="missing.yaml: no such file or shipped pipeline; pass a YAML file or "
+                                          "one of: default, finetune, openai-api, transformers-local, vllm-qwen2.5-vl"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_config_is_a_file_or_a_shipped_name_and_prompts_dir_follows_the_yaml(tmp_path):
+    vllm = load_config("vllm-qwen2.5-vl")
+    assert (vllm.name, vllm.prompts_dir) == ("vllm-qwen2.5-vl", resources.prompts("agent"))
+    assert load_config().prompts_dir == resources.prompts("template")  # no prompts_dir: the agent kind's prompts
+    copy = tmp_path / "copy" / "mine.yaml"
+    copy.parent.mkdir()
+    copy.write_text(DEFAULT_CONFIG.read_text().replace("max_per_image: 4", "max_per_image: 2"))
+    assert (load_config(copy).tasks.max_per_image, load_config(copy).prompts_dir) == (2, resources.prompts("template"))
+    (tmp_path / "copy" / "my_prompts").mkdir()
+    (tmp_path / "copy" / "my_prompts" / "think_answer.txt").write_text("Mine.")
+    copy.write_text("prompts_dir: my_prompts\ntasks: {synthesis: {prompts_dir: " + str(tmp_path) + "}}\n")
+    config = load_config(copy)  # relative: against the YAML's folder; absolute: as is
+    assert (config.prompts_dir, config.tasks.synthesis.prompts_dir) == (tmp_path / "copy" / "my_prompts", tmp_path)
+    copy.write_text("prompts_dir: ../prompts/template\n")
+    with pytest.raises(ConfigError, match=f"mine.yaml: prompts_dir {tmp_path / 'prompts' / 'template'} is not a folder"):
+        load_config(copy)
 
 
 def test_grid_cells_and_names():

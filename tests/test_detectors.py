@@ -15,7 +15,7 @@ from mmcof_gen.models.detect import DetectorConfig, DetectorError, detector
 from mmcof_gen.models.grounding_dino import prompt
 from mmcof_gen.models.yolo_world import letterbox, unletterbox
 from mmcof_gen.schema import Detection
-from mmcof_gen.testing.tiny_models import build_tiny_grounding_dino, build_tiny_owlv2, build_tiny_yolo
+from tests.support.tiny_models import build_tiny_grounding_dino, build_tiny_owlv2, build_tiny_yolo
 
 BACKENDS = ["grounding-dino", "owlv2", "yolo-world", "yoloe"]
 PHRASES = ["red car", "street sign", "clock", "cat", "dog"]

@@ -20,7 +20,7 @@ from mmcof_gen.imaging import crop_zoom, make_frame
 from mmcof_gen.models.chat import ChatModelConfig, chat_model
 from mmcof_gen.scoring import score_by_rules
 from mmcof_gen.tasks.vstar import BenchError, load_bench, split_options
-from mmcof_gen.testing.scripted_server import Reply, ScriptedServer
+from tests.support.scripted_server import Reply, ScriptedServer
 
 MAX_PIXELS = 250_000_000
 # (category, name, size, annotation) in V*'s own format: bbox is [x, y, w, h]; the correct option is first.
@@ -314,7 +314,7 @@ def test_eval_command_prints_the_table_and_refuses_ambiguous_backends(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_qwen(tmp_path_factory):
-    from mmcof_gen.testing.tiny_models import build_tiny_qwen25vl
+    from tests.support.tiny_models import build_tiny_qwen25vl
 
     return build_tiny_qwen25vl(tmp_path_factory.mktemp("qwen"))
 

@@ -9,7 +9,7 @@ from mmcof_gen.export import export
 from mmcof_gen.export.budget import TokenBudget, image_tokens
 from mmcof_gen.imaging import crop_zoom, image_sha256
 from mmcof_gen.store import StoreError
-from mmcof_gen.testing.runs import make_trajectory, write_noise_image, write_run
+from tests.support.runs import make_trajectory, write_noise_image, write_run
 
 TWO_ZOOMS = [(10, 10, 200, 150), (50, 40, 120, 90)]
 
@@ -86,7 +86,7 @@ def test_json_and_parquet_exports_load_with_datasets(tmp_path, run):
 def test_tiny_qwen25vl_processor_sees_one_image_per_placeholder_and_the_budget_is_exact(tmp_path, run):
     from transformers import AutoProcessor
 
-    from mmcof_gen.testing.tiny_models import build_tiny_qwen25vl
+    from tests.support.tiny_models import build_tiny_qwen25vl
 
     model_dir = build_tiny_qwen25vl(tmp_path / "qwen")
     run_dir, _ = run

@@ -5,7 +5,7 @@ import pytest
 from mmcof_gen.config import FilterConfig
 from mmcof_gen.filtering import balance_drops, filter_run, unbalanced_tag
 from mmcof_gen.store import RunStore, StoreError
-from mmcof_gen.testing.runs import make_trajectory, write_noise_image, write_run
+from tests.support.runs import make_trajectory, write_noise_image, write_run
 
 
 @pytest.fixture

@@ -12,15 +12,17 @@ import torch
 import yaml
 from PIL import Image
 
+from mmcof_gen import resources
 from mmcof_gen import cof_format
 from mmcof_gen.cli import main
-from mmcof_gen.config import REPO_ROOT, ConfigError
+from mmcof_gen.config import ConfigError
 from mmcof_gen.export import export
 from mmcof_gen.finetune.dataset import IGNORE, ConversationDataset, ConversationEncoder, collator_for, read_dataset
 from mmcof_gen.finetune.llamafactory import emit_llamafactory
-from mmcof_gen.finetune.train import finetune, load_finetune_config
-from mmcof_gen.testing.runs import make_trajectory, write_noise_image, write_run
-from mmcof_gen.testing.tiny_models import build_tiny_qwen25vl
+from mmcof_gen.finetune.settings import load_finetune_config
+from mmcof_gen.finetune.train import finetune
+from tests.support.runs import make_trajectory, write_noise_image, write_run
+from tests.support.tiny_models import build_tiny_qwen25vl
 
 TWO_ZOOMS = [(10, 10, 120, 90), (30, 30, 80, 60)]
 ANSWERS = ["EXIT", "STOP", "OPEN", "PUSH"]
@@ -304,10 +306,10 @@ def test_emit_llamafactory_writes_the_same_hyper_parameters(exported, tmp_path):
 def test_shipped_multi_gpu_configs_load_with_accelerate():
     from accelerate.commands.config.config_args import load_config_from_file
 
-    folder = REPO_ROOT / "pipelines" / "finetune"
+    folder = resources.PIPELINES / "finetune"
     zero3 = load_config_from_file(str(folder / "accelerate_zero3.yaml"))
     fsdp = load_config_from_file(str(folder / "accelerate_fsdp.yaml"))
     assert (zero3.distributed_type, fsdp.distributed_type) == ("DEEPSPEED", "FSDP")
     assert zero3.num_processes == fsdp.num_processes == 8
-    deepspeed = json.loads((REPO_ROOT / zero3.deepspeed_config["deepspeed_config_file"]).read_text())
+    deepspeed = json.loads((resources.ROOT / zero3.deepspeed_config["deepspeed_config_file"]).read_text())
     assert deepspeed["zero_optimization"]["stage"] == 3

@@ -14,7 +14,8 @@ import pytest
 import ray
 from PIL import Image, ImageDraw, ImageFont
 
-from mmcof_gen.config import REPO_ROOT, ConfigError, PipelineConfig, load_config
+from mmcof_gen import resources
+from mmcof_gen.config import ConfigError, PipelineConfig, load_config
 from mmcof_gen.executors.detectors import ActorDetector, DetectorActor
 from mmcof_gen.executors.ray import run_ray
 from mmcof_gen.imaging import make_frame
@@ -25,8 +26,8 @@ from mmcof_gen.schema import ErrorRecord, ImageTasks, Provenance, Trajectory, tr
 from mmcof_gen.store import RunStore
 from mmcof_gen.synthesize import synthesize
 from mmcof_gen.tasks.sources import ImageUnit, questions_source
-from mmcof_gen.testing.scripted_server import Reply, ScriptedServer
-from mmcof_gen.testing.tiny_models import build_tiny_owlv2
+from tests.support.scripted_server import Reply, ScriptedServer
+from tests.support.tiny_models import build_tiny_owlv2
 
 CLI = [sys.executable, "-m", "mmcof_gen.cli"]
 
@@ -148,7 +149,7 @@ def sign_picture() -> Image.Image:
 def vlm_config(server: ScriptedServer, **models) -> PipelineConfig:
     planner = ChatModelConfig(base_url=server.url, model="scripted-model", max_retries=0, timeout=30)
     return PipelineConfig.model_validate({
-        "resolutions": [448], "prompts_dir": REPO_ROOT / "prompts" / "agent", "agent": {"kind": "vlm"},
+        "resolutions": [448], "prompts_dir": resources.prompts("agent"), "agent": {"kind": "vlm"},
         "executor": {"kind": "ray", "workers": 1}, "models": {"planner": planner, **models}})
 
 
@@ -343,7 +344,7 @@ def test_workers_that_cannot_be_built_stop_the_run_with_one_clear_error(tmp_path
     monkeypatch.delenv("MMCOF_TEST_MISSING_KEY", raising=False)
     images, questions = question_folder(tmp_path, [{"question": "What colour is the small sign?", "answer": "red"}])
     config = PipelineConfig.model_validate({
-        "resolutions": [448], "prompts_dir": REPO_ROOT / "prompts" / "agent", "agent": {"kind": "vlm"},
+        "resolutions": [448], "prompts_dir": resources.prompts("agent"), "agent": {"kind": "vlm"},
         "executor": {"kind": "ray"}, "models": {"planner": {"model": "m", "api_key_env": "MMCOF_TEST_MISSING_KEY"}}})
     with pytest.raises(ConfigError, match="^the Ray workers could not be built: .*MMCOF_TEST_MISSING_KEY"):
         run_records(config, images, questions, tmp_path / "run")

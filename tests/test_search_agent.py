@@ -19,20 +19,21 @@ import pytest
 import yaml
 from PIL import Image, ImageDraw, ImageFont
 
+from mmcof_gen import resources
 from mmcof_gen import cof_format
 from mmcof_gen.agent.search import PlannerAction, Roles, VlmSearchAgent, adjust_box, chain_boxes
 from mmcof_gen.agent.verify import as_option, box_hint
-from mmcof_gen.config import REPO_ROOT, AgentConfig, PipelineConfig
+from mmcof_gen.config import AgentConfig, PipelineConfig
 from mmcof_gen.imaging import crop_zoom, frame_from_image, image_sha256
 from mmcof_gen.models.chat import ChatError, ChatModelConfig, chat_model
 from mmcof_gen.models.ocr import OcrEngine
 from mmcof_gen.prompts import Prompts
 from mmcof_gen.schema import Provenance, Task, Trajectory, View
 from mmcof_gen.tasks.sources import GivenQuestion, ImageUnit, folder_source
-from mmcof_gen.testing.scripted_server import Reply, ScriptedServer
+from tests.support.scripted_server import Reply, ScriptedServer
 from mmcof_gen.worker import ImageWorker
 
-PROMPTS = Prompts(REPO_ROOT / "prompts" / "agent")
+PROMPTS = Prompts(resources.prompts("agent"))
 EVIDENCE = [300, 200, 340, 230]   # frame pixels of the red sign
 ZOOM = [260, 170, 380, 260]       # a coarser box around it
 
@@ -238,7 +239,7 @@ def test_planner_action_names_its_missing_arguments():
 
 
 def test_transformers_backend_plays_the_planner_role(tmp_path):
-    from mmcof_gen.testing.tiny_models import build_tiny_qwen25vl
+    from tests.support.tiny_models import build_tiny_qwen25vl
 
     tiny = ChatModelConfig(backend="transformers", model=str(build_tiny_qwen25vl(tmp_path / "qwen")), device="cpu")
     model = chat_model(tiny)
@@ -292,7 +293,7 @@ def test_synthesize_cli_runs_the_vlm_pipeline_against_a_server(tmp_path):
     with ScriptedServer(scripted_model()) as server:
         model = {"backend": "openai", "base_url": server.url, "model": "scripted-model", "backoff_seconds": 0.01,
                  "price_input_per_million": 1.0, "price_output_per_million": 2.0}
-        config = {"name": "vlm-test", "resolutions": [448, 672], "prompts_dir": str(REPO_ROOT / "prompts" / "agent"),
+        config = {"name": "vlm-test", "resolutions": [448, 672], "prompts_dir": str(resources.prompts("agent")),
                   "agent": {"kind": "vlm"}, "models": {"planner": model}}
         (tmp_path / "vlm.yaml").write_text(yaml.safe_dump(config))
         out = tmp_path / "run"
@@ -319,14 +320,14 @@ def test_synthesize_cli_runs_the_vlm_pipeline_against_a_server(tmp_path):
 def test_ready_vlm_pipelines_load_with_the_agent_prompts(name):
     from mmcof_gen.config import load_config
 
-    config = load_config(REPO_ROOT / "pipelines" / f"{name}.yaml")
+    config = load_config(name)
     assert config.agent.kind == "vlm" and config.models.planner is not None
     assert {"planner", "planner_targets", "reader", "locator", "summary_zoom"} <= set(Prompts(config.prompts_dir).texts)
 
 
 def test_a_configured_detector_plays_locator(tmp_path):
     from mmcof_gen.models.detect import DetectorConfig, detector
-    from mmcof_gen.testing.tiny_models import build_tiny_owlv2
+    from tests.support.tiny_models import build_tiny_owlv2
 
     owl = detector(DetectorConfig(backend="owlv2", model=str(build_tiny_owlv2(tmp_path / "owl")), box_threshold=0.0,
                                   max_detections=3))
@@ -350,7 +351,7 @@ def test_a_closed_worker_is_collected_without_unclosed_connections_or_loop(tmp_p
         image="sign.png", question="What colour is the small sign?", answer="red", bbox=[600, 400, 680, 460])], "q")
     with ScriptedServer(scripted_model()) as server:
         config = PipelineConfig.model_validate({
-            "resolutions": [448], "prompts_dir": REPO_ROOT / "prompts" / "agent", "agent": {"kind": "vlm"},
+            "resolutions": [448], "prompts_dir": resources.prompts("agent"), "agent": {"kind": "vlm"},
             "models": {"planner": {"base_url": server.url, "model": "scripted-model", "backoff_seconds": 0.01}}})
         workers = [ImageWorker(config, PROMPTS, Provenance(package_version="0", config_hash="x"))]
         with workers[0] as worker:
@@ -408,7 +409,7 @@ def test_one_worker_serves_images_from_several_threads_and_builds_its_ocr_engine
 
     with ScriptedServer(unsure) as server:
         config = PipelineConfig.model_validate({
-            "resolutions": [448], "prompts_dir": REPO_ROOT / "prompts" / "agent", "agent": {"kind": "vlm"},
+            "resolutions": [448], "prompts_dir": resources.prompts("agent"), "agent": {"kind": "vlm"},
             "models": {"planner": {"base_url": server.url, "model": "scripted-model"}}})
         provenance = Provenance(package_version="0", config_hash="x")
         with ImageWorker(config, PROMPTS, provenance) as worker, ThreadPoolExecutor(4) as threads:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
+from mmcof_gen import resources
 from mmcof_gen.config import ConfigError, PipelineConfig, TasksConfig
 from mmcof_gen.filtering import contamination_rule
 from mmcof_gen.imaging import file_sha256
@@ -19,7 +20,7 @@ from mmcof_gen.tasks.coco import coco_source, plural
 from mmcof_gen.tasks.exclusion import load_exclusions, perceptual_hash, screen
 from mmcof_gen.tasks.sources import folder_source
 from mmcof_gen.tasks.vstar import is_vstar_folder, vstar_source
-from mmcof_gen.testing.runs import write_noise_image
+from tests.support.runs import write_noise_image
 
 CLI = [sys.executable, "-m", "mmcof_gen.cli"]
 
@@ -260,7 +261,7 @@ def test_skipped_images_are_recorded_with_the_reason(tmp_path):
     listing = tmp_path / "exclude.txt"
     listing.write_text("a\n")
     config = PipelineConfig(resolutions=[448], tasks=TasksConfig(exclude=listing))
-    config.prompts_dir = Path(__file__).resolve().parent.parent / "prompts" / "template"
+    config.prompts_dir = resources.prompts("template")
     stats = synthesize(config, folder, tmp_path / "run")
     error, = read_jsonl(tmp_path / "run" / "errors.jsonl", ErrorRecord)
     assert (error.stage, error.image, error.reason) == ("skipped", "a.png", "skipped: on the exclusion list (as 'a')")

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from mmcof_gen.config import (REPO_ROOT, AgentConfig, ModelsConfig, PipelineConfig, TasksConfig,
+from mmcof_gen import resources
+from mmcof_gen.config import (AgentConfig, ModelsConfig, PipelineConfig, TasksConfig,
                               TaskSynthesisConfig)
 from mmcof_gen.imaging import file_sha256, frame_size, load_image, make_frame
 from mmcof_gen.models.chat import ChatModelConfig, chat_model
@@ -21,8 +22,8 @@ from mmcof_gen.schema import Detection, ErrorRecord, ImageTasks, RejectedTask, T
 from mmcof_gen.store import read_jsonl
 from mmcof_gen.synthesize import synthesize
 from mmcof_gen.tasks.synthesis import TaskWriter, task_prompts
-from mmcof_gen.testing.runs import write_noise_image
-from mmcof_gen.testing.scripted_server import Reply, ScriptedServer
+from tests.support.runs import write_noise_image
+from tests.support.scripted_server import Reply, ScriptedServer
 
 SIZE = (1120, 784)            # tiles of 560x392, each shown to the proposer at 308x224 (proposal_resolution 280)
 FRAME = frame_size(*SIZE, 448)  # the working frame at the largest R: 532x364
@@ -86,7 +87,7 @@ def script(written: dict = WRITTEN, reads: dict = READS):
 
 def config(server: ScriptedServer) -> PipelineConfig:
     model = ChatModelConfig(base_url=server.url, model="scripted-model", max_retries=0, timeout=10)
-    return PipelineConfig(resolutions=[448], prompts_dir=REPO_ROOT / "prompts" / "agent", agent=AgentConfig(kind="vlm"),
+    return PipelineConfig(resolutions=[448], prompts_dir=resources.prompts("agent"), agent=AgentConfig(kind="vlm"),
                           models=ModelsConfig(planner=model),
                           tasks=TasksConfig(kind="vlm", synthesis=TaskSynthesisConfig(tiles=2, proposal_resolution=280)))
 

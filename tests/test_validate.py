@@ -7,7 +7,7 @@ from PIL import Image
 
 from mmcof_gen.export import export
 from mmcof_gen.imaging import crop_zoom
-from mmcof_gen.testing.runs import make_trajectory, write_noise_image, write_run
+from tests.support.runs import make_trajectory, write_noise_image, write_run
 from mmcof_gen.validate import validate
 
 

@@ -1,4 +1,4 @@
-"""The visual search agent with model roles (DESIGN.md "Roles"): planner, reader, locator (a detector or a
+"""The visual search agent with model roles (docs/architecture.md, "Roles"): planner, reader, locator (a detector or a
 VLM's grounding), verifier (rules, optional LLM judge) and summariser (an LLM or templates).
 
 At each resolution the reader first answers from the whole frame; a correct answer makes a direct

@@ -30,6 +30,7 @@ import secrets
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from mmcof_gen import extras
 from mmcof_gen.config import ConfigError, PipelineConfig
 from mmcof_gen.progress import LiveStatus
 from mmcof_gen.prompts import Prompts
@@ -105,7 +106,7 @@ def run_ray(
     connected.
     """
     if ray is None:
-        raise ConfigError("executor ray needs Ray: pip install 'mmcof-gen[ray]' (or use --executor local)")
+        raise extras.missing("ray", "executor ray (or use --executor local)")
     settings = config.executor
     detecting = config.agent.kind == "vlm" and config.models.detector is not None
     detector_names = [f"mmcof-detector-{index}" for index in range(settings.detector_actors if detecting else 0)]

@@ -16,6 +16,7 @@ from mmcof_gen.export.base import ExportFormat, llamafactory_entry
 from mmcof_gen.export.budget import TokenBudget
 from mmcof_gen.export.card import dataset_card
 from mmcof_gen.export.files import IMAGES_DIR, ImageFiles, RecordWriter
+from mmcof_gen.extras import require
 from mmcof_gen.imaging import image_to_png_bytes
 from mmcof_gen.replay import FrameSource, ReplayError, chain_crops
 from mmcof_gen.store import (RunStore, StoreError, claim_out_dir, remove_temporaries, write_bytes_atomic,
@@ -47,8 +48,10 @@ def export(
         frames = FrameSource(manifest)
     except ReplayError as exc:
         raise StoreError(f"{run_dir}: {exc}") from None
+    if form is parquet.FORMAT:
+        require("data", "export --format parquet", ("pyarrow", "datasets"))
+    budget = TokenBudget(max_pixels, tokenizer)  # the extras are checked before the folder is made
     _prepare_out_dir(run_dir, out_dir)
-    budget = TokenBudget(max_pixels, tokenizer)
 
     files = None if form is parquet.FORMAT else ImageFiles(out_dir, absolute_paths)
     writer = parquet.ParquetWriter(out_dir / form.data_file) if files is None else RecordWriter(out_dir / form.data_file)

@@ -27,6 +27,6 @@ class ExportFormat:
 
 
 def llamafactory_entry(file_name: str) -> dict:
-    """A LLaMA-Factory `dataset_info.json` entry (cof-format.md): sharegpt layout, role/content tags."""
+    """A LLaMA-Factory `dataset_info.json` entry (docs/format.md): sharegpt layout, role/content tags."""
     return {"file_name": file_name, "formatting": "sharegpt",
             "columns": {"messages": "messages", "images": "images"}, "tags": dict(LLAMAFACTORY_TAGS)}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 from mmcof_gen.cof_format import IMAGE
+from mmcof_gen.extras import require
 from mmcof_gen.imaging import smart_resize
 
 PATCH = 28  # pixels per image token side: patch 14 x spatial merge 2
@@ -38,6 +39,7 @@ class TokenBudget:
         self.max_pixels, self.min_pixels = max_pixels, min_pixels
         self.tokenizer = None
         if tokenizer_path:
+            require("hf", "--tokenizer", ("transformers",))
             from transformers import AutoTokenizer
 
             self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)

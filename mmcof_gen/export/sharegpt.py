@@ -1,4 +1,4 @@
-"""LLaMA-Factory ShareGPT (cof-format.md): `mmcof.json`, a JSON list of
+"""LLaMA-Factory ShareGPT (docs/format.md): `mmcof.json`, a JSON list of
 `{"id", "messages": [{"role", "content"}], "images": [frame, crop 1, ...]}`, with `dataset_info.json`."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The older single-turn CoF form (cof-format.md, "Older form"): one assistant turn in which each zoom is
+"""The older single-turn CoF form (docs/format.md, "The older single-turn form"): one assistant turn in which each zoom is
 `<|box_start|>[x1, y1, x2, y2]<|box_end|><|image_zoomin|><image>` inline in the `<think>` text.
 
 `<|image_zoomin|>` is not a Qwen2.5-VL token: a trainer must add it (`tokenizer.add_special_tokens(
@@ -10,17 +10,14 @@ to produce; mask them from the loss if your trainer does not.
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from mmcof_gen import cof_format
+from mmcof_gen import cof_format, resources
 from mmcof_gen.export import sharegpt
 from mmcof_gen.export.base import ExportFormat
 from mmcof_gen.schema import Trajectory
 
 ZOOMIN = "<|image_zoomin|>"
 V1_SYSTEM_PROMPT = "You are a helpful assistant."
-V1_INSTRUCTION = (Path(cof_format.__file__).resolve().parent.parent / "prompts" / "cof" / "v1_instruction.txt"
-                  ).read_text(encoding="utf-8").strip()
+V1_INSTRUCTION = (resources.prompts("cof") / "v1_instruction.txt").read_text(encoding="utf-8").strip()
 
 
 def zoom_text(thought: str, box) -> str:

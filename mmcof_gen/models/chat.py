@@ -29,6 +29,7 @@ from typing import Literal, Protocol, TypeVar
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from mmcof_gen.extras import require
 from mmcof_gen.imaging import image_to_png_bytes
 from mmcof_gen.schema import ModelCall, invalid_fields
 
@@ -124,6 +125,7 @@ class ChatModelConfig(BaseModel):
 def chat_model(config: ChatModelConfig) -> ChatModel:
     """Build the configured backend; transformers is imported only when it is used."""
     if config.backend == "transformers":
+        require("hf", "backend transformers")
         return TransformersChat(config)
     return OpenAIChat(config)
 

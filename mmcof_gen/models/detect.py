@@ -20,6 +20,7 @@ from typing import Literal, Protocol
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
+from mmcof_gen.extras import require
 from mmcof_gen.imaging import InvalidBox, clip_box
 from mmcof_gen.schema import Detection
 
@@ -70,6 +71,10 @@ class Detector(Protocol):
 
 def detector(config: DetectorConfig) -> Detector:
     """Build the configured backend; heavy imports happen only here."""
+    if config.backend in ("yolo-world", "yoloe"):
+        require("yolo", f"detector {config.backend}")
+    else:
+        require("hf", f"detector {config.backend}", ("torch", "transformers"))
     if config.backend == "grounding-dino":
         from mmcof_gen.models.grounding_dino import GroundingDinoDetector
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from mmcof_gen.config import ConfigError
+from mmcof_gen.extras import require
 from mmcof_gen.imaging import ImageError, discover_images, file_sha256, load_image
 from mmcof_gen.tasks.sources import ImageUnit
 
@@ -81,11 +82,9 @@ def load_exclusions(path: Path, setting: str, perceptual: bool = False, max_pixe
 
 def perceptual_hash(path: Path, max_pixels: int) -> int:
     """64-bit DCT perceptual hash of the upright image (decoded small: it only needs 32x32 pixels)."""
-    try:
-        import imagehash
-    except ImportError:
-        raise ConfigError("near-duplicate detection (tasks.near_duplicate_distance, phash: exclusions) needs "
-                          "imagehash: pip install 'mmcof-gen[data]'") from None
+    require("data", "near-duplicate detection (tasks.near_duplicate_distance, phash: exclusions)", ("imagehash",))
+    import imagehash
+
     return int(str(imagehash.phash(load_image(path, max_pixels, target_size=(64, 64)))), 16)
 
 

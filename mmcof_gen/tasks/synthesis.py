@@ -28,10 +28,11 @@ from dataclasses import dataclass, field
 from PIL import Image
 from pydantic import BaseModel, Field, model_validator
 
+from mmcof_gen import resources
 from mmcof_gen.agent.search import ReaderReply
 from mmcof_gen.agent.verify import as_option, normalize_text, verify_answer
 from mmcof_gen.cof_format import question_text
-from mmcof_gen.config import REPO_ROOT, PipelineConfig, QuestionType
+from mmcof_gen.config import PipelineConfig, QuestionType
 from mmcof_gen.imaging import InvalidBox, box_area, clip_box, crop_zoom, frame_from_image, iou, scale_box, validate_box
 from mmcof_gen.models.chat import ChatMessage, ChatModel, ReplyError, complete_json
 from mmcof_gen.models.detect import Detector
@@ -83,7 +84,7 @@ class WrittenQuestion(BaseModel):
 
 
 def task_prompts(config: PipelineConfig) -> Prompts:
-    return Prompts(config.tasks.synthesis.prompts_dir or REPO_ROOT / "prompts" / "tasks")
+    return Prompts(config.tasks.synthesis.prompts_dir or resources.prompts("tasks"))
 
 
 @dataclass

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mmcof_gen.testing.faults import write_sign_inputs
+from tests.support.faults import write_sign_inputs
 
 
 @pytest.fixture(scope="session")

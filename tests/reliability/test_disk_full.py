@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from mmcof_gen.store import RunStore
-from mmcof_gen.testing.faults import CLI, assert_run_whole, run_cli, sign_reader_vlm, vlm_config_yaml
-from mmcof_gen.testing.scripted_server import ScriptedServer
+from tests.support.faults import CLI, assert_run_whole, run_cli, sign_reader_vlm, vlm_config_yaml
+from tests.support.scripted_server import ScriptedServer
 
 UNSHARE = ["unshare", "--mount"] if os.geteuid() == 0 else ["unshare", "--user", "--map-root-user", "--mount"]
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from mmcof_gen.store import RunStore
-from mmcof_gen.testing.faults import assert_run_whole, run_cli, sign_reader_vlm, vlm_config_yaml, write_sign_image
-from mmcof_gen.testing.scripted_server import ScriptedServer
+from tests.support.faults import assert_run_whole, run_cli, sign_reader_vlm, vlm_config_yaml, write_sign_image
+from tests.support.scripted_server import ScriptedServer
 
 SIGN = (300, 200, 340, 230)
 UNICODE_NAME = "ünï cödé/Straße café 1.png"

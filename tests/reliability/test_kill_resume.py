@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from mmcof_gen.config import DEFAULT_CONFIG
-from mmcof_gen.testing.faults import (CLI, assert_run_whole, decisions, jsonl_lines, sign_reader_vlm,
+from tests.support.faults import (CLI, assert_run_whole, decisions, jsonl_lines, sign_reader_vlm,
                                       vlm_config_yaml)
-from mmcof_gen.testing.scripted_server import ScriptedServer
+from tests.support.scripted_server import ScriptedServer
 
 SEED = 20250515
 

@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import yaml
 
 from mmcof_gen.config import DEFAULT_CONFIG
-from mmcof_gen.testing.faults import FaultyScript, run_cli, sign_reader_vlm, vlm_config_yaml
-from mmcof_gen.testing.scripted_server import ScriptedServer
+from tests.support.faults import FaultyScript, run_cli, sign_reader_vlm, vlm_config_yaml
+from tests.support.scripted_server import ScriptedServer
 
 KEY = "sk-test-SECRET-123456"
 ENV = {"OPENAI_API_KEY": KEY}

@@ -11,9 +11,9 @@ import pytest
 
 from mmcof_gen.models.chat import ChatMessage, ChatModelConfig, chat_model
 from mmcof_gen.store import RunStore
-from mmcof_gen.testing.faults import (FAULTS, FaultyScript, assert_run_whole, decisions, run_cli, sign_reader_vlm,
+from tests.support.faults import (FAULTS, FaultyScript, assert_run_whole, decisions, run_cli, sign_reader_vlm,
                                       vlm_config_yaml, write_sign_inputs)
-from mmcof_gen.testing.scripted_server import Reply, ScriptedServer
+from tests.support.scripted_server import Reply, ScriptedServer
 
 MAX_RETRIES = 3
 RETRY_AFTER = 0.5

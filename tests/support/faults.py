@@ -30,10 +30,9 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from mmcof_gen.config import REPO_ROOT
 from mmcof_gen.store import RunStore
 from mmcof_gen.stats import run_stats
-from mmcof_gen.testing.scripted_server import Reply
+from tests.support.scripted_server import Reply
 
 SIGN_COLOUR = (220, 20, 20)
 
@@ -95,7 +94,6 @@ def vlm_config_yaml(path: Path, base_url: str, *, max_retries: int = 2, timeout:
     if api_key_env:
         model["api_key_env"] = api_key_env
     config = {"name": "reliability", "resolutions": list(resolutions),
-              "prompts_dir": str(REPO_ROOT / "prompts" / "agent"),
               "agent": {"kind": "vlm", "max_steps": 4, **agent}, "models": {"planner": model}}
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     return path
