@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 DEMO := outputs/demo
+CHECK := build/check
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export YOLO_OFFLINE := 1
@@ -33,8 +34,13 @@ demo: $(VENV)/.installed
 	@echo "Training data (LLaMA-Factory ShareGPT): $(DEMO)/export"
 	@echo "Report: $(DEMO)/report.html"
 
+# The tests, then the wheel as users install it (tests/wheel_smoke.py): its demo chain, run from a folder
+# outside the checkout, must give the counts `make demo` gives (here into build/check/demo, made afresh).
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q
+	rm -rf $(CHECK)
+	$(MAKE) --no-print-directory demo DEMO=$(CHECK)/demo
+	$(BIN)/python tests/wheel_smoke.py --reference $(CHECK)/demo
 
 clean:
-	rm -rf $(VENV) $(DEMO)
+	rm -rf $(VENV) .venv-wheel $(DEMO) $(CHECK)

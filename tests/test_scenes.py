@@ -88,3 +88,12 @@ def test_ocr_reads_signs_at_full_resolution(scenes):
         results, _ = engine(np.array(img.crop((tx, ty, tx + side, ty + side))), use_cls=False)
         reads = {normalize_text(text): score for _, text, score in results or []}
         assert reads.get(normalize_text(sign["text"]), 0.0) >= 0.9, (sign, reads)
+
+
+def test_missing_photos_leave_no_half_made_folder(tmp_path, monkeypatch):
+    import mmcof_gen.scenes
+
+    monkeypatch.setattr(mmcof_gen.scenes, "PHOTOS_DIR", tmp_path / "no-photos")
+    with pytest.raises(FileNotFoundError, match="no bundled photos"):
+        generate_scenes(tmp_path / "out", count=1)
+    assert not (tmp_path / "out").exists()
