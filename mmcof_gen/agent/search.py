@@ -1,5 +1,5 @@
-"""The visual search agent with model roles (docs/architecture.md, "Roles"): planner, reader, locator (a detector or a
-VLM's grounding), verifier (rules, optional LLM judge) and summariser (an LLM or templates).
+"""The visual search agent with model roles (docs/architecture.md, "The VLM search agent"): planner, reader,
+locator (a detector or a VLM's grounding), verifier (rules, optional LLM judge) and summariser (an LLM or templates).
 
 At each resolution the reader first answers from the whole frame; a correct answer makes a direct
 sample. Otherwise the planner names what is missing ("I cannot answer; these objects are missing or

@@ -21,7 +21,8 @@ class ExportFormat:
     record: Callable[[str, list[dict], list], dict]
     """(sample id, messages, images) -> the record written; images are paths, or PNG bytes for parquet"""
     usage: str
-    """how a trainer reads it, for the dataset card (Markdown)"""
+    """how a trainer reads it without silent changes, for the dataset card (Markdown; `{max_pixels}` and
+    `{cutoff_len}` are filled from the export's token budget)"""
     llamafactory_name: str | None = None
     """the dataset name in dataset_info.json, for formats LLaMA-Factory reads"""
 

@@ -25,7 +25,7 @@ def dataset_card(report: dict, fmt: ExportFormat) -> str:
         f"images: {report['images']}\n- data file: `{fmt.data_file}`\n"
         f"- run config hash: `{report['config_hash']}`; mmcof-gen {report['package_version']}\n"
         f"- dropped at export: {report['dropped']} (reasons in `export_report.json`)",
-        "## How to train\n" + fmt.usage,
+        "## How to train\n" + fmt.usage.format(max_pixels=budget["max_pixels"], cutoff_len=budget["cutoff_len"]),
         "## Token budget\n"
         f"At `max_pixels = {budget['max_pixels']}` a sample holds at most **{budget['max_tokens']} tokens** "
         f"({budget['text_tokens']}); mean {budget['mean_tokens']}.\n"
