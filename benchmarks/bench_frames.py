@@ -1,6 +1,6 @@
 """Working-frame cost: our make_frame (JPEG draft decoding) + one zoom vs a plain full decode + resize.
 
-Run: .venv/bin/python benchmarks/bench_frames.py
+Run from the checkout: .venv/bin/python -m benchmarks.bench_frames
 A 6000x4000 (24 MP) photo-like JPEG (gradients + noise, quality 90) is made in a temp dir; each op is timed
 best-of-N with time.perf_counter. The ratio is ours (frame + zoom) / baseline (frame only): below 1 means the
 draft decode pays for the zoom and more.

@@ -1,6 +1,6 @@
 """Throughput of the Ray executor, each number a ratio against a baseline measured in the same run.
 
-Run: RAY_AUTH_MODE=disabled .venv/bin/python benchmarks/bench_throughput.py [--quick]
+Run from the checkout: RAY_AUTH_MODE=disabled .venv/bin/python -m benchmarks.bench_throughput [--quick]
 
 1. Concurrency: the VLM agent against the scripted OpenAI-compatible server (its own process, every reply
    after a fixed 0.2 s). The script is stateless and makes every search take exactly 5 calls (reader from
@@ -18,7 +18,7 @@ Run: RAY_AUTH_MODE=disabled .venv/bin/python benchmarks/bench_throughput.py [--q
    concurrent single-request callers, against the same model called directly on batches of 8 in this
    process; one torch thread each, runs interleaved, best of each.
 
-No asserts: the machine is shared and noisy; numbers go to the README by hand.
+No asserts: the machine is shared and noisy; numbers go to docs/benchmarks.md by hand.
 """
 
 from __future__ import annotations
