@@ -1,4 +1,4 @@
-"""Shared inputs of the reliability suite (helpers live in mmcof_gen/testing/faults.py)."""
+"""Shared inputs of the reliability suite (helpers live in tests/support/faults.py)."""
 
 from __future__ import annotations
 
