@@ -8,7 +8,7 @@ export TRANSFORMERS_OFFLINE := 1
 export YOLO_OFFLINE := 1
 export RAY_AUTH_MODE := disabled
 
-.PHONY: demo test install-test clean
+.PHONY: demo test test-vllm install-test clean
 
 # The stamp is remade whenever pyproject.toml changes, so a re-run with an existing .venv is fast.
 $(VENV)/.installed: pyproject.toml
@@ -36,5 +36,9 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q
 
+# The tests marked vllm against a real vLLM server (CPU build in .venv-vllm, tiny random Qwen2.5-VL): docs/vllm.md
+test-vllm: $(VENV)/.installed-test
+	tests/vllm/stage.sh
+
 clean:
-	rm -rf $(VENV) $(DEMO)
+	rm -rf $(VENV) .venv-vllm $(DEMO)
