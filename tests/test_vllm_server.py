@@ -9,6 +9,7 @@ import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -131,7 +132,8 @@ def test_synthesize_with_the_shipped_pipeline(structured, inputs, tmp_path, serv
     for trajectory in trajectories:
         assert trajectory.status in ("accepted", "rejected")
         assert trajectory.status == "accepted" or trajectory.reason
-        assert "Invalid JSON" not in (trajectory.reason or "")  # a cut reply is reported as cut, not as bad JSON
+        if "Invalid JSON" in (trajectory.reason or ""):  # a cut reply is reported as cut, and not repaired
+            assert "reply cut at 512 tokens (finish_reason length, agent.reply_tokens)" in trajectory.reason
     calls = all_calls(store)
     assert calls and all(c.retries == 0 and c.seconds > 0 and c.prompt_tokens > 0 and c.completion_tokens > 0
                          for c in calls)
@@ -258,14 +260,17 @@ def test_too_many_images_in_the_run_stops_it_at_the_first_refusal(inputs, tmp_pa
 
 
 def test_a_prompt_over_the_context_is_not_retried_and_says_why(inputs, tmp_path, server_log):
-    images, _ = inputs
-    questions = tmp_path / "long.jsonl"
-    long_question = "Which of these words is written on the sign: " + " ".join(f"w{i}x" for i in range(6000)) + "?"
-    questions.write_text(json.dumps({"image": "img0.png", "question": long_question, "answer": "zebra"}) + "\n")
-    stats = run(pipeline(), images, tmp_path / "run", questions=questions)
+    images, questions = inputs
+    prompts = tmp_path / "prompts"
+    shutil.copytree(REPO_ROOT / "prompts" / "agent", prompts)
+    reader = prompts / "reader.txt"  # a reader prompt far longer than the server's context
+    reader.write_text(" ".join(f"w{i}x" for i in range(8000)) + "\n" + reader.read_text(encoding="utf-8"))
+    data = pipeline_data()
+    data["prompts_dir"] = str(prompts)
+    stats = run(PipelineConfig.model_validate(data), images, tmp_path / "run", questions=questions, limit=1)
     (error,) = list(RunStore(tmp_path / "run").errors())
     assert stats["errors"] == 1
-    assert f"This model's maximum context length is {MAX_MODEL_LEN} tokens" in error.reason
+    assert f"HTTP 400: This model's maximum context length is {MAX_MODEL_LEN} tokens" in error.reason
     assert "--max-model-len" in error.reason and "agent.max_steps" in error.reason
     assert ServerLog.chats(server_log.requests(expected=2)) == [200, 400]  # the probe; the first call, not retried
 

@@ -40,10 +40,11 @@ from mmcof_gen.schema import Box, ChainStep, Detection, Step, Task, Verdict, Vie
 # ------------------------------------------------------------------------------------------ replies
 # Every string, list and number of a reply schema is bounded: a server that decodes to the schema (vLLM's
 # structured outputs) otherwise lets a model that never closes a string run on to max_tokens, and the cut
-# reply is not JSON. The bounds are far above what a useful reply holds.
+# reply is not JSON. The bounds are far above what a useful reply holds, and a planner action filled to
+# every bound (about 450 characters) still fits the default agent.reply_tokens of 512.
 
-Phrase = Annotated[str, Field(max_length=100)]
-Thought = Annotated[str, Field(max_length=400)]
+Phrase = Annotated[str, Field(max_length=60)]
+Thought = Annotated[str, Field(max_length=200)]
 # Asked for as 4 integer pixels (what the prompts say); validated leniently, so that a wrong box becomes an
 # observation the planner can correct (imaging.validate_box) rather than a malformed reply.
 BoxValues = Annotated[list[int | float], WithJsonSchema({
@@ -96,7 +97,7 @@ def summary_schema(count: int) -> type[BaseModel]:
         return value
 
     return create_model("Summary", thoughts=(list[Thought], Field(min_length=count, max_length=count)),
-                        final_thought=(str, Field(min_length=1, max_length=400)),
+                        final_thought=(str, Field(min_length=1, max_length=200)),
                         __validators__={"no_tags": field_validator("thoughts", "final_thought")(no_tags)})
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import random
 from dataclasses import dataclass, field
+from typing import Annotated
 
 from PIL import Image
 from pydantic import BaseModel, Field, model_validator
@@ -54,15 +55,15 @@ class Proposals(BaseModel):
 
 
 class CropDescription(BaseModel):
-    description: str = Field(min_length=1, max_length=400)
+    description: str = Field(min_length=1, max_length=200)
     clear: bool
 
 
 class WrittenQuestion(BaseModel):
     question_type: QuestionType
-    question: str = Field(min_length=1, max_length=300)
-    options: list[Phrase] | None = Field(None, min_length=2, max_length=6)
-    answer: str = Field(min_length=1, max_length=100)
+    question: str = Field(min_length=1, max_length=160)
+    options: list[Annotated[str, Field(max_length=32)]] | None = Field(None, min_length=2, max_length=6)
+    answer: Phrase = Field(min_length=1)
 
     @model_validator(mode="after")
     def _answer_is_an_option(self) -> WrittenQuestion:
