@@ -41,12 +41,17 @@ PID=$!
 echo "vLLM server: pid $PID, http://127.0.0.1:$PORT/v1, log $WORK/server.log; waiting for /health (at most ${START_TIMEOUT}s)"
 start=$SECONDS
 until curl -sf "http://127.0.0.1:$PORT/health" > /dev/null; do
-    if ! kill -0 "$PID" 2>/dev/null || [ $((SECONDS - start)) -ge "$START_TIMEOUT" ]; then
-        echo "vLLM server did not come up within ${START_TIMEOUT}s (or exited); the last lines of its log:" >&2
-        tail -n 40 "$WORK/server.log" >&2
-        exit 1
+    if ! kill -0 "$PID" 2>/dev/null; then
+        echo "vLLM server exited before /health answered; the last lines of its log:" >&2
+    elif [ $((SECONDS - start)) -ge "$START_TIMEOUT" ]; then
+        echo "vLLM server did not answer /health within ${START_TIMEOUT}s; the last lines of its log:" >&2
+    else
+        sleep 2
+        continue
     fi
-    sleep 2
+    tail -n 40 "$WORK/server.log" >&2
+    [ -s "$WORK/server.log" ] || echo "(the log is empty)" >&2
+    exit 1
 done
 echo "vLLM server healthy after $((SECONDS - start))s"
 MMCOF_VLLM_URL="http://127.0.0.1:$PORT/v1" MMCOF_VLLM_MODEL="$SERVED" MMCOF_VLLM_LOG="$WORK/server.log" \
