@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export YOLO_OFFLINE := 1
 export RAY_AUTH_MODE := disabled
 
-.PHONY: demo test install-test clean
+.PHONY: demo test test-vllm install-test clean
 
 # The stamp is remade whenever pyproject.toml changes, so a re-run with an existing .venv is fast.
 $(VENV)/.installed: pyproject.toml
@@ -42,5 +42,9 @@ test: $(VENV)/.installed-test
 	$(MAKE) --no-print-directory demo DEMO=$(CHECK)/demo
 	$(BIN)/python tests/wheel_smoke.py --reference $(CHECK)/demo
 
+# The tests marked vllm against a real vLLM server (CPU build in .venv-vllm, tiny random Qwen2.5-VL): docs/vllm.md
+test-vllm: $(VENV)/.installed-test
+	tests/vllm/stage.sh
+
 clean:
-	rm -rf $(VENV) .venv-wheel $(DEMO) $(CHECK)
+	rm -rf $(VENV) .venv-wheel .venv-vllm $(DEMO) $(CHECK)

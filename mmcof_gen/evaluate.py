@@ -285,10 +285,22 @@ def _append(path: Path, record: EvalRecord) -> None:
         os.fsync(handle.fileno())
 
 
+def _check_server(model: ChatModelConfig, settings: EvalSettings) -> None:
+    """A vLLM endpoint that cannot serve this evaluation is refused before the first episode."""
+    from mmcof_gen.models.server_info import check_images, check_served, server_info
+
+    info = server_info(model)
+    if info is not None:
+        check_served(info, model, "--served-model", settings.max_new_tokens, "max_new_tokens")
+        check_images(model, settings.max_images, "--endpoint")
+
+
 def evaluate_bench(bench: Path, out: Path, settings: EvalSettings, model: ChatModelConfig,
                    judge: ChatModelConfig | None = None, limit: int | None = None) -> dict:
     """The `eval` command: load the benchmark, build the model (and judge), evaluate, report."""
     require("data", "eval (its report.png)", ("matplotlib",))
     items = load_bench(bench)[:limit]
+    if model.backend == "openai":
+        _check_server(model, settings)
     chat = chat_model(model)
     return evaluate(chat, items, settings, out, chat_model(judge) if judge else None, bench=str(bench))

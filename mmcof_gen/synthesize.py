@@ -16,9 +16,11 @@ from rich.console import Console
 
 from mmcof_gen import __version__
 from mmcof_gen.agent.search import role_models
-from mmcof_gen.config import PipelineConfig
+from mmcof_gen.config import ConfigError, PipelineConfig
 from mmcof_gen.executors.local import run_local
 from mmcof_gen.imaging import discover_images
+from mmcof_gen.models.chat import ServerLimitError
+from mmcof_gen.models.server_info import check_servers
 from mmcof_gen.progress import LiveStatus
 from mmcof_gen.prompts import Prompts
 from mmcof_gen.schema import ErrorRecord, Provenance, Trajectory
@@ -95,12 +97,14 @@ def synthesize(
     fingerprint = config.fingerprint() + "-" + Prompts.combined_hash(hashes)
     provenance = Provenance(package_version=__version__, config_hash=fingerprint, models=models, prompts=hashes)
     source_kind, source = task_source(config, images_dir, questions, coco, source_kind)
+    servers = check_servers(config) if config.agent.kind == "vlm" else {}  # before any record is written
     manifest = {
         "tool": "mmcof-gen", "config": config.model_dump(mode="json"), "prompts": hashes,
         "models": models, "versions": package_versions(),
         "inputs": {"images": str(images_dir.resolve()), "source": source_kind,
                    "questions": str(questions.resolve()) if questions else None,
                    "coco": str(coco.resolve()) if coco else None},
+        "servers": servers,
     }
     store = RunStore.open(out_dir, fingerprint, manifest)
     done = store.done_ids()
@@ -140,6 +144,8 @@ def synthesize(
             store.write_manifest({**store.manifest(), "counts": stats})
         except OSError as exc:
             raise unwritable(out_dir, exc) from None
+        except ServerLimitError as exc:  # the first request over a server limit stops the run (models/chat.py)
+            raise ConfigError(f"the run stopped: {exc}") from None
         finally:
             store.close()
     return stats

@@ -23,7 +23,7 @@ from mmcof_gen.agent.ocr_search import OcrSearchAgent, SearchResult
 from mmcof_gen.agent.search import Roles, VlmSearchAgent
 from mmcof_gen.config import PipelineConfig
 from mmcof_gen.imaging import ImageError, file_sha256, image_sha256, image_size, load_image, make_frame, validate_box
-from mmcof_gen.models.chat import chat_model
+from mmcof_gen.models.chat import ServerLimitError, chat_model
 from mmcof_gen.models.detect import Detector
 from mmcof_gen.models.ocr import OcrEngine
 from mmcof_gen.prompts import Prompts
@@ -169,6 +169,8 @@ class ImageWorker:
                     task, view = searches.pop(future)
                     try:
                         yield self._trajectory(task, view, future.result())
+                    except ServerLimitError:  # every other search would hit it too: the run stops
+                        raise
                     except Exception as exc:  # a failed model call (retries spent) becomes an error record
                         yield self._error(task, view.resolution, exc)
         finally:
@@ -213,6 +215,8 @@ class ImageWorker:
                 try:
                     made = self._on_loop(self.task_writer.synthesize(image, frame, (width, height), unit.rel,
                                                                      sha)).result()
+                except ServerLimitError:
+                    raise
                 except Exception as exc:  # a model out of reach: this image fails, the run goes on
                     return None, [ErrorRecord(id="tasks-" + short_hash(unit.rel), stage="tasks", image=unit.rel,
                                               reason=f"task synthesis: {_reason(exc)}")]

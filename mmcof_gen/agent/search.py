@@ -21,10 +21,10 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
 from PIL import Image
-from pydantic import BaseModel, Field, create_model, field_validator, model_validator
+from pydantic import BaseModel, Field, WithJsonSchema, create_model, field_validator, model_validator
 
 from mmcof_gen.agent.ocr_search import SearchResult
 from mmcof_gen.agent.verify import as_option, box_hint, overlap_area, verify_answer
@@ -38,20 +38,31 @@ from mmcof_gen.prompts import Prompts
 from mmcof_gen.schema import Box, ChainStep, Detection, Step, Task, Verdict, View
 
 # ------------------------------------------------------------------------------------------ replies
+# Every string, list and number of a reply schema is bounded: a server that decodes to the schema (vLLM's
+# structured outputs) otherwise lets a model that never closes a string run on to max_tokens, and the cut
+# reply is not JSON. The bounds are far above what a useful reply holds, and a planner action filled to
+# every bound (about 450 characters) still fits the default agent.reply_tokens of 512.
+
+Phrase = Annotated[str, Field(max_length=60)]
+Thought = Annotated[str, Field(max_length=200)]
+# Asked for as 4 integer pixels (what the prompts say); validated leniently, so that a wrong box becomes an
+# observation the planner can correct (imaging.validate_box) rather than a malformed reply.
+BoxValues = Annotated[list[int | float], WithJsonSchema({
+    "type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 99999}, "minItems": 4, "maxItems": 4})]
 
 
 class Targets(BaseModel):
-    missing: list[str] = Field(min_length=1, max_length=4)
+    missing: list[Phrase] = Field(min_length=1, max_length=4)
 
 
 class PlannerAction(BaseModel):
-    thought: str
+    thought: Thought
     action: Literal["locate", "read", "adjust", "zoom", "answer"]
-    phrase: str | None = None
-    box: list[int | float] | None = None
+    phrase: Phrase | None = None
+    box: BoxValues | None = None
     instruction: Literal["enlarge", "shrink", "shift"] | None = None
     direction: Literal["left", "right", "up", "down"] | None = None
-    answer: str | None = None
+    answer: Phrase | None = None
 
     @model_validator(mode="after")
     def _arguments(self) -> PlannerAction:
@@ -64,16 +75,16 @@ class PlannerAction(BaseModel):
 
 
 class ReaderReply(BaseModel):
-    answer: str
+    answer: Phrase
 
 
 class LocateReply(BaseModel):
-    boxes: list[list[int | float]] = Field(max_length=5)
+    boxes: list[BoxValues] = Field(max_length=5)
 
 
 class JudgeReply(BaseModel):
     correct: bool
-    reason: str
+    reason: Thought
 
 
 def summary_schema(count: int) -> type[BaseModel]:
@@ -85,8 +96,8 @@ def summary_schema(count: int) -> type[BaseModel]:
             raise ValueError("thoughts must not contain tags such as <think>, <tool_call> or <answer>")
         return value
 
-    return create_model("Summary", thoughts=(list[str], Field(min_length=count, max_length=count)),
-                        final_thought=(str, Field(min_length=1)),
+    return create_model("Summary", thoughts=(list[Thought], Field(min_length=count, max_length=count)),
+                        final_thought=(str, Field(min_length=1, max_length=200)),
                         __validators__={"no_tags": field_validator("thoughts", "final_thought")(no_tags)})
 
 

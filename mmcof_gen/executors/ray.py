@@ -32,6 +32,7 @@ from pathlib import Path
 
 from mmcof_gen import extras
 from mmcof_gen.config import ConfigError, PipelineConfig
+from mmcof_gen.models.chat import ServerLimitError
 from mmcof_gen.progress import LiveStatus
 from mmcof_gen.prompts import Prompts
 from mmcof_gen.schema import ErrorRecord, ImageTasks, Provenance, Trajectory, trajectory_id
@@ -193,6 +194,8 @@ class _Driver:
                                            reason=f"worker died twice on this image: {type(exc).__name__}"))
             except RayTaskError as exc:  # an exception that escaped the worker: this image fails, the run goes on
                 cause = exc.cause or exc
+                if isinstance(cause, ServerLimitError):  # unless every request would hit it: the run stops
+                    raise cause from None
                 self.write(ErrorRecord(id=image_error_id(unit.rel), stage="image", image=unit.rel,
                                        reason=f"{type(cause).__name__}: {cause}"))
                 break

@@ -51,6 +51,7 @@ class Completion:
     retries: int = 0
     cost_usd: float = 0.0      # API models: tokens times the configured prices
     gpu_seconds: float = 0.0   # in-process models: wall seconds of generate on the accelerator
+    finish_reason: str = ""    # API models: "length" when the reply was cut at max_tokens
 
     def as_call(self, role: str) -> ModelCall:
         """What this completion cost, as recorded in the run."""
@@ -84,6 +85,11 @@ class ChatError(RuntimeError):
     def __init__(self, message: str, retries: int = 0):
         super().__init__(message)
         self.retries = retries
+
+
+class ServerLimitError(ChatError):
+    """The server refused a request for a limit that every later request would hit too (images per prompt,
+    max_tokens over its context): the run stops at the first one, with the setting to change on either side."""
 
 
 class ChatModelConfig(BaseModel):
@@ -336,8 +342,7 @@ class OpenAIChat:
                     break
                 except Exception as exc:
                     if not self._retryable(exc):
-                        raise ChatError(f"{self.config.base_url} ({self.config.model}): {_describe(exc)}",
-                                        retries) from None
+                        raise _refusal(f"{self.config.base_url} ({self.config.model})", exc, body, retries) from None
                     if retries >= self.config.max_retries:
                         raise ChatError(f"{self.config.base_url} ({self.config.model}): gave up after {retries} "
                                         f"retries: {_describe(exc)}", retries) from None
@@ -351,7 +356,7 @@ class OpenAIChat:
                 + completion_tokens * self.config.price_output_per_million) / 1e6
         return Completion(text=text, model=response.model or self.config.model, prompt_tokens=prompt_tokens,
                           completion_tokens=completion_tokens, seconds=round(time.perf_counter() - start, 4),
-                          retries=retries, cost_usd=cost)
+                          retries=retries, cost_usd=cost, finish_reason=response.choices[0].finish_reason or "")
 
 
 class NotACompletion(ValueError):
@@ -372,10 +377,37 @@ def _describe(exc: Exception) -> str:
     import openai
 
     if isinstance(exc, openai.APIStatusError):
-        return f"HTTP {exc.status_code}: {exc.message}"
+        # the server's own message (vLLM: {"error": {"message": ...}}), not the SDK's dump of the whole body
+        said = exc.body.get("message") if isinstance(exc.body, dict) else None
+        return f"HTTP {exc.status_code}: {said if isinstance(said, str) else exc.message}"
     if isinstance(exc, openai.APITimeoutError):
         return "request timed out"
     return f"{type(exc).__name__}: {exc}"
+
+
+# What vLLM says when a request is over one of its limits (vllm serve flags) -> what to change on our side.
+IMAGE_LIMIT = "image(s) may be provided in one prompt"
+MAX_TOKENS_LIMIT = "cannot be greater than max_model_len"
+CONTEXT_LIMIT = "maximum context length"
+
+
+def _refusal(where: str, exc: Exception, body: dict, retries: int) -> ChatError:
+    """The error of a request the server refused for good; a limit of the server names the settings to change."""
+    said = _describe(exc)
+    if IMAGE_LIMIT in said:
+        images = sum(part.get("type") == "image_url" for message in body["messages"]
+                     if isinstance(message["content"], list) for part in message["content"])
+        return ServerLimitError(
+            f"{where}: {said}; this request had {images} images: start vllm serve with --limit-mm-per-prompt "
+            f"'{{\"image\": {images}}}' or more, or lower agent.max_zooms (a search sends up to max_zooms + 2 "
+            "images in one request)", retries)
+    if MAX_TOKENS_LIMIT in said:
+        return ServerLimitError(f"{where}: {said}; lower agent.reply_tokens (the max_tokens of each reply) below the "
+                                "server's --max-model-len, or serve with a larger --max-model-len", retries)
+    if CONTEXT_LIMIT in said:
+        return ChatError(f"{where}: {said}; this conversation does not fit the server's context: serve with a larger "
+                         "--max-model-len, or lower resolutions or agent.max_steps", retries)
+    return ChatError(f"{where}: {said}", retries)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -488,6 +520,9 @@ async def complete_json(model: ChatModel, messages: list[ChatMessage], schema: t
             return parse_reply(completion.text, schema), completions
         except ValidationError as exc:
             problem = invalid_fields(exc, limit=3, whole="reply")
+        if completion.finish_reason == "length":  # a repair would be cut at the same length: not asked
+            raise ReplyError(f"reply cut at {max_tokens} tokens (finish_reason length, agent.reply_tokens) before "
+                             f"it was complete: {problem}", completions)
         conversation = conversation + [
             ChatMessage("assistant", completion.text),
             ChatMessage("user", f"Your reply is not valid: {problem}. Reply again with only a JSON object "

@@ -24,12 +24,13 @@ from __future__ import annotations
 import asyncio
 import random
 from dataclasses import dataclass, field
+from typing import Annotated
 
 from PIL import Image
 from pydantic import BaseModel, Field, model_validator
 
 from mmcof_gen import resources
-from mmcof_gen.agent.search import ReaderReply
+from mmcof_gen.agent.search import BoxValues, Phrase, ReaderReply
 from mmcof_gen.agent.verify import as_option, normalize_text, verify_answer
 from mmcof_gen.cof_format import question_text
 from mmcof_gen.config import PipelineConfig, QuestionType
@@ -45,9 +46,9 @@ SOURCE = "vlm-synthesis"
 # ------------------------------------------------------------------------------------------ replies
 
 
-class ProposedObject(BaseModel):
+class ProposedObject(BaseModel):  # bounded like the agent's replies (agent/search.py)
     name: str = Field(min_length=1, max_length=80)
-    box: list[int | float]
+    box: BoxValues
 
 
 class Proposals(BaseModel):
@@ -55,15 +56,15 @@ class Proposals(BaseModel):
 
 
 class CropDescription(BaseModel):
-    description: str = Field(min_length=1)
+    description: str = Field(min_length=1, max_length=200)
     clear: bool
 
 
 class WrittenQuestion(BaseModel):
     question_type: QuestionType
-    question: str = Field(min_length=1)
-    options: list[str] | None = Field(None, min_length=2, max_length=6)
-    answer: str = Field(min_length=1)
+    question: str = Field(min_length=1, max_length=160)
+    options: list[Annotated[str, Field(max_length=32)]] | None = Field(None, min_length=2, max_length=6)
+    answer: Phrase = Field(min_length=1)
 
     @model_validator(mode="after")
     def _answer_is_an_option(self) -> WrittenQuestion:

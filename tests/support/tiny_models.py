@@ -2,6 +2,7 @@
 `save_pretrained` and loaded back through the same `from_pretrained(path)` code as real model ids.
 
     path = build_tiny_qwen25vl(tmp_path / "qwen")   # a few seconds, ~2 MB
+    path = build_tiny_qwen25vl(tmp_path / "qwen", for_vllm=True)   # what a vLLM server loads (make test-vllm)
     path = build_tiny_owlv2(tmp_path / "owl")        # GroundingDINO, OWLv2, YOLO: about a second each
 """
 
@@ -42,8 +43,12 @@ def _tiny_tokenizer(corpus: list[str]):
     return fast
 
 
-def build_tiny_qwen25vl(path: Path, seed: int = 0) -> Path:
-    """A randomly initialised Qwen2.5-VL (hidden 64, 2 layers) with its processor, saved to `path`."""
+def build_tiny_qwen25vl(path: Path, seed: int = 0, for_vllm: bool = False) -> Path:
+    """A randomly initialised Qwen2.5-VL (hidden 64, 2 layers) with its processor, saved to `path`.
+
+    `for_vllm`: twice as wide (hidden 128, vision 64) and saved in bfloat16, because vLLM's CPU attention
+    needs a head size of at least 32 (4 heads of 32; mrope sections sum to half of it).
+    """
     import torch
     from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor,
                               Qwen2VLImageProcessor, Qwen2VLVideoProcessor)
@@ -60,13 +65,15 @@ def build_tiny_qwen25vl(path: Path, seed: int = 0) -> Path:
     processor = Qwen2_5_VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
                                     video_processor=Qwen2VLVideoProcessor(), chat_template=QWEN_CHAT_TEMPLATE)
     ids = {name: tokenizer.convert_tokens_to_ids(name) for name in QWEN_SPECIAL_TOKENS}
+    hidden, vision, mrope = (128, 64, [4, 6, 6]) if for_vllm else (64, 32, [2, 3, 3])
     config = Qwen2_5_VLConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                         rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]},
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=4096, rope_scaling={"type": "mrope", "mrope_section": mrope},
                          eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
                          bos_token_id=ids["<|endoftext|>"], tie_word_embeddings=True),
-        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+        vision_config=dict(depth=2, hidden_size=vision, intermediate_size=2 * vision, num_heads=2,
+                           out_hidden_size=hidden,
                            patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
                            fullatt_block_indexes=[1]),
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
@@ -77,6 +84,8 @@ def build_tiny_qwen25vl(path: Path, seed: int = 0) -> Path:
     model = Qwen2_5_VLForConditionalGeneration(config)
     model.generation_config.eos_token_id = ids["<|im_end|>"]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    if for_vllm:
+        model = model.to(torch.bfloat16)
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return path

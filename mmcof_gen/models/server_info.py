@@ -1,0 +1,106 @@
+"""What a vLLM server says about itself, asked before a run starts: its version (`/version`), the names it
+serves with their context length (`/v1/models`), and whether it accepts as many images in one request as
+a search sends. A served name it does not know, a reply budget over its context or an image limit below
+the search's are refused here, in one line, before any record is written; what it said goes into the
+run manifest.
+
+Servers that do not answer `/version` with a version (OpenAI, other proxies) are not asked anything more:
+their refusals surface in the run itself (models/chat.py names the setting for each).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+
+from mmcof_gen.config import ConfigError, PipelineConfig
+from mmcof_gen.models.chat import ChatMessage, ChatModelConfig, IMAGE_LIMIT, openai_messages
+
+TIMEOUT = 10.0  # seconds per question; a server that does not answer in time is asked nothing more
+
+# the probe's image: the smallest a Qwen2-VL-style processor takes without complaint
+PROBE_SIDE = 28
+
+
+def _request(url: str, config: ChatModelConfig, body: dict | None = None) -> tuple[int, object]:
+    """(status, parsed JSON body or None) of a GET, or a POST of `body`; (0, None) when unreachable."""
+    headers = {"Content-Type": "application/json"}
+    if config.api_key_env and os.environ.get(config.api_key_env):
+        headers["Authorization"] = f"Bearer {os.environ[config.api_key_env]}"
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, headers=headers, method="POST" if data else "GET")
+    try:
+        with urllib.request.urlopen(request, timeout=min(TIMEOUT, config.timeout)) as response:
+            status, raw = response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        status, raw = exc.code, exc.read()
+    except (OSError, ValueError):
+        return 0, None
+    try:
+        return status, json.loads(raw)
+    except ValueError:
+        return status, None
+
+
+def server_info(config: ChatModelConfig) -> dict | None:
+    """{"version", "models": {served name: max_model_len}} of a vLLM server; None for any other server."""
+    root = config.base_url.rstrip("/").removesuffix("/v1")
+    status, version = _request(f"{root}/version", config)
+    if status != 200 or not isinstance(version, dict) or not isinstance(version.get("version"), str):
+        return None
+    status, listing = _request(f"{config.base_url.rstrip('/')}/models", config)
+    data = listing.get("data") if status == 200 and isinstance(listing, dict) else None
+    models = {entry["id"]: entry.get("max_model_len") for entry in data or [] if isinstance(entry, dict) and "id" in entry}
+    return {"version": version["version"], "models": models}
+
+
+def check_served(info: dict, config: ChatModelConfig, key: str, reply_tokens: int, reply_key: str) -> None:
+    """The served name exists and a reply of `reply_tokens` fits its context; else a ConfigError naming `key`."""
+    if config.model not in info["models"]:
+        offered = ", ".join(sorted(info["models"])) or "no models"
+        raise ConfigError(f"{key}: {config.base_url} does not serve {config.model!r}; its /v1/models offers: "
+                          f"{offered}")
+    max_model_len = info["models"][config.model]
+    if isinstance(max_model_len, int) and reply_tokens >= max_model_len:
+        raise ConfigError(f"{reply_key} ({reply_tokens}) must be below the max_model_len ({max_model_len}) of "
+                          f"{config.model!r} at {config.base_url}; lower it, or serve with a larger --max-model-len")
+
+
+def check_images(config: ChatModelConfig, images: int, key: str) -> None:
+    """One request of `images` tiny images and a one-token reply: a server whose image limit is lower says so."""
+    from PIL import Image
+
+    probe = [Image.new("RGB", (PROBE_SIDE, PROBE_SIDE), (i * 40 % 256, 128, 64)) for i in range(images)]
+    body = {"model": config.model, "max_tokens": 1, "temperature": 0.0,
+            "messages": openai_messages([ChatMessage("user", "ok", probe)])}
+    status, reply = _request(f"{config.base_url.rstrip('/')}/chat/completions", config, body)
+    error = reply.get("error", reply) if isinstance(reply, dict) else None
+    message = error.get("message") if isinstance(error, dict) else None
+    if status == 400 and isinstance(message, str) and IMAGE_LIMIT in message:
+        raise ConfigError(f"{key}: {config.base_url} refuses {images} images in one request ({message!r}); start "
+                          f"vllm serve with --limit-mm-per-prompt '{{\"image\": {images}}}' or more, or lower "
+                          "agent.max_zooms (a search sends up to max_zooms + 2 images in one request)")
+
+
+def check_servers(config: PipelineConfig) -> dict[str, dict]:
+    """Ask every vLLM server of the pipeline's roles, refuse what cannot work; base URL -> what it said."""
+    models = config.models
+    # the most images one request of each role holds: the planner sees the frame and its zooms, the
+    # summariser the frame and every kept crop (the zooms and the evidence box)
+    images = {"planner": config.agent.max_zooms + 1, "summariser": config.agent.max_zooms + 2}
+    servers: dict[str, dict | None] = {}
+    for role in ("planner", "reader", "locator", "verifier", "summariser", "task_writer"):
+        model = getattr(models, role)
+        if model is None or model.backend != "openai":
+            continue
+        if model.base_url not in servers:
+            servers[model.base_url] = server_info(model)
+        info = servers[model.base_url]
+        if info is None:
+            continue
+        check_served(info, model, f"models.{role}.model", config.agent.reply_tokens, "agent.reply_tokens")
+        if role in images:
+            check_images(model, images[role], f"models.{role}")
+    return {url: info for url, info in servers.items() if info is not None}

