@@ -23,7 +23,8 @@ from pydantic import BaseModel, Field
 from rich.console import Console
 
 from mmcof_gen.agent import search
-from mmcof_gen.config import REPO_ROOT, ConfigError, PipelineConfig, load_config
+from mmcof_gen import resources
+from mmcof_gen.config import ConfigError, PipelineConfig, load_config
 from mmcof_gen.models.chat import ChatMessage, ChatModelConfig, ReplyError, chat_model, complete_json
 from mmcof_gen.store import MANIFEST, RunStore
 from mmcof_gen.synthesize import synthesize
@@ -34,7 +35,7 @@ LOG = Path(os.environ.get("MMCOF_VLLM_LOG", "/nonexistent"))
 IMAGE_LIMIT = int(os.environ.get("MMCOF_VLLM_IMAGE_LIMIT", "6"))
 MAX_MODEL_LEN = int(os.environ.get("MMCOF_VLLM_MAX_MODEL_LEN", "4096"))
 CLI = [sys.executable, "-m", "mmcof_gen.cli"]
-SHIPPED = REPO_ROOT / "pipelines" / "vllm-qwen2.5-vl.yaml"
+SHIPPED = resources.PIPELINES / "vllm-qwen2.5-vl.yaml"
 
 pytestmark = [pytest.mark.vllm, pytest.mark.skipif(not URL, reason="needs a vLLM server: run `make test-vllm`")]
 
@@ -262,7 +263,7 @@ def test_too_many_images_in_the_run_stops_it_at_the_first_refusal(inputs, tmp_pa
 def test_a_prompt_over_the_context_is_not_retried_and_says_why(inputs, tmp_path, server_log):
     images, questions = inputs
     prompts = tmp_path / "prompts"
-    shutil.copytree(REPO_ROOT / "prompts" / "agent", prompts)
+    shutil.copytree(resources.prompts("agent"), prompts)
     reader = prompts / "reader.txt"  # a reader prompt far longer than the server's context
     reader.write_text(" ".join(f"w{i}x" for i in range(8000)) + "\n" + reader.read_text(encoding="utf-8"))
     data = pipeline_data()
