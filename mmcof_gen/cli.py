@@ -106,7 +106,13 @@ def synthesize(
     kind = "questions" if questions else "coco" if coco else source.value
     stats = run(pipeline, images, out, questions=questions, limit=limit, coco=coco, source_kind=kind)
     typer.echo(f"{stats['accepted']} accepted ({stats['direct']} direct, {stats['zoom']} zoom), "
-               f"{stats['rejected']} rejected, {stats['errors']} errors; results in {out}")
+               f"{stats['rejected']} rejected, {_errors(stats)}; results in {out}")
+
+
+def _errors(stats: dict) -> str:
+    """"7 errors, 5 will be retried on resume": what re-running the same command would try again."""
+    retried = stats["transient_errors"]
+    return f"{stats['errors']} errors" + (f", {retried} will be retried on resume" if retried else "")
 
 
 @app.command()
@@ -130,6 +136,7 @@ def stats(
         table.add_row(resolution, *(str(row[k]) for k in ("accepted", "direct", "zoom", "rejected", "errors")))
     table.add_row("all", *(str(numbers[k]) for k in ("accepted", "direct", "zoom", "rejected", "errors")))
     Console().print(table)
+    typer.echo(_errors(numbers))
     if numbers["rejection_reasons"]:
         typer.echo("rejections: " + ", ".join(f"{k} ({v})" for k, v in numbers["rejection_reasons"].items()))
     for role, use in numbers["models"].items():

@@ -4,7 +4,8 @@ Layout of a run folder:
     manifest.json        config snapshot, versions, prompt hashes, inputs, counts (rewritten atomically)
     tasks.jsonl          one `ImageTasks` per image, so a resume never synthesises tasks twice
     trajectories.jsonl   one `Trajectory` per (task, resolution)
-    errors.jsonl         one `ErrorRecord` per failed image or search, with its reason
+    errors.jsonl         one `ErrorRecord` per failed image or search, with its reason (transient or permanent)
+    retried-errors.jsonl transient errors a resume set aside to try their work again (kept for the record)
     *-<shard>.jsonl      the same three, written by one Ray agent actor each (`-w0`, `-w1`, ...)
 
 Readers take every shard of a kind (`tasks*.jsonl`, ...), so a run folder reads the same whoever wrote it.
@@ -29,6 +30,7 @@ from mmcof_gen.schema import ErrorRecord, ImageTasks, Trajectory
 
 MANIFEST = "manifest.json"
 TASKS = "tasks.jsonl"
+RETRIED = "retried-errors.jsonl"
 KINDS = {ImageTasks: "tasks", Trajectory: "trajectories", ErrorRecord: "errors"}
 
 Record = TypeVar("Record", bound=BaseModel)
@@ -162,6 +164,7 @@ class RunStore:
             store.write_manifest(manifest)
             for path in (path for kind in KINDS for path in store.files(kind)):
                 repair_torn_tail(path)
+            store._set_aside_transient()
         except OSError as exc:
             raise unwritable(root, exc) from None
         return store
@@ -222,12 +225,29 @@ class RunStore:
             yield from (kind.model_validate_json(line) for line in lines if line.strip())
 
     def done_ids(self) -> set[str]:
-        """Ids of finished work: trajectories and errors (an error is final for this run)."""
+        """Ids of finished work: trajectories and errors (every transient error was set aside when the run
+        was opened, so each error here is final for this run)."""
         return {t.id for t in self.trajectories()} | {e.id for e in self.errors()}
 
     # -- writing ---------------------------------------------------------------------------------
     def append(self, record: ImageTasks | Trajectory | ErrorRecord) -> None:
         self._append(self.paths[type(record)], record)
+
+    def _set_aside_transient(self) -> None:
+        """A resume tries transient errors (a worker died, a model out of reach) again: their records move from
+        the errors files to `retried-errors.jsonl` before any work starts. Appended there first, so a kill in
+        between leaves a record in both places (the next open moves it again), never in neither."""
+        for path in self.files(ErrorRecord):
+            keep, retry = [], []
+            for line in path.read_bytes().splitlines(keepends=True):
+                (retry if line.strip() and json.loads(line).get("transient") else keep).append(line)
+            if not retry:
+                continue
+            with (self.root / RETRIED).open("ab") as handle:
+                handle.write(b"".join(retry))
+                handle.flush()
+                os.fsync(handle.fileno())
+            write_bytes_atomic(path, b"".join(keep))
 
     def write_manifest(self, manifest: dict) -> None:
         with self._lock:
