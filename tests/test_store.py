@@ -103,3 +103,17 @@ def test_records_since_reads_only_whole_lines_appended_after_the_mark(tmp_path):
     inside_a_line = {path: mark[path] - 5}
     assert [r.id for r in shard.records_since(inside_a_line)] == ["e1", "e2"]
     assert [r.id for r in shard.records_since({})] == ["e0", "e1", "e2"]
+
+
+def test_a_resume_sets_transient_errors_aside_and_keeps_permanent_ones(tmp_path):
+    store = RunStore.open(tmp_path / "run", "fp1", {})
+    store.append(_error(0))
+    store.append(_error(1).model_copy(update={"transient": True, "reason": "worker died twice"}))
+    store.close()
+    assert store.done_ids() == {"e0", "e1"}  # this run does not try it again
+    resumed = RunStore.open(tmp_path / "run", "fp1", {})
+    assert [(e.id, e.transient) for e in resumed.errors()] == [("e0", False)]
+    assert resumed.done_ids() == {"e0"}  # the resume does
+    [retried] = read_jsonl(tmp_path / "run" / "retried-errors.jsonl", ErrorRecord)
+    assert (retried.id, retried.reason) == ("e1", "worker died twice")
+    assert json.loads((tmp_path / "run" / "errors.jsonl").read_text())["transient"] is False  # every record says

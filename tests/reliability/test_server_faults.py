@@ -96,9 +96,10 @@ def test_a_stalled_server_ends_each_search_at_its_time_budget(sign_inputs, tmp_p
         return reply
 
     run, _, _ = synthesize_against(stall_on_targets, sign_inputs, tmp_path, timeout=30.0, max_seconds=1.5)
-    trajectories = list(RunStore(run).trajectories())
-    assert len(trajectories) == 8
-    assert {(t.status, t.reason) for t in trajectories} == {("rejected", "budget: wall time of 1.5s spent")}
+    assert not list(RunStore(run).trajectories())
+    searches = [e for e in RunStore(run).errors() if e.stage == "trajectory"]
+    assert len(searches) == 8  # transient: on a loaded machine a later run may finish them, so a resume retries
+    assert {(e.transient, e.reason) for e in searches} == {(True, "WallTimeSpent: budget: wall time of 1.5s spent")}
 
 
 @pytest.mark.parametrize("body", [b'{"object": "list", "data": []}', b"[1, 2]",
