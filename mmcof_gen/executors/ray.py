@@ -18,7 +18,10 @@ Exactly once, with several writers:
   answers (`ready`, in a concurrency group of its own so it never queues behind images): an actor Ray is
   still restarting is waited for (up to `executor.restart_timeout_s`), not taken for a second death; one
   dead for good (restarts spent) is passed over for another. Only an actor that dies again while it holds
-  the image ends the image, in an error record that is transient (a resume tries it again);
+  the image ends the image, in an error record that is transient (a resume tries it again). Ray may report
+  an actor dead while its process still runs for a moment: each life of an actor holds a lock file
+  (`.<shard>-<life>.lock`, released by the kernel when the process exits), and the driver reads the shard
+  back only once it holds that lock, so nothing the old life writes can land after the read;
 - two copies of one image (the same bytes at two paths make the same ids): an `IdLedger` actor gives
   each id to the first image that claims it, and an actor writes a record only when its image holds the id.
 
@@ -29,8 +32,10 @@ through environment variables.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import math
 import secrets
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -76,13 +81,19 @@ class AgentActor:
         self._worker = ImageWorker(config, prompts, provenance, shared_detector=shared)
         self._store = RunStore.open_shard(run_dir, shard)
         self._ledger = ray.get_actor(ledger)
+        self._life = secrets.token_hex(4)
+        self._lock = _life_lock(run_dir, shard, self._life).open("w")
+        fcntl.flock(self._lock, fcntl.LOCK_EX)  # held until this process exits, however it ends
 
-    def ready(self) -> None:
-        """Returns once the actor is built: the driver asks before it sends an image (a restarted actor answers
+    def ready(self) -> str:
+        """This life of the actor, once built: the driver asks before it sends an image (a restarted actor answers
         only once rebuilt). In a group of its own, so the question never waits behind the images."""
+        return self._life
 
     def process(self, unit: ImageUnit, cached: ImageTasks | None, done: set[str]):
-        """The records of one image, each written to this actor's shard and then streamed (a Ray generator)."""
+        """This life of the actor, then the records of one image, each written to this actor's shard and then
+        streamed (a Ray generator)."""
+        yield self._life
         for record in self._worker.process(unit, cached, done):
             if isinstance(record, (Trajectory, ErrorRecord)) and not ray.get(
                     self._ledger.claim.remote(unit.rel, record.id)):
@@ -137,12 +148,15 @@ def run_ray(
             for index, shard in enumerate(shards)]
         actors += agents
         _wait_until_built(actors[1:])  # the ledger holds nothing that could fail to build
-        driver = _Driver(agents, [RunStore(run_dir, shard) for shard in shards], write, written, cached, done,
-                         config.resolutions, status, settings.restart_timeout_s)
+        driver = _Driver(agents, shards, Path(run_dir), write, written, cached, done, config.resolutions, status,
+                         settings.restart_timeout_s)
         asyncio.run(driver.run(units, in_flight))
     finally:
         for actor in actors:
             ray.kill(actor)
+        for shard in shards:
+            for lock in Path(run_dir).glob(f".{shard}-*.lock"):
+                lock.unlink(missing_ok=True)
         if started:
             ray.shutdown()
 
@@ -150,13 +164,15 @@ def run_ray(
 class _Driver:
     """Streams units to the least busy agent actor, at most `in_flight` at once, and counts what they write."""
 
-    def __init__(self, agents: list, shards: list[RunStore], write: Callable[[Record], None],
+    def __init__(self, agents: list, shards: list[str], run_dir: Path, write: Callable[[Record], None],
                  written: Callable[[Record], None], cached: dict[str, ImageTasks], done: set[str],
                  resolutions: list[int], status: LiveStatus | None, restart_timeout: float):
         self.agents = agents
         self.alive = set(range(len(agents)))  # less those found dead for good
+        self.lives = [""] * len(agents)  # each agent's life that last answered `ready`
         self.restart_timeout = restart_timeout
-        self.shards = shards
+        self.shard_names = shards
+        self.shards = [RunStore(run_dir, shard) for shard in shards]
         self.load = [0] * len(agents)
         self.write = write
         self.written = written
@@ -188,14 +204,20 @@ class _Driver:
             if index is None:
                 self.write(_died(unit.rel, "every Ray agent actor is dead (restarts spent)"))
                 break
-            self.load[index] += 1
             shard = self.shards[index]
             sizes = shard.sizes()
+            life = self.lives[index]
             try:
                 async for ref in self.agents[index].process.remote(unit, image.tasks, self._done(image)):
-                    image.take(await ref)
+                    record = await ref
+                    if isinstance(record, str):
+                        life = record  # the life that works on the image (it may have restarted since `ready`)
+                    else:
+                        image.take(record)
                 break
             except (RayActorError, ObjectLostError) as exc:
+                lock = _life_lock(shard.root, self.shard_names[index], life)
+                await asyncio.to_thread(_wait_until_gone, lock, self.restart_timeout)
                 for record in shard.records_since(sizes):  # written by the actor, never streamed: done
                     if _image_of(record) == unit.rel and record.id not in image.ids:
                         image.take(record)
@@ -214,15 +236,18 @@ class _Driver:
             self.status.image_finished()
 
     async def _live_agent(self) -> int | None:
-        """The least busy agent actor that answers; None when every one is dead for good."""
+        """The least busy agent actor that answers, its load counted for the caller (counted before the question,
+        so that images asking at once spread); None when every one is dead for good."""
         while self.alive:
             index = min(self.alive, key=self.load.__getitem__)
-            if await self._answers(self.agents[index]):
+            self.load[index] += 1
+            if await self._answers(index):
                 return index
+            self.load[index] -= 1
             self.alive.discard(index)
         return None
 
-    async def _answers(self, agent) -> bool:
+    async def _answers(self, index: int) -> bool:
         """Whether `agent` is up, waiting while Ray restarts it (up to the restart timeout). A restarting actor
         queues the call (`max_task_retries` carries it over the restart); one that Ray does not yet know
         is down answers ActorUnavailableError, and is asked again."""
@@ -230,7 +255,8 @@ class _Driver:
         deadline = loop.time() + self.restart_timeout
         while True:
             try:
-                await asyncio.wait_for(agent.ready.options(concurrency_group="control", max_task_retries=-1).remote(), deadline - loop.time())
+                self.lives[index] = await asyncio.wait_for(self.agents[index].ready.options(
+                    concurrency_group="control", max_task_retries=-1).remote(), deadline - loop.time())
                 return True
             except ActorUnavailableError:
                 if loop.time() >= deadline:
@@ -261,6 +287,26 @@ class _Image:
             self.tasks = record
         self.ids.add(record.id)
         self._written(record)
+
+
+def _life_lock(run_dir: Path, shard: str, life: str) -> Path:
+    return Path(run_dir) / f".{shard}-{life}.lock"
+
+
+def _wait_until_gone(lock: Path, timeout: float) -> None:
+    """Returns once no process holds `lock` (the life that held it has exited: all it wrote is on disk), or
+    after `timeout` seconds (a process that hangs on is not waited for forever)."""
+    deadline = time.monotonic() + timeout
+    with lock.open("a") as handle:
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(0.01)
+    lock.unlink(missing_ok=True)
 
 
 def _died(image: str, reason: str) -> ErrorRecord:
