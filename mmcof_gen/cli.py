@@ -80,6 +80,9 @@ def synthesize(
         help="With --executor ray: 'auto' or ray://host:port joins a running cluster; none starts a local Ray.")] = None,
     max_in_flight: Annotated[Optional[int], typer.Option(
         min=1, help="With --executor ray: images worked on at once over all workers (backpressure).")] = None,
+    relocated: Annotated[bool, typer.Option(
+        "--relocated", help="Resume a run whose images folder moved to --images (its images are checked to be "
+                            "the same files).")] = False,
 ) -> None:
     """Search each image for the regions its questions depend on and write verified chains."""
     from mmcof_gen.synthesize import synthesize as run
@@ -104,7 +107,8 @@ def synthesize(
     if exclude:
         pipeline.tasks.exclude = exclude.resolve()
     kind = "questions" if questions else "coco" if coco else source.value
-    stats = run(pipeline, images, out, questions=questions, limit=limit, coco=coco, source_kind=kind)
+    stats = run(pipeline, images, out, questions=questions, limit=limit, coco=coco, source_kind=kind,
+                relocated=relocated)
     typer.echo(f"{stats['accepted']} accepted ({stats['direct']} direct, {stats['zoom']} zoom), "
                f"{stats['rejected']} rejected, {_errors(stats)}; results in {out}")
 

@@ -134,14 +134,17 @@ class RunStore:
 
     # -- opening ---------------------------------------------------------------------------------
     @classmethod
-    def open(cls, root: Path, fingerprint: str, manifest: dict) -> RunStore:
-        """Create a run folder, or reopen one made with the same fingerprint (a resume).
+    def open(cls, root: Path, fingerprint: str, manifest: dict, relocated: bool = False) -> RunStore:
+        """Create a run folder, or reopen one made with the same fingerprint and inputs (a resume).
 
-        A folder with other content, or a run made with another config, is refused: nothing is ever
-        silently overwritten or mixed.
+        A folder with other content, or a run made with another config or other inputs, is refused: nothing
+        is ever silently overwritten or mixed. The inputs a run was made from are never rewritten; a moved
+        images folder (`relocated`) is recorded beside them once its images are checked to be the same.
         """
         root = Path(root)
         manifest_path = root / MANIFEST
+        if root.exists() and not root.is_dir():
+            raise StoreError(f"--out {root} is a file, not a folder; pass a new folder for the run")
         if manifest_path.exists():
             old = json.loads(manifest_path.read_text(encoding="utf-8"))
             if old.get("fingerprint") != fingerprint:
@@ -149,9 +152,13 @@ class RunStore:
                     f"{root} holds a run made with another config or prompts (fingerprint "
                     f"{old.get('fingerprint')} != {fingerprint}); pass a new --out folder to start a new run"
                 )
-            manifest = {**old, **{k: v for k, v in manifest.items() if k != "created"}}
+            relocations = _same_inputs(root, old, manifest["inputs"], relocated) if "inputs" in manifest else []
+            keep = ("created", "inputs", "relocations")
+            manifest = {**old, **{k: v for k, v in manifest.items() if k not in keep}, "relocations": relocations}
         elif root.exists() and any(not p.match(f".{MANIFEST}.*.tmp") for p in root.iterdir()):
             raise StoreError(f"{root} is not empty and holds no {MANIFEST}; pass a new or empty --out folder")
+        elif relocated:
+            raise StoreError(f"--relocated is for resuming a run whose images folder moved; {root} holds no run yet")
         try:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -271,6 +278,43 @@ class RunStore:
             handle.write(line)
             handle.flush()
             os.fsync(handle.fileno())
+
+
+IDENTITY = ("source", "questions_sha256", "coco_sha256")
+"""What a run is made from besides its images folder: the source kind and the content of its task files."""
+
+
+def _same_inputs(root: Path, old: dict, inputs: dict, relocated: bool) -> list[dict]:
+    """The run's relocations, with this one added: refuses inputs other than those the run was made from.
+    Only the images folder may differ, and only when `relocated` and every image the run holds tasks for
+    is found at the new place with the same content (sha256)."""
+    made = old.get("inputs") or {}
+    relocations = list(old.get("relocations") or [])
+    differ = [key for key in IDENTITY if key in made and made[key] != inputs.get(key)]
+    if differ:
+        raise StoreError(f"{root} was made from {_describe(made)}, not {_describe(inputs)}; pass a new --out to "
+                         "start a run from these inputs")
+    images = relocations[-1]["images"] if relocations else made.get("images")
+    if images is None or images == inputs.get("images"):
+        return relocations
+    if not relocated:
+        raise StoreError(f"{root} was made from --images {images}, not {inputs['images']}; pass a new --out to "
+                         "start a run from these images, or add --relocated if the same images moved there")
+    from mmcof_gen.imaging import file_sha256  # PIL and friends only when a run is relocated
+
+    for item in RunStore(root).image_tasks():
+        path = Path(inputs["images"]) / item.image
+        if not path.is_file() or file_sha256(path) != item.image_sha256:
+            raise StoreError(f"--relocated: {path} is {'not the image' if path.is_file() else 'missing, but'} "
+                             f"the run made tasks for ({item.image} in {images}); pass the folder the images moved to")
+    return [*relocations, {"images": inputs["images"], "at": _now()}]
+
+
+def _describe(inputs: dict) -> str:
+    kind = inputs.get("source")
+    files = [f"--{key} {inputs.get(key)} (sha256 {(inputs.get(f'{key}_sha256') or '?')[:12]})"
+             for key in ("questions", "coco") if inputs.get(key)]
+    return " ".join([f"--images {inputs.get('images')}", *files, f"(source {kind})"])
 
 
 def _now() -> str:
