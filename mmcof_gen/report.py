@@ -36,7 +36,7 @@ from mmcof_gen.config import ImagesConfig
 from mmcof_gen.imaging import ImageError, InvalidBox, box_area, crop_zoom, image_sha256, make_frame, validate_box
 from mmcof_gen.schema import Box, ErrorRecord, Trajectory
 from mmcof_gen.stats import run_stats
-from mmcof_gen.store import RunStore
+from mmcof_gen.store import RunStore, images_folder
 
 FRAME_THUMB = 768  # longest side of a frame thumbnail, in pixels
 CROP_THUMB = 384  # longest side of a crop thumbnail
@@ -61,7 +61,7 @@ def write_report(run_dir: Path, out_html: Path) -> Path:
 
     files = out_html.parent / f"{out_html.stem}_files"
     files.mkdir(parents=True, exist_ok=True)
-    images_root = manifest.get("inputs", {}).get("images")
+    images_root = images_folder(manifest)
     max_pixels = manifest.get("config", {}).get("images", {}).get("max_pixels", ImagesConfig().max_pixels)
     assets = FrameAssets(files, Path(images_root) if images_root else None, max_pixels)
 

@@ -280,6 +280,13 @@ class RunStore:
             os.fsync(handle.fileno())
 
 
+def images_folder(manifest: dict) -> str | None:
+    """Where a run's images are now: the folder of its last relocation (`synthesize --relocated`), else the
+    one it was made from."""
+    relocations = manifest.get("relocations") or []
+    return relocations[-1]["images"] if relocations else (manifest.get("inputs") or {}).get("images")
+
+
 IDENTITY = ("source", "questions_sha256", "coco_sha256")
 """What a run is made from besides its images folder: the source kind and the content of its task files."""
 
@@ -294,7 +301,7 @@ def _same_inputs(root: Path, old: dict, inputs: dict, relocated: bool) -> list[d
     if differ:
         raise StoreError(f"{root} was made from {_describe(made)}, not {_describe(inputs)}; pass a new --out to "
                          "start a run from these inputs")
-    images = relocations[-1]["images"] if relocations else made.get("images")
+    images = images_folder(old)
     if images is None or images == inputs.get("images"):
         return relocations
     if not relocated:

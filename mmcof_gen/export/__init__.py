@@ -18,7 +18,7 @@ from mmcof_gen.export.card import dataset_card
 from mmcof_gen.export.files import IMAGES_DIR, ImageFiles, RecordWriter
 from mmcof_gen.imaging import image_to_png_bytes
 from mmcof_gen.replay import FrameSource, ReplayError, chain_crops
-from mmcof_gen.store import (RunStore, StoreError, claim_out_dir, remove_temporaries, write_bytes_atomic,
+from mmcof_gen.store import (RunStore, StoreError, claim_out_dir, images_folder, remove_temporaries, write_bytes_atomic,
                              write_json_atomic)
 
 FORMATS: dict[str, ExportFormat] = {f.name: f for f in (sharegpt.FORMAT, qwen.FORMAT, parquet.FORMAT, v1.FORMAT,
@@ -87,7 +87,7 @@ def export(
 
     if form.llamafactory_name:
         write_json_atomic(out_dir / "dataset_info.json", {form.llamafactory_name: llamafactory_entry(form.data_file)})
-    images_root = Path(manifest["inputs"]["images"])
+    images_root = Path(images_folder(manifest))
     report = {
         "input": str(run_dir), "output": str(out_dir), "format": form.name, "data_file": form.data_file,
         "samples": writer.count, "direct": tally["direct"], "zoom": tally["zoom"],
