@@ -98,23 +98,55 @@ def remove_temporaries(folder: Path, name: str = "*") -> None:
         stale.unlink(missing_ok=True)
 
 
-def claim_out_dir(run_dir: Path, out_dir: Path, marker: str, *, is_input: str, earlier: str) -> None:
-    """Make `out_dir` the output folder of a command reading `run_dir` (filter, export): never its input and
-    never a folder someone else filled. A folder holding `marker` is this command's earlier output (an
-    interrupted run): it is taken again, and what that run was writing (its temporaries) removed.
+def claim_out_dir(run_dir: Path, out_dir: Path, marker: str, *, is_input: str, earlier: str,
+                  overwrite: bool = False) -> None:
+    """Make `out_dir` the output folder of a command reading `run_dir` (filter, export, view): never its input
+    and never a folder someone else filled. A folder holding `marker` is this command's earlier output: made
+    from the same source (an interrupted or repeated run), it is taken again and what that run was writing
+    (its temporaries) removed; made from another source, it is refused unless `overwrite`, which first
+    removes the files that output recorded writing (`record_output`), and only those.
 
     `is_input`: the end of the refusal when `out_dir` is `run_dir`; `earlier`: what the marker stands for.
     """
+    source = str(run_dir.resolve())
     if out_dir.resolve() == run_dir.resolve():
         raise StoreError(f"--out {out_dir} is the {is_input}")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise StoreError(f"--out {out_dir} is a file, not a folder; pass a new or empty folder")
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / marker).exists():
         raise StoreError(f"--out {out_dir} is not empty and holds no earlier {earlier}; pass a new or empty folder")
+    if (out_dir / marker).exists():
+        made = json.loads((out_dir / marker).read_text(encoding="utf-8"))
+        if made.get("source") != source and not overwrite:
+            raise StoreError(f"--out {out_dir} holds the {earlier} of {made.get('source')}, not of {source}; pass a "
+                             "new --out, or --overwrite to replace it")
+        if made.get("source") != source:
+            _remove_recorded(out_dir, made, earlier)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / marker).write_text(json.dumps({"source": source}) + "\n", encoding="utf-8")
     except OSError as exc:
         raise StoreError(f"cannot create --out {out_dir}: {exc.strerror}") from None
-    (out_dir / marker).write_text(json.dumps({"source": str(run_dir.resolve())}) + "\n", encoding="utf-8")
     remove_temporaries(out_dir)
+
+
+def record_output(out_dir: Path, marker: str, run_dir: Path, beside: tuple[Path, ...] = ()) -> None:
+    """Write into `marker` what the command wrote: every file in `out_dir` (a folder `claim_out_dir` made
+    its own), and `beside` it; so that an --overwrite by an output of another source removes exactly these."""
+    files = [path for path in out_dir.rglob("*") if path.is_file() and path.name != marker]
+    written = sorted({os.path.relpath(path, out_dir) for path in [*files, *beside]})
+    write_json_atomic(out_dir / marker, {"source": str(Path(run_dir).resolve()), "files": written})
+
+
+def _remove_recorded(out_dir: Path, made: dict, earlier: str) -> None:
+    if "files" not in made:
+        raise StoreError(f"--out {out_dir} holds an unfinished {earlier} of {made.get('source')} that recorded no "
+                         "files; pass a new --out (or empty the folder yourself)")
+    for name in made["files"]:
+        (out_dir / name).unlink(missing_ok=True)
+    for folder in sorted((p for p in out_dir.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        if not any(folder.iterdir()):
+            folder.rmdir()  # emptied by the removal above
 
 
 def unwritable(folder: Path, exc: OSError) -> StoreError:
