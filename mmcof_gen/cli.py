@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mmcof_gen.config import ConfigError, load_config
+from mmcof_gen.config import ConfigError, load_config, valid_resolutions
 from mmcof_gen.store import RunStore, StoreError
 
 try:  # typer >= 0.20 vendors its own click
@@ -30,6 +30,10 @@ class UserError(Exception):
     """A problem the user can fix; printed as one line, exit code 2."""
 
 
+class NothingMade(Exception):
+    """The command ran but made nothing, or a check failed; printed as one line, exit code 1."""
+
+
 OVERWRITE = ("Replace an output of another run at --out: first remove the files it recorded writing (and only "
              "those). Without it such a folder is refused.")
 
@@ -45,13 +49,20 @@ class SourceKind(str, Enum):
     vstar = "vstar"
 
 
-def _resolutions(value: str | None) -> list[int] | None:
+def _resolutions(value: str | None, command: str) -> list[int] | None:
+    """`--resolutions`: every item an integer side between 112 and 3840 (an empty item is a typo, not a default)."""
     if value is None:
         return None
-    try:
-        return [int(part) for part in value.split(",") if part.strip()]
-    except ValueError:
-        raise typer.BadParameter(f"{value!r} is not a comma-separated list of integers, e.g. 448,672,1024,1920")
+    parts = value.split(",")
+    if not all(part.strip() for part in parts):
+        problem = "is empty" if not value.strip() else "has an empty item"
+    elif not all(part.strip().isdigit() for part in parts):
+        problem = "is not a comma-separated list of integers"
+    elif not all(112 <= int(part) <= 3840 for part in parts):
+        problem = "has a side length outside 112 to 3840"
+    else:
+        return valid_resolutions([int(part) for part in parts])
+    raise UserError(f"{command}: --resolutions {value!r} {problem}; give pixel budgets like 448,672,1024,1920")
 
 
 @app.command()
@@ -92,7 +103,7 @@ def synthesize(
     from mmcof_gen.synthesize import synthesize as run
 
     pipeline = load_config(config)
-    overrides = {"resolutions": _resolutions(resolutions)}
+    overrides = {"resolutions": _resolutions(resolutions, "synthesize")}
     pipeline = pipeline.model_validate({**pipeline.model_dump(), **{k: v for k, v in overrides.items() if v}})
     if executor:
         pipeline.executor.kind = executor.value
@@ -115,6 +126,11 @@ def synthesize(
                 relocated=relocated)
     typer.echo(f"{stats['accepted']} accepted ({stats['direct']} direct, {stats['zoom']} zoom), "
                f"{stats['rejected']} rejected, {_errors(stats)}; results in {out}")
+    if stats["accepted"] + stats["rejected"] == 0:
+        if stats["images"] + stats["image_errors"] + stats["skipped"] == 0:
+            raise NothingMade(f"synthesize: no image in {images} (searched recursively); nothing was made")
+        raise NothingMade(f"synthesize: no trajectory was made ({stats['images']} images, {stats['tasks']} tasks, "
+                          f"{_errors(stats)}); the reasons are in {out}/errors*.jsonl")
 
 
 def _errors(stats: dict) -> str:
@@ -181,6 +197,9 @@ def filter_command(
     report = filter_run(run_dir, out, rules, overwrite)
     Console().print(report_table(report))
     typer.echo(f"kept {report['kept']} of {report['total']}; results in {out} (reasons in {out / 'filter_report.json'})")
+    if report["kept"] == 0:
+        raise NothingMade(f"filter: kept 0 of {report['total']} trajectories; the reasons are in "
+                          f"{out / 'filter_report.json'}")
 
 
 class ExportFormatName(str, Enum):
@@ -224,6 +243,9 @@ def export_command(
                f"{report['dropped']} dropped; {out / report['data_file']}")
     typer.echo(f"cutoff_len: {budget['cutoff_len']} (max {budget['max_tokens']} tokens, {budget['text_tokens']}); "
                f"vLLM: --limit-mm-per-prompt '{budget['limit_mm_per_prompt']}'")
+    if report["samples"] == 0:
+        raise NothingMade(f"export: no sample was written ({report['dropped']} dropped, {report['not_accepted']} not "
+                          f"accepted); the reasons are in {out / 'export_report.json'}")
 
 
 @app.command("validate")
@@ -253,7 +275,8 @@ def validate_command(
     if report:
         write_json_atomic(report, result)
     if not result["ok"]:
-        raise typer.Exit(1)
+        failed = {name: row["failed"] for name, row in result["checks"].items() if row["failed"]}
+        raise NothingMade(f"validate: {path} failed " + ", ".join(f"{name} ({count})" for name, count in failed.items()))
 
 
 @app.command()
@@ -361,11 +384,8 @@ def eval_(
         chat = ChatModelConfig(backend="openai", base_url=endpoint, model=served_model, api_key_env=api_key_env,
                                max_concurrency=concurrency)
     judge = ChatModelConfig(backend="openai", base_url=judge_endpoint, model=judge_model) if judge_endpoint else None
-    try:
-        settings = EvalSettings(resolutions=_resolutions(resolutions), baseline_no_zoom=baseline_no_zoom,
-                                concurrency=concurrency)
-    except ValueError as exc:
-        raise UserError(f"eval: --resolutions: {exc.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+    settings = EvalSettings(resolutions=_resolutions(resolutions, "eval"), baseline_no_zoom=baseline_no_zoom,
+                            concurrency=concurrency)
     report = evaluate_bench(bench, out, settings, chat, judge, limit)
     columns = {"resolution": "R", "category": "category", "n": "n", "accuracy": "accuracy", "zoom_rate": "zoom",
                "mean_zooms": "zooms", "mean_tokens": "tokens", "no_answer": "no-ans", "bad_call": "bad",
@@ -378,10 +398,14 @@ def eval_(
             table.add_row(*(str(row[key]) for key in columns))
         Console().print(table)
     typer.echo(f"results in {out} (results.jsonl, report.json, report.png)")
+    if all(row["errors"] == row["n"] for row in report["rows"]):
+        raise NothingMade(f"eval: every episode failed; the reasons are in {out / 'results.jsonl'}")
 
 
 def main() -> None:
-    """Console entry point: user errors are one line on stderr with exit code 2, never a traceback."""
+    """Console entry point, exit codes people can script (docs/cli-contract.md): 0 done and made something;
+    1 ran but made nothing or a check failed; 2 usage or input error. 1 and 2 come with one line on stderr,
+    never a traceback."""
     try:
         code = app(prog_name="mmcof-gen", standalone_mode=False)
     except UsageError as exc:
@@ -389,6 +413,8 @@ def main() -> None:
         _fail(f"{command}: {exc.format_message()} (see '{command} --help')", 2)
     except (ConfigError, StoreError, UserError) as exc:
         _fail(f"mmcof-gen: {exc}", 2)
+    except NothingMade as exc:
+        _fail(f"mmcof-gen: {exc}", 1)
     except typer.Abort:
         _fail("mmcof-gen: interrupted; re-run the same command to resume", 130)
     sys.exit(code or 0)

@@ -36,7 +36,7 @@ from mmcof_gen.config import ImagesConfig
 from mmcof_gen.imaging import ImageError, InvalidBox, box_area, crop_zoom, image_sha256, make_frame, validate_box
 from mmcof_gen.schema import Box, ErrorRecord, Trajectory
 from mmcof_gen.stats import run_stats
-from mmcof_gen.store import RunStore, claim_out_dir, images_folder, record_output
+from mmcof_gen.store import RunStore, StoreError, claim_out_dir, images_folder, record_output
 
 FRAME_THUMB = 768  # longest side of a frame thumbnail, in pixels
 CROP_THUMB = 384  # longest side of a crop thumbnail
@@ -64,6 +64,11 @@ def write_report(run_dir: Path, out_html: Path, overwrite: bool = False) -> Path
     stats = run_stats(store)
 
     files = out_html.parent / f"{out_html.stem}_files"
+    try:
+        out_html.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        why = f"{out_html.parent} is a file" if out_html.parent.is_file() else exc.strerror
+        raise StoreError(f"cannot write --out {out_html}: {why}; pass a writable path") from None
     claim_out_dir(run_dir, files, MARKER, is_input="run folder", earlier="report", overwrite=overwrite)
     images_root = images_folder(manifest)
     max_pixels = manifest.get("config", {}).get("images", {}).get("max_pixels", ImagesConfig().max_pixels)
