@@ -51,7 +51,6 @@ try:
     import ray
     from ray.exceptions import ActorUnavailableError, ObjectLostError, RayActorError, RayTaskError
 
-
     from mmcof_gen.executors.detectors import ActorDetector, DetectorActor
 except ImportError:  # pragma: no cover - the [ray] extra is not installed
     ray = None
@@ -248,7 +247,7 @@ class _Driver:
         return None
 
     async def _answers(self, index: int) -> bool:
-        """Whether `agent` is up, waiting while Ray restarts it (up to the restart timeout). A restarting actor
+        """Whether agent `index` is up, waiting while Ray restarts it (up to the restart timeout). A restarting actor
         queues the call (`max_task_retries` carries it over the restart); one that Ray does not yet know
         is down answers ActorUnavailableError, and is asked again."""
         loop = asyncio.get_running_loop()
@@ -301,12 +300,13 @@ def _wait_until_gone(lock: Path, timeout: float) -> None:
         while True:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    break
+                    return  # the file stays: the life still holds it
                 time.sleep(0.01)
-    lock.unlink(missing_ok=True)
+            else:
+                lock.unlink()
+                return
 
 
 def _died(image: str, reason: str) -> ErrorRecord:
