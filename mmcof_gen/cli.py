@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mmcof_gen import extras, resources
-from mmcof_gen.config import ConfigError, load_config
+from mmcof_gen.config import ConfigError, load_config, valid_resolutions
 from mmcof_gen.store import RunStore, StoreError
 
 try:  # typer >= 0.20 vendors its own click
@@ -31,6 +31,14 @@ class UserError(Exception):
     """A problem the user can fix; printed as one line, exit code 2."""
 
 
+class NothingMade(Exception):
+    """The command ran but made nothing, or a check failed; printed as one line, exit code 1."""
+
+
+OVERWRITE = ("Replace an output of another run at --out: first remove the files it recorded writing (and only "
+             "those). Without it such a folder is refused.")
+
+
 class ExecutorKind(str, Enum):
     local = "local"
     ray = "ray"
@@ -42,13 +50,20 @@ class SourceKind(str, Enum):
     vstar = "vstar"
 
 
-def _resolutions(value: str | None) -> list[int] | None:
+def _resolutions(value: str | None, command: str) -> list[int] | None:
+    """`--resolutions`: every item an integer side between 112 and 3840 (an empty item is a typo, not a default)."""
     if value is None:
         return None
-    try:
-        return [int(part) for part in value.split(",") if part.strip()]
-    except ValueError:
-        raise typer.BadParameter(f"{value!r} is not a comma-separated list of integers, e.g. 448,672,1024,1920")
+    parts = value.split(",")
+    if not all(part.strip() for part in parts):
+        problem = "is empty" if not value.strip() else "has an empty item"
+    elif not all(part.strip().isdigit() for part in parts):
+        problem = "is not a comma-separated list of integers"
+    elif not all(112 <= int(part) <= 3840 for part in parts):
+        problem = "has a side length outside 112 to 3840"
+    else:
+        return valid_resolutions([int(part) for part in parts])
+    raise UserError(f"{command}: --resolutions {value!r} {problem}; give pixel budgets like 448,672,1024,1920")
 
 
 @app.command()
@@ -82,12 +97,15 @@ def synthesize(
         help="With --executor ray: 'auto' or ray://host:port joins a running cluster; none starts a local Ray.")] = None,
     max_in_flight: Annotated[Optional[int], typer.Option(
         min=1, help="With --executor ray: images worked on at once over all workers (backpressure).")] = None,
+    relocated: Annotated[bool, typer.Option(
+        "--relocated", help="Resume a run whose images folder moved to --images (its images are checked to be "
+                            "the same files).")] = False,
 ) -> None:
     """Search each image for the regions its questions depend on and write verified chains."""
     from mmcof_gen.synthesize import synthesize as run
 
     pipeline = load_config(config)
-    overrides = {"resolutions": _resolutions(resolutions)}
+    overrides = {"resolutions": _resolutions(resolutions, "synthesize")}
     pipeline = pipeline.model_validate({**pipeline.model_dump(), **{k: v for k, v in overrides.items() if v}})
     if executor:
         pipeline.executor.kind = executor.value
@@ -107,9 +125,21 @@ def synthesize(
         pipeline.tasks.exclude = exclude.resolve()
     extras.require_pipeline(pipeline)
     kind = "questions" if questions else "coco" if coco else source.value
-    stats = run(pipeline, images, out, questions=questions, limit=limit, coco=coco, source_kind=kind)
+    stats = run(pipeline, images, out, questions=questions, limit=limit, coco=coco, source_kind=kind,
+                relocated=relocated)
     typer.echo(f"{stats['accepted']} accepted ({stats['direct']} direct, {stats['zoom']} zoom), "
-               f"{stats['rejected']} rejected, {stats['errors']} errors; results in {out}")
+               f"{stats['rejected']} rejected, {_errors(stats)}; results in {out}")
+    if stats["accepted"] + stats["rejected"] == 0:
+        if stats["images"] + stats["image_errors"] + stats["skipped"] == 0:
+            raise NothingMade(f"synthesize: no image in {images} (searched recursively); nothing was made")
+        raise NothingMade(f"synthesize: no trajectory was made ({stats['images']} images, {stats['tasks']} tasks, "
+                          f"{_errors(stats)}); the reasons are in {out}/errors*.jsonl")
+
+
+def _errors(stats: dict) -> str:
+    """"7 errors, 5 will be retried on resume": what re-running the same command would try again."""
+    retried = stats["transient_errors"]
+    return f"{stats['errors']} errors" + (f", {retried} will be retried on resume" if retried else "")
 
 
 @app.command()
@@ -133,6 +163,7 @@ def stats(
         table.add_row(resolution, *(str(row[k]) for k in ("accepted", "direct", "zoom", "rejected", "errors")))
     table.add_row("all", *(str(numbers[k]) for k in ("accepted", "direct", "zoom", "rejected", "errors")))
     Console().print(table)
+    typer.echo(_errors(numbers))
     if numbers["rejection_reasons"]:
         typer.echo("rejections: " + ", ".join(f"{k} ({v})" for k, v in numbers["rejection_reasons"].items()))
     for role, use in numbers["models"].items():
@@ -152,6 +183,7 @@ def filter_command(
         exists=True, dir_okay=False)] = None,
     balance: Annotated[Optional[float], typer.Option(
         min=0, max=1, help="Turn on balance with this target share of direct samples per (R, question type).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help=OVERWRITE)] = False,
 ) -> None:
     """Keep the trajectories that make good training data; never modifies RUN_DIR.
 
@@ -165,9 +197,12 @@ def filter_command(
         rules.exclude_file = exclude
     if balance is not None:
         rules.balance, rules.direct_fraction = True, balance
-    report = filter_run(run_dir, out, rules)
+    report = filter_run(run_dir, out, rules, overwrite)
     Console().print(report_table(report))
     typer.echo(f"kept {report['kept']} of {report['total']}; results in {out} (reasons in {out / 'filter_report.json'})")
+    if report["kept"] == 0:
+        raise NothingMade(f"filter: kept 0 of {report['total']} trajectories; the reasons are in "
+                          f"{out / 'filter_report.json'}")
 
 
 class ExportFormatName(str, Enum):
@@ -197,6 +232,7 @@ def export_command(
         "--absolute-paths", help="Write absolute image paths (default: relative to the export folder).")] = False,
     tokenizer: Annotated[Optional[str], typer.Option(
         help="Tokenizer (path or hub id) for exact text token counts; without it they are estimated.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help=OVERWRITE)] = False,
 ) -> None:
     """Write the accepted trajectories as training data: frames and crops as content-addressed PNGs, the
     samples, a token budget (cutoff_len, vLLM --limit-mm-per-prompt), export_report.json and a README.md card."""
@@ -204,12 +240,15 @@ def export_command(
 
     prompt = system_prompt.read_text(encoding="utf-8").removesuffix("\n") if system_prompt else None
     report = export(run_dir, format.value, out, system_prompt=prompt, max_pixels=max_pixels,
-                    absolute_paths=absolute_paths, tokenizer=tokenizer)
+                    absolute_paths=absolute_paths, tokenizer=tokenizer, overwrite=overwrite)
     budget = report["token_budget"]
     typer.echo(f"{report['samples']} samples ({report['direct']} direct, {report['zoom']} zoom), "
                f"{report['dropped']} dropped; {out / report['data_file']}")
     typer.echo(f"cutoff_len: {budget['cutoff_len']} (max {budget['max_tokens']} tokens, {budget['text_tokens']}); "
                f"vLLM: --limit-mm-per-prompt '{budget['limit_mm_per_prompt']}'")
+    if report["samples"] == 0:
+        raise NothingMade(f"export: no sample was written ({report['dropped']} dropped, {report['not_accepted']} not "
+                          f"accepted); the reasons are in {out / 'export_report.json'}")
 
 
 @app.command("validate")
@@ -239,7 +278,8 @@ def validate_command(
     if report:
         write_json_atomic(report, result)
     if not result["ok"]:
-        raise typer.Exit(1)
+        failed = {name: row["failed"] for name, row in result["checks"].items() if row["failed"]}
+        raise NothingMade(f"validate: {path} failed " + ", ".join(f"{name} ({count})" for name, count in failed.items()))
 
 
 @app.command()
@@ -249,12 +289,13 @@ def view(
     out: Annotated[Optional[Path], typer.Option(
         help="HTML file to write (default: RUN_DIR/report.html); thumbnails and plots go to <name>_files/ beside it.",
         dir_okay=False)] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help=OVERWRITE)] = False,
 ) -> None:
     """Write a static HTML report (opens from disk, no server): every trajectory's frame with its boxes,
     crops, chain text and verdict, with filters and paging, and summary plots. Prints the report path."""
     from mmcof_gen.report import write_report
 
-    typer.echo(write_report(run_dir, out or run_dir / "report.html"))
+    typer.echo(write_report(run_dir, out or run_dir / "report.html", overwrite))
 
 
 @app.command()
@@ -351,11 +392,8 @@ def eval_(
         chat = ChatModelConfig(backend="openai", base_url=endpoint, model=served_model, api_key_env=api_key_env,
                                max_concurrency=concurrency)
     judge = ChatModelConfig(backend="openai", base_url=judge_endpoint, model=judge_model) if judge_endpoint else None
-    try:
-        settings = EvalSettings(resolutions=_resolutions(resolutions), baseline_no_zoom=baseline_no_zoom,
-                                concurrency=concurrency)
-    except ValueError as exc:
-        raise UserError(f"eval: --resolutions: {exc.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+    settings = EvalSettings(resolutions=_resolutions(resolutions, "eval"), baseline_no_zoom=baseline_no_zoom,
+                            concurrency=concurrency)
     report = evaluate_bench(bench, out, settings, chat, judge, limit)
     columns = {"resolution": "R", "category": "category", "n": "n", "accuracy": "accuracy", "zoom_rate": "zoom",
                "mean_zooms": "zooms", "mean_tokens": "tokens", "no_answer": "no-ans", "bad_call": "bad",
@@ -368,6 +406,8 @@ def eval_(
             table.add_row(*(str(row[key]) for key in columns))
         Console().print(table)
     typer.echo(f"results in {out} (results.jsonl, report.json, report.png)")
+    if all(row["errors"] == row["n"] for row in report["rows"]):
+        raise NothingMade(f"eval: every episode failed; the reasons are in {out / 'results.jsonl'}")
 
 
 @app.command()
@@ -387,7 +427,9 @@ def pipelines(
 
 
 def main() -> None:
-    """Console entry point: user errors are one line on stderr with exit code 2, never a traceback."""
+    """Console entry point, exit codes people can script (docs/cli-contract.md): 0 done and made something;
+    1 ran but made nothing or a check failed; 2 usage or input error. 1 and 2 come with one line on stderr,
+    never a traceback."""
     try:
         code = app(prog_name="mmcof-gen", standalone_mode=False)
     except UsageError as exc:
@@ -395,6 +437,8 @@ def main() -> None:
         _fail(f"{command}: {exc.format_message()} (see '{command} --help')", 2)
     except (ConfigError, StoreError, UserError, extras.MissingExtra) as exc:
         _fail(f"mmcof-gen: {exc}", 2)
+    except NothingMade as exc:
+        _fail(f"mmcof-gen: {exc}", 1)
     except ModuleNotFoundError as exc:  # an optional import not guarded by extras.require
         if (extra := extras.extra_of(exc.name)) is None:
             raise

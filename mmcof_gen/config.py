@@ -131,7 +131,9 @@ class ExecutorConfig(Section):
     max_in_flight: int | None = Field(None, ge=1, description="ray: images being worked on at once over all agent "
                                                               "actors; none: 2 per worker (ocr), 8 per worker (vlm)")
     max_restarts: int = Field(3, ge=0, description="ray: restarts of a dead agent actor (its unfinished images "
-                                                   "are retried once)")
+                                                   "are sent again; an image whose actor dies twice is retried on resume)")
+    restart_timeout_s: float = Field(300.0, gt=0, description="ray: how long an image waits for its agent actor "
+                                                              "to come back from a restart before going to another")
     detector_actors: int = Field(1, ge=1, description="ray: actors holding the models.detector model, shared by "
                                                       "every agent; each batches up to models.detector.batch_size")
     detector_gpus: float | None = Field(None, ge=0, description="ray: GPUs per detector actor; none: 1 when "

@@ -265,6 +265,8 @@ async def _run_all(model: ChatModel, todo: list, settings: EvalSettings, judge: 
 def _open_results(out: Path, fingerprint: dict) -> None:
     """Create `out`, or reopen it when it holds results made with the same model, bench and settings."""
     settings_path = out / SETTINGS
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder; pass a new folder for the results")
     if settings_path.exists():
         old = json.loads(settings_path.read_text(encoding="utf-8"))
         if old != json.loads(json.dumps(fingerprint)):

@@ -30,7 +30,8 @@ from mmcof_gen.imaging import box_area, scale_box, validate_box, zoom_region
 from mmcof_gen.replay import FrameSource, ReplayError, chain_crops
 from mmcof_gen.schema import ImageTasks, Trajectory
 from mmcof_gen.stats import run_stats
-from mmcof_gen.store import MANIFEST, TASKS, RunStore, StoreError, claim_out_dir, write_json_atomic
+from mmcof_gen.store import (MANIFEST, TASKS, RunStore, StoreError, claim_out_dir, record_output,
+                             write_json_atomic)
 from mmcof_gen.tasks.exclusion import load_exclusions
 
 REPORT = "filter_report.json"
@@ -207,12 +208,13 @@ def balance_drops(survivors: list[tuple[int, str, tuple[int, str], bool]], confi
 
 
 # -- the command ----------------------------------------------------------------------------------------
-def filter_run(run_dir: Path, out_dir: Path, config: FilterConfig) -> dict:
-    """Judge every trajectory of `run_dir`, write the kept ones to `out_dir`; returns the report."""
+def filter_run(run_dir: Path, out_dir: Path, config: FilterConfig, overwrite: bool = False) -> dict:
+    """Judge every trajectory of `run_dir`, write the kept ones to `out_dir`; returns the report. `overwrite`:
+    replace a filter output of another run in `out_dir`."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     source = RunStore(run_dir)
     manifest = source.manifest()
-    claim_out_dir(run_dir, out_dir, MARKER, earlier="filter output",
+    claim_out_dir(run_dir, out_dir, MARKER, earlier="filter output", overwrite=overwrite,
                   is_input="input folder; filter never modifies its input, pass a new folder")
 
     rules: list[tuple[str, Rule]] = []
@@ -267,6 +269,7 @@ def filter_run(run_dir: Path, out_dir: Path, config: FilterConfig) -> dict:
                     "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     # The manifest is written last: a folder without it is an interrupted filter, never a usable one.
     write_json_atomic(out_dir / MANIFEST, {**manifest, "filter": filter_block, "counts": run_stats(store)})
+    record_output(out_dir, MARKER, run_dir)
     return report
 
 

@@ -14,6 +14,7 @@ from PIL import Image
 
 from mmcof_gen.imaging import ImageError, crop_zoom, image_sha256, make_frame
 from mmcof_gen.schema import Trajectory
+from mmcof_gen.store import images_folder
 
 
 class ReplayError(Exception):
@@ -26,7 +27,7 @@ class FrameSource:
 
     def __init__(self, manifest: dict, cache_size: int = 8):
         try:
-            self.images_root = Path(manifest["inputs"]["images"])
+            self.images_root = Path(images_folder(manifest))
             self.max_pixels = int(manifest["config"]["images"]["max_pixels"])
         except (KeyError, TypeError):
             raise ReplayError("the manifest names no input image folder (inputs.images) "

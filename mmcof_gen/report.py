@@ -36,7 +36,7 @@ from mmcof_gen.config import ImagesConfig
 from mmcof_gen.imaging import ImageError, InvalidBox, box_area, crop_zoom, image_sha256, make_frame, validate_box
 from mmcof_gen.schema import Box, ErrorRecord, Trajectory
 from mmcof_gen.stats import run_stats
-from mmcof_gen.store import RunStore
+from mmcof_gen.store import RunStore, StoreError, claim_out_dir, images_folder, record_output
 
 FRAME_THUMB = 768  # longest side of a frame thumbnail, in pixels
 CROP_THUMB = 384  # longest side of a crop thumbnail
@@ -46,11 +46,15 @@ MAX_ERRORS_SHOWN = 1000  # error records listed in the report (all are counted)
 ASSETS = Path(__file__).resolve().parent / "report_assets"
 
 
-def write_report(run_dir: Path, out_html: Path) -> Path:
+MARKER = ".mmcof-view"
+
+
+def write_report(run_dir: Path, out_html: Path, overwrite: bool = False) -> Path:
     """Write the report of `run_dir` to `out_html`, its assets to `<stem>_files/`; return `out_html`.
 
     A pure function of the run folder: the same run gives the same files (asset names are content
     hashes). A trajectory whose image is missing or unreadable is shown with the reason, not dropped.
+    A report of another run at `out_html` is refused unless `overwrite` (its recorded files are removed first).
     """
     run_dir, out_html = Path(run_dir), Path(out_html)
     store = RunStore(run_dir)
@@ -60,8 +64,13 @@ def write_report(run_dir: Path, out_html: Path) -> Path:
     stats = run_stats(store)
 
     files = out_html.parent / f"{out_html.stem}_files"
-    files.mkdir(parents=True, exist_ok=True)
-    images_root = manifest.get("inputs", {}).get("images")
+    try:
+        out_html.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        why = f"{out_html.parent} is a file" if out_html.parent.is_file() else exc.strerror
+        raise StoreError(f"cannot write --out {out_html}: {why}; pass a writable path") from None
+    claim_out_dir(run_dir, files, MARKER, is_input="run folder", earlier="report", overwrite=overwrite)
+    images_root = images_folder(manifest)
     max_pixels = manifest.get("config", {}).get("images", {}).get("max_pixels", ImagesConfig().max_pixels)
     assets = FrameAssets(files, Path(images_root) if images_root else None, max_pixels)
 
@@ -96,6 +105,7 @@ def write_report(run_dir: Path, out_html: Path) -> Path:
         shutil.copyfile(ASSETS / asset, files / asset)
     page = Template((ASSETS / "report.html").read_text(encoding="utf-8"))
     _write_text(out_html, page.substitute(title=html.escape(data["title"]), files=quote(files.name)))
+    record_output(files, MARKER, run_dir, beside=(out_html,))
     return out_html
 
 

@@ -141,7 +141,9 @@ class Trajectory(BaseModel):
 
 class ErrorRecord(BaseModel):
     """Work that failed (an unreadable image, a crashed search), or an image kept out at the source (stage
-    `skipped`: on the exclusion list, a near-duplicate); counted as done so a resume skips it."""
+    `skipped`: on the exclusion list, a near-duplicate). A permanent error is done: a resume skips it. A
+    transient one (a worker died, a model out of reach after its retries) is tried again by a resume; the
+    record that attempt writes, under the same id, supersedes it."""
 
     id: str
     stage: Literal["image", "tasks", "trajectory", "skipped"]
@@ -149,6 +151,7 @@ class ErrorRecord(BaseModel):
     task_id: str | None = None
     resolution: int | None = None
     reason: str
+    transient: bool = Field(False, description="true: retried when the same command runs again")
 
 
 class RejectedTask(BaseModel):

@@ -10,7 +10,7 @@ from mmcof_gen.store import RunStore
 
 
 def run_stats(store: RunStore) -> dict:
-    """`tasks, accepted, rejected, errors, direct, zoom`, per resolution, the common rejection reasons, and per
+    """`tasks, accepted, rejected, errors (transient_errors of them retried on resume), direct, zoom`, per resolution, the common rejection reasons, and per
     model role the calls, tokens, retries, cost (USD) and GPU-seconds recorded in the trajectories' steps."""
     per_resolution: dict[int, Counter] = {}
     totals: Counter = Counter()
@@ -43,6 +43,7 @@ def run_stats(store: RunStore) -> dict:
         "accepted": totals["accepted"],
         "rejected": totals["rejected"],
         "errors": sum(e.stage != "skipped" for e in errors),
+        "transient_errors": sum(e.transient for e in errors),  # tried again when the same command runs again
         "skipped": sum(e.stage == "skipped" for e in errors),
         "direct": totals["direct"],
         "zoom": totals["zoom"],

@@ -4,7 +4,8 @@ Layout of a run folder:
     manifest.json        config snapshot, versions, prompt hashes, inputs, counts (rewritten atomically)
     tasks.jsonl          one `ImageTasks` per image, so a resume never synthesises tasks twice
     trajectories.jsonl   one `Trajectory` per (task, resolution)
-    errors.jsonl         one `ErrorRecord` per failed image or search, with its reason
+    errors.jsonl         one `ErrorRecord` per failed image or search, with its reason (transient or permanent)
+    retried-errors.jsonl transient errors a resume set aside to try their work again (kept for the record)
     *-<shard>.jsonl      the same three, written by one Ray agent actor each (`-w0`, `-w1`, ...)
 
 Readers take every shard of a kind (`tasks*.jsonl`, ...), so a run folder reads the same whoever wrote it.
@@ -29,6 +30,7 @@ from mmcof_gen.schema import ErrorRecord, ImageTasks, Trajectory
 
 MANIFEST = "manifest.json"
 TASKS = "tasks.jsonl"
+RETRIED = "retried-errors.jsonl"
 KINDS = {ImageTasks: "tasks", Trajectory: "trajectories", ErrorRecord: "errors"}
 
 Record = TypeVar("Record", bound=BaseModel)
@@ -96,23 +98,55 @@ def remove_temporaries(folder: Path, name: str = "*") -> None:
         stale.unlink(missing_ok=True)
 
 
-def claim_out_dir(run_dir: Path, out_dir: Path, marker: str, *, is_input: str, earlier: str) -> None:
-    """Make `out_dir` the output folder of a command reading `run_dir` (filter, export): never its input and
-    never a folder someone else filled. A folder holding `marker` is this command's earlier output (an
-    interrupted run): it is taken again, and what that run was writing (its temporaries) removed.
+def claim_out_dir(run_dir: Path, out_dir: Path, marker: str, *, is_input: str, earlier: str,
+                  overwrite: bool = False) -> None:
+    """Make `out_dir` the output folder of a command reading `run_dir` (filter, export, view): never its input
+    and never a folder someone else filled. A folder holding `marker` is this command's earlier output: made
+    from the same source (an interrupted or repeated run), it is taken again and what that run was writing
+    (its temporaries) removed; made from another source, it is refused unless `overwrite`, which first
+    removes the files that output recorded writing (`record_output`), and only those.
 
     `is_input`: the end of the refusal when `out_dir` is `run_dir`; `earlier`: what the marker stands for.
     """
+    source = str(run_dir.resolve())
     if out_dir.resolve() == run_dir.resolve():
         raise StoreError(f"--out {out_dir} is the {is_input}")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise StoreError(f"--out {out_dir} is a file, not a folder; pass a new or empty folder")
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / marker).exists():
         raise StoreError(f"--out {out_dir} is not empty and holds no earlier {earlier}; pass a new or empty folder")
+    if (out_dir / marker).exists():
+        made = json.loads((out_dir / marker).read_text(encoding="utf-8"))
+        if made.get("source") != source and not overwrite:
+            raise StoreError(f"--out {out_dir} holds the {earlier} of {made.get('source')}, not of {source}; pass a "
+                             "new --out, or --overwrite to replace it")
+        if made.get("source") != source:
+            _remove_recorded(out_dir, made, earlier)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / marker).write_text(json.dumps({"source": source}) + "\n", encoding="utf-8")
     except OSError as exc:
         raise StoreError(f"cannot create --out {out_dir}: {exc.strerror}") from None
-    (out_dir / marker).write_text(json.dumps({"source": str(run_dir.resolve())}) + "\n", encoding="utf-8")
     remove_temporaries(out_dir)
+
+
+def record_output(out_dir: Path, marker: str, run_dir: Path, beside: tuple[Path, ...] = ()) -> None:
+    """Write into `marker` what the command wrote: every file in `out_dir` (a folder `claim_out_dir` made
+    its own), and `beside` it; so that an --overwrite by an output of another source removes exactly these."""
+    files = [path for path in out_dir.rglob("*") if path.is_file() and path.name != marker]
+    written = sorted({os.path.relpath(path, out_dir) for path in [*files, *beside]})
+    write_json_atomic(out_dir / marker, {"source": str(Path(run_dir).resolve()), "files": written})
+
+
+def _remove_recorded(out_dir: Path, made: dict, earlier: str) -> None:
+    if "files" not in made:
+        raise StoreError(f"--out {out_dir} holds an unfinished {earlier} of {made.get('source')} that recorded no "
+                         "files; pass a new --out (or empty the folder yourself)")
+    for name in made["files"]:
+        (out_dir / name).unlink(missing_ok=True)
+    for folder in sorted((p for p in out_dir.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        if not any(folder.iterdir()):
+            folder.rmdir()  # emptied by the removal above
 
 
 def unwritable(folder: Path, exc: OSError) -> StoreError:
@@ -132,14 +166,17 @@ class RunStore:
 
     # -- opening ---------------------------------------------------------------------------------
     @classmethod
-    def open(cls, root: Path, fingerprint: str, manifest: dict) -> RunStore:
-        """Create a run folder, or reopen one made with the same fingerprint (a resume).
+    def open(cls, root: Path, fingerprint: str, manifest: dict, relocated: bool = False) -> RunStore:
+        """Create a run folder, or reopen one made with the same fingerprint and inputs (a resume).
 
-        A folder with other content, or a run made with another config, is refused: nothing is ever
-        silently overwritten or mixed.
+        A folder with other content, or a run made with another config or other inputs, is refused: nothing
+        is ever silently overwritten or mixed. The inputs a run was made from are never rewritten; a moved
+        images folder (`relocated`) is recorded beside them once its images are checked to be the same.
         """
         root = Path(root)
         manifest_path = root / MANIFEST
+        if root.exists() and not root.is_dir():
+            raise StoreError(f"--out {root} is a file, not a folder; pass a new folder for the run")
         if manifest_path.exists():
             old = json.loads(manifest_path.read_text(encoding="utf-8"))
             if old.get("fingerprint") != fingerprint:
@@ -147,9 +184,13 @@ class RunStore:
                     f"{root} holds a run made with another config or prompts (fingerprint "
                     f"{old.get('fingerprint')} != {fingerprint}); pass a new --out folder to start a new run"
                 )
-            manifest = {**old, **{k: v for k, v in manifest.items() if k != "created"}}
+            relocations = _same_inputs(root, old, manifest["inputs"], relocated) if "inputs" in manifest else []
+            keep = ("created", "inputs", "relocations")
+            manifest = {**old, **{k: v for k, v in manifest.items() if k not in keep}, "relocations": relocations}
         elif root.exists() and any(not p.match(f".{MANIFEST}.*.tmp") for p in root.iterdir()):
             raise StoreError(f"{root} is not empty and holds no {MANIFEST}; pass a new or empty --out folder")
+        elif relocated:
+            raise StoreError(f"--relocated is for resuming a run whose images folder moved; {root} holds no run yet")
         try:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -162,6 +203,7 @@ class RunStore:
             store.write_manifest(manifest)
             for path in (path for kind in KINDS for path in store.files(kind)):
                 repair_torn_tail(path)
+            store._set_aside_transient()
         except OSError as exc:
             raise unwritable(root, exc) from None
         return store
@@ -222,12 +264,29 @@ class RunStore:
             yield from (kind.model_validate_json(line) for line in lines if line.strip())
 
     def done_ids(self) -> set[str]:
-        """Ids of finished work: trajectories and errors (an error is final for this run)."""
+        """Ids of finished work: trajectories and errors (every transient error was set aside when the run
+        was opened, so each error here is final for this run)."""
         return {t.id for t in self.trajectories()} | {e.id for e in self.errors()}
 
     # -- writing ---------------------------------------------------------------------------------
     def append(self, record: ImageTasks | Trajectory | ErrorRecord) -> None:
         self._append(self.paths[type(record)], record)
+
+    def _set_aside_transient(self) -> None:
+        """A resume tries transient errors (a worker died, a model out of reach) again: their records move from
+        the errors files to `retried-errors.jsonl` before any work starts. Appended there first, so a kill in
+        between leaves a record in both places (the next open moves it again), never in neither."""
+        for path in self.files(ErrorRecord):
+            keep, retry = [], []
+            for line in path.read_bytes().splitlines(keepends=True):
+                (retry if line.strip() and json.loads(line).get("transient") else keep).append(line)
+            if not retry:
+                continue
+            with (self.root / RETRIED).open("ab") as handle:
+                handle.write(b"".join(retry))
+                handle.flush()
+                os.fsync(handle.fileno())
+            write_bytes_atomic(path, b"".join(keep))
 
     def write_manifest(self, manifest: dict) -> None:
         with self._lock:
@@ -251,6 +310,50 @@ class RunStore:
             handle.write(line)
             handle.flush()
             os.fsync(handle.fileno())
+
+
+def images_folder(manifest: dict) -> str | None:
+    """Where a run's images are now: the folder of its last relocation (`synthesize --relocated`), else the
+    one it was made from."""
+    relocations = manifest.get("relocations") or []
+    return relocations[-1]["images"] if relocations else (manifest.get("inputs") or {}).get("images")
+
+
+IDENTITY = ("source", "questions_sha256", "coco_sha256")
+"""What a run is made from besides its images folder: the source kind and the content of its task files."""
+
+
+def _same_inputs(root: Path, old: dict, inputs: dict, relocated: bool) -> list[dict]:
+    """The run's relocations, with this one added: refuses inputs other than those the run was made from.
+    Only the images folder may differ, and only when `relocated` and every image the run holds tasks for
+    is found at the new place with the same content (sha256)."""
+    made = old.get("inputs") or {}
+    relocations = list(old.get("relocations") or [])
+    differ = [key for key in IDENTITY if key in made and made[key] != inputs.get(key)]
+    if differ:
+        raise StoreError(f"{root} was made from {_describe(made)}, not {_describe(inputs)}; pass a new --out to "
+                         "start a run from these inputs")
+    images = images_folder(old)
+    if images is None or images == inputs.get("images"):
+        return relocations
+    if not relocated:
+        raise StoreError(f"{root} was made from --images {images}, not {inputs['images']}; pass a new --out to "
+                         "start a run from these images, or add --relocated if the same images moved there")
+    from mmcof_gen.imaging import file_sha256  # PIL and friends only when a run is relocated
+
+    for item in RunStore(root).image_tasks():
+        path = Path(inputs["images"]) / item.image
+        if not path.is_file() or file_sha256(path) != item.image_sha256:
+            raise StoreError(f"--relocated: {path} is {'not the image' if path.is_file() else 'missing, but'} "
+                             f"the run made tasks for ({item.image} in {images}); pass the folder the images moved to")
+    return [*relocations, {"images": inputs["images"], "at": _now()}]
+
+
+def _describe(inputs: dict) -> str:
+    kind = inputs.get("source")
+    files = [f"--{key} {inputs.get(key)} (sha256 {(inputs.get(f'{key}_sha256') or '?')[:12]})"
+             for key in ("questions", "coco") if inputs.get(key)]
+    return " ".join([f"--images {inputs.get('images')}", *files, f"(source {kind})"])
 
 
 def _now() -> str:

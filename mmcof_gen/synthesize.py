@@ -18,7 +18,7 @@ from mmcof_gen import __version__
 from mmcof_gen.agent.search import role_models
 from mmcof_gen.config import ConfigError, PipelineConfig
 from mmcof_gen.executors.local import run_local
-from mmcof_gen.imaging import discover_images
+from mmcof_gen.imaging import discover_images, file_sha256
 from mmcof_gen.models.chat import ServerLimitError
 from mmcof_gen.models.server_info import check_servers
 from mmcof_gen.progress import LiveStatus
@@ -84,8 +84,10 @@ def synthesize(
     console: Console | None = None,
     coco: Path | None = None,
     source_kind: str = "auto",
+    relocated: bool = False,
 ) -> dict:
-    """Run (or resume) a synthesis into `out_dir`; returns the run's stats."""
+    """Run (or resume) a synthesis into `out_dir`; returns the run's stats. `relocated`: the run's images
+    folder moved to `images_dir` (checked against the image hashes the run recorded)."""
     console = console or Console(stderr=True)
     prompts = Prompts(config.prompts_dir)
     # the task prompts (text questions, or the vlm task writer's) are hashed whichever agent searches
@@ -103,10 +105,12 @@ def synthesize(
         "models": models, "versions": package_versions(),
         "inputs": {"images": str(images_dir.resolve()), "source": source_kind,
                    "questions": str(questions.resolve()) if questions else None,
-                   "coco": str(coco.resolve()) if coco else None},
+                   "questions_sha256": file_sha256(questions) if questions else None,
+                   "coco": str(coco.resolve()) if coco else None,
+                   "coco_sha256": file_sha256(coco) if coco else None},
         "servers": servers,
     }
-    store = RunStore.open(out_dir, fingerprint, manifest)
+    store = RunStore.open(out_dir, fingerprint, manifest, relocated)
     done = store.done_ids()
     cached = {item.image: item for item in store.image_tasks()}
     units = itertools.islice(source.units, limit) if limit else source.units

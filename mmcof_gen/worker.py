@@ -219,7 +219,7 @@ class ImageWorker:
                     raise
                 except Exception as exc:  # a model out of reach: this image fails, the run goes on
                     return None, [ErrorRecord(id="tasks-" + short_hash(unit.rel), stage="tasks", image=unit.rel,
-                                              reason=f"task synthesis: {_reason(exc)}")]
+                                              reason=f"task synthesis: {_reason(exc)}", transient=_transient(exc))]
                 return record.model_copy(update={"tasks": made.tasks, "rejected": made.rejected,
                                                  "calls": made.calls}), []
             hits = self.engine.read(image)
@@ -253,12 +253,18 @@ class ImageWorker:
     @staticmethod
     def _error(task: Task, resolution: int, exc: Exception) -> ErrorRecord:
         return ErrorRecord(id=trajectory_id(task.id, resolution), stage="trajectory", image=task.image,
-                           task_id=task.id, resolution=resolution, reason=_reason(exc))
+                           task_id=task.id, resolution=resolution, reason=_reason(exc), transient=_transient(exc))
 
 
 def _view(frame: Image.Image, resolution: int, width: int, height: int) -> View:
     return View(resolution=resolution, width=frame.width, height=frame.height, original_width=width,
                 original_height=height, frame_sha256=image_sha256(frame))
+
+
+def _transient(exc: Exception) -> bool:
+    """A failure a later run may not meet (a model out of reach after its retries, a search out of wall time
+    on a loaded machine): such exceptions carry `transient = True`."""
+    return getattr(exc, "transient", False) is True
 
 
 def _reason(exc: Exception) -> str:

@@ -44,10 +44,12 @@ def test_synthesize_refuses_to_write_into_a_foreign_folder(tmp_path):
     assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
 
 
-def test_empty_folder_makes_an_empty_run_and_stats_json(tmp_path):
+def test_empty_folder_makes_an_empty_run_exit_1_and_stats_json(tmp_path):
     (tmp_path / "images").mkdir()
     result = run_cli("synthesize", "--images", tmp_path / "images", "--out", tmp_path / "run")
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (f"mmcof-gen: synthesize: no image in {tmp_path / 'images'} "
+                                                      "(searched recursively); nothing was made")
     stats = json.loads(run_cli("stats", tmp_path / "run", "--json").stdout)
     assert {k: stats[k] for k in ("tasks", "accepted", "rejected", "errors", "direct", "zoom")} == dict.fromkeys(
         ("tasks", "accepted", "rejected", "errors", "direct", "zoom"), 0)

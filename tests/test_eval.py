@@ -306,8 +306,9 @@ def test_eval_command_prints_the_table_and_refuses_ambiguous_backends(tmp_path):
                                       "--endpoint URL --served-model NAME")
     tiny_r = subprocess.run([*cli, "--endpoint", "http://h/v1", "--served-model", "m", "--resolutions", "64"],
                             capture_output=True, text=True)
-    assert (tiny_r.returncode, tiny_r.stderr.strip()) == (2, "mmcof-gen: eval: --resolutions: resolutions must be a "
-                                                             "non-empty list of side lengths between 112 and 3840")
+    assert (tiny_r.returncode, tiny_r.stderr.strip()) == (2, "mmcof-gen: eval: --resolutions '64' has a side length "
+                                                             "outside 112 to 3840; give pixel budgets like "
+                                                             "448,672,1024,1920")
 
 
 # -- the CoF loop in process ---------------------------------------------------------------------------------

@@ -103,3 +103,66 @@ def test_records_since_reads_only_whole_lines_appended_after_the_mark(tmp_path):
     inside_a_line = {path: mark[path] - 5}
     assert [r.id for r in shard.records_since(inside_a_line)] == ["e1", "e2"]
     assert [r.id for r in shard.records_since({})] == ["e0", "e1", "e2"]
+
+
+def test_a_resume_sets_transient_errors_aside_and_keeps_permanent_ones(tmp_path):
+    store = RunStore.open(tmp_path / "run", "fp1", {})
+    store.append(_error(0))
+    store.append(_error(1).model_copy(update={"transient": True, "reason": "worker died twice"}))
+    store.close()
+    assert store.done_ids() == {"e0", "e1"}  # this run does not try it again
+    resumed = RunStore.open(tmp_path / "run", "fp1", {})
+    assert [(e.id, e.transient) for e in resumed.errors()] == [("e0", False)]
+    assert resumed.done_ids() == {"e0"}  # the resume does
+    [retried] = read_jsonl(tmp_path / "run" / "retried-errors.jsonl", ErrorRecord)
+    assert (retried.id, retried.reason) == ("e1", "worker died twice")
+    assert json.loads((tmp_path / "run" / "errors.jsonl").read_text())["transient"] is False  # every record says
+
+
+def _inputs(images, **more) -> dict:
+    return {"inputs": {"images": str(images), "source": "folder", "questions": None, "questions_sha256": None,
+                       "coco": None, "coco_sha256": None, **more}}
+
+
+def test_a_run_made_from_other_inputs_is_refused_and_its_inputs_are_never_rewritten(tmp_path):
+    run = tmp_path / "run"
+    RunStore.open(run, "fp1", _inputs("/data/a"))
+    with pytest.raises(StoreError) as refused:
+        RunStore.open(run, "fp1", _inputs("/data/b"))
+    assert str(refused.value) == (f"{run} was made from --images /data/a, not /data/b; pass a new --out to start a run "
+                                  "from these images, or add --relocated if the same images moved there")
+    with pytest.raises(StoreError) as refused:
+        RunStore.open(run, "fp1", _inputs("/data/a", source="questions", questions="/q.jsonl", questions_sha256="ab" * 32))
+    assert str(refused.value) == (f"{run} was made from --images /data/a (source folder), not --images /data/a "
+                                  "--questions /q.jsonl (sha256 abababababab) (source questions); pass a new --out to "
+                                  "start a run from these inputs")
+    assert json.loads((run / "manifest.json").read_text())["inputs"] == _inputs("/data/a")["inputs"]
+
+
+def test_a_relocated_images_folder_is_taken_once_its_images_are_the_same(tmp_path):
+    from mmcof_gen.imaging import file_sha256
+    from mmcof_gen.schema import ImageTasks
+
+    for folder, content in (("a", b"one"), ("moved", b"one"), ("other", b"two")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "x.png").write_bytes(content)
+    run = tmp_path / "run"
+    store = RunStore.open(run, "fp1", _inputs(tmp_path / "a"))
+    store.append(ImageTasks(id="x.png", image="x.png", image_sha256=file_sha256(tmp_path / "a" / "x.png"), width=1,
+                            height=1, tasks=[]))
+    store.close()
+    with pytest.raises(StoreError) as refused:
+        RunStore.open(run, "fp1", _inputs(tmp_path / "other"), relocated=True)
+    assert str(refused.value) == (f"--relocated: {tmp_path / 'other' / 'x.png'} is not the image the run made tasks "
+                                  f"for (x.png in {tmp_path / 'a'}); pass the folder the images moved to")
+    RunStore.open(run, "fp1", _inputs(tmp_path / "moved"), relocated=True)
+    RunStore.open(run, "fp1", _inputs(tmp_path / "moved"))  # from now on the run's images are there
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["inputs"]["images"] == str(tmp_path / "a")
+    assert [r["images"] for r in manifest["relocations"]] == [str(tmp_path / "moved")]
+
+
+def test_out_pointing_at_a_file_is_refused(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StoreError, match=r"^--out .*file is a file, not a folder; pass a new folder for the run$"):
+        RunStore.open(tmp_path / "file", "fp1", {})

@@ -171,6 +171,13 @@ def role_models(models: ModelsConfig) -> dict[str, str]:
 # ------------------------------------------------------------------------------------------ the search
 
 
+class WallTimeSpent(TimeoutError):
+    """A search out of its wall-time budget: on a loaded machine or server a later run may finish it, so it
+    ends as a transient error (retried on resume), not as a rejected trajectory."""
+
+    transient = True
+
+
 class StopSearch(Exception):
     """The search ends without a verified chain (budget spent, reply malformed after repair); the reason is kept."""
 
@@ -212,7 +219,7 @@ class VlmSearchAgent:
         except StopSearch as exc:
             search.result.reason = str(exc)
         except TimeoutError:
-            search.result.reason = f"budget: wall time of {self.config.max_seconds:g}s spent"
+            raise WallTimeSpent(f"budget: wall time of {self.config.max_seconds:g}s spent") from None
         return search.result
 
     async def _search(self, search: Search) -> None:

@@ -14,7 +14,14 @@ Exactly once, with several writers:
   deterministic, so a run started local resumes with Ray and vice versa);
 - a dead actor: the driver noted where the actor's shard ended when it sent the image, and reads back
   what was appended for that image since: records the actor wrote but did not live to stream count as
-  done, and the image is sent once more (to the restarted actor, or another) for the rest;
+  done, and the image is sent once more for the rest. Before every send the driver waits until the actor
+  answers (`ready`, in a concurrency group of its own so it never queues behind images): an actor Ray is
+  still restarting is waited for (up to `executor.restart_timeout_s`), not taken for a second death; one
+  dead for good (restarts spent) is passed over for another. Only an actor that dies again while it holds
+  the image ends the image, in an error record that is transient (a resume tries it again). Ray may report
+  an actor dead while its process still runs for a moment: each life of an actor holds a lock file
+  (`.<shard>-<life>.lock`, released by the kernel when the process exits), and the driver reads the shard
+  back only once it holds that lock, so nothing the old life writes can land after the read;
 - two copies of one image (the same bytes at two paths make the same ids): an `IdLedger` actor gives
   each id to the first image that claims it, and an actor writes a record only when its image holds the id.
 
@@ -25,8 +32,10 @@ through environment variables.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import math
 import secrets
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -42,7 +51,7 @@ from mmcof_gen.worker import ImageWorker, Record, image_error_id
 
 try:
     import ray
-    from ray.exceptions import ObjectLostError, RayActorError, RayTaskError
+    from ray.exceptions import ActorUnavailableError, ObjectLostError, RayActorError, RayTaskError
 
     from mmcof_gen.executors.detectors import ActorDetector, DetectorActor
 except ImportError:  # pragma: no cover - the [ray] extra is not installed
@@ -73,12 +82,19 @@ class AgentActor:
         self._worker = ImageWorker(config, prompts, provenance, shared_detector=shared)
         self._store = RunStore.open_shard(run_dir, shard)
         self._ledger = ray.get_actor(ledger)
+        self._life = secrets.token_hex(4)
+        self._lock = _life_lock(run_dir, shard, self._life).open("w")
+        fcntl.flock(self._lock, fcntl.LOCK_EX)  # held until this process exits, however it ends
 
-    def ready(self) -> None:
-        """Returns once the actor is built (the driver waits for every actor before sending images)."""
+    def ready(self) -> str:
+        """This life of the actor, once built: the driver asks before it sends an image (a restarted actor answers
+        only once rebuilt). In a group of its own, so the question never waits behind the images."""
+        return self._life
 
     def process(self, unit: ImageUnit, cached: ImageTasks | None, done: set[str]):
-        """The records of one image, each written to this actor's shard and then streamed (a Ray generator)."""
+        """This life of the actor, then the records of one image, each written to this actor's shard and then
+        streamed (a Ray generator)."""
+        yield self._life
         for record in self._worker.process(unit, cached, done):
             if isinstance(record, (Trajectory, ErrorRecord)) and not ray.get(
                     self._ledger.claim.remote(unit.rel, record.id)):
@@ -125,7 +141,7 @@ def run_ray(
             actors.append(ray.remote(DetectorActor).options(
                 name=f"{name}-{run}", num_cpus=1, num_gpus=_detector_gpus(config), max_restarts=settings.max_restarts,
                 max_task_retries=-1).remote(config.models.detector, settings.detector_window_ms / 1000))
-        agents = [ray.remote(AgentActor).options(
+        agents = [ray.remote(concurrency_groups={"control": 1})(AgentActor).options(
             name=f"mmcof-agent-{index}-{run}", num_cpus=1, max_concurrency=concurrency,
             max_restarts=settings.max_restarts, max_task_retries=0,
         ).remote(config, prompts, provenance, [f"{name}-{run}" for name in detector_names], Path(run_dir).resolve(),
@@ -133,12 +149,15 @@ def run_ray(
             for index, shard in enumerate(shards)]
         actors += agents
         _wait_until_built(actors[1:])  # the ledger holds nothing that could fail to build
-        driver = _Driver(agents, [RunStore(run_dir, shard) for shard in shards], write, written, cached, done,
-                         config.resolutions, status)
+        driver = _Driver(agents, shards, Path(run_dir), write, written, cached, done, config.resolutions, status,
+                         settings.restart_timeout_s)
         asyncio.run(driver.run(units, in_flight))
     finally:
         for actor in actors:
             ray.kill(actor)
+        for shard in shards:
+            for lock in Path(run_dir).glob(f".{shard}-*.lock"):
+                lock.unlink(missing_ok=True)
         if started:
             ray.shutdown()
 
@@ -146,11 +165,15 @@ def run_ray(
 class _Driver:
     """Streams units to the least busy agent actor, at most `in_flight` at once, and counts what they write."""
 
-    def __init__(self, agents: list, shards: list[RunStore], write: Callable[[Record], None],
+    def __init__(self, agents: list, shards: list[str], run_dir: Path, write: Callable[[Record], None],
                  written: Callable[[Record], None], cached: dict[str, ImageTasks], done: set[str],
-                 resolutions: list[int], status: LiveStatus | None):
+                 resolutions: list[int], status: LiveStatus | None, restart_timeout: float):
         self.agents = agents
-        self.shards = shards
+        self.alive = set(range(len(agents)))  # less those found dead for good
+        self.lives = [""] * len(agents)  # each agent's life that last answered `ready`
+        self.restart_timeout = restart_timeout
+        self.shard_names = shards
+        self.shards = [RunStore(run_dir, shard) for shard in shards]
         self.load = [0] * len(agents)
         self.write = write
         self.written = written
@@ -171,27 +194,38 @@ class _Driver:
             await task
 
     async def _image(self, unit: ImageUnit) -> None:
-        """One image; if its actor dies, it is sent again once (the restarted actor, or another) for what
-        is not yet written."""
+        """One image, sent to a live actor; if that actor dies while it holds the image, what it wrote is kept
+        and the image sent again for the rest. A second death on the image ends it (transient: a resume retries)."""
         if self.status:
             self.status.image_started()
         image = _Image(self.cached.get(unit.rel), self.written)
-        for attempt in (1, 2):
-            index = min(range(len(self.agents)), key=self.load.__getitem__)
-            self.load[index] += 1
+        deaths = 0
+        while True:
+            index = await self._live_agent()
+            if index is None:
+                self.write(_died(unit.rel, "every Ray agent actor is dead (restarts spent)"))
+                break
             shard = self.shards[index]
             sizes = shard.sizes()
+            life = self.lives[index]
             try:
                 async for ref in self.agents[index].process.remote(unit, image.tasks, self._done(image)):
-                    image.take(await ref)
+                    record = await ref
+                    if isinstance(record, str):
+                        life = record  # the life that works on the image (it may have restarted since `ready`)
+                    else:
+                        image.take(record)
                 break
             except (RayActorError, ObjectLostError) as exc:
+                lock = _life_lock(shard.root, self.shard_names[index], life)
+                await asyncio.to_thread(_wait_until_gone, lock, self.restart_timeout)
                 for record in shard.records_since(sizes):  # written by the actor, never streamed: done
                     if _image_of(record) == unit.rel and record.id not in image.ids:
                         image.take(record)
-                if attempt == 2:
-                    self.write(ErrorRecord(id=image_error_id(unit.rel), stage="image", image=unit.rel,
-                                           reason=f"worker died twice on this image: {type(exc).__name__}"))
+                deaths += 1
+                if deaths == 2:
+                    self.write(_died(unit.rel, f"worker died twice on this image: {type(exc).__name__}"))
+                    break
             except RayTaskError as exc:  # an exception that escaped the worker: this image fails, the run goes on
                 cause = exc.cause or exc
                 if isinstance(cause, ServerLimitError):  # unless every request would hit it: the run stops
@@ -203,6 +237,36 @@ class _Driver:
                 self.load[index] -= 1
         if self.status:
             self.status.image_finished()
+
+    async def _live_agent(self) -> int | None:
+        """The least busy agent actor that answers, its load counted for the caller (counted before the question,
+        so that images asking at once spread); None when every one is dead for good."""
+        while self.alive:
+            index = min(self.alive, key=self.load.__getitem__)
+            self.load[index] += 1
+            if await self._answers(index):
+                return index
+            self.load[index] -= 1
+            self.alive.discard(index)
+        return None
+
+    async def _answers(self, index: int) -> bool:
+        """Whether agent `index` is up, waiting while Ray restarts it (up to the restart timeout). A restarting actor
+        queues the call (`max_task_retries` carries it over the restart); one that Ray does not yet know
+        is down answers ActorUnavailableError, and is asked again."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.restart_timeout
+        while True:
+            try:
+                self.lives[index] = await asyncio.wait_for(self.agents[index].ready.options(
+                    concurrency_group="control", max_task_retries=-1).remote(), deadline - loop.time())
+                return True
+            except ActorUnavailableError:
+                if loop.time() >= deadline:
+                    return False
+                await asyncio.sleep(0.05)
+            except (RayActorError, TimeoutError):  # dead for good, or not back within the timeout
+                return False
 
     def _done(self, image: _Image) -> set[str]:
         """What the actor must not do again: the image's searches done in earlier runs (known only once its
@@ -226,6 +290,31 @@ class _Image:
             self.tasks = record
         self.ids.add(record.id)
         self._written(record)
+
+
+def _life_lock(run_dir: Path, shard: str, life: str) -> Path:
+    return Path(run_dir) / f".{shard}-{life}.lock"
+
+
+def _wait_until_gone(lock: Path, timeout: float) -> None:
+    """Returns once no process holds `lock` (the life that held it has exited: all it wrote is on disk), or
+    after `timeout` seconds (a process that hangs on is not waited for forever)."""
+    deadline = time.monotonic() + timeout
+    with lock.open("a") as handle:
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    return  # the file stays: the life still holds it
+                time.sleep(0.01)
+            else:
+                lock.unlink()
+                return
+
+
+def _died(image: str, reason: str) -> ErrorRecord:
+    return ErrorRecord(id=image_error_id(image), stage="image", image=image, reason=reason, transient=True)
 
 
 def _image_of(record: Record) -> str:

@@ -19,7 +19,7 @@ from mmcof_gen.export.files import IMAGES_DIR, ImageFiles, RecordWriter
 from mmcof_gen.extras import require
 from mmcof_gen.imaging import image_to_png_bytes
 from mmcof_gen.replay import FrameSource, ReplayError, chain_crops
-from mmcof_gen.store import (RunStore, StoreError, claim_out_dir, remove_temporaries, write_bytes_atomic,
+from mmcof_gen.store import (RunStore, StoreError, claim_out_dir, images_folder, record_output, remove_temporaries, write_bytes_atomic,
                              write_json_atomic)
 
 FORMATS: dict[str, ExportFormat] = {f.name: f for f in (sharegpt.FORMAT, qwen.FORMAT, parquet.FORMAT, v1.FORMAT,
@@ -38,8 +38,10 @@ def export(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     absolute_paths: bool = False,
     tokenizer: str | None = None,
+    overwrite: bool = False,
 ) -> dict:
-    """Export the accepted trajectories of `run_dir` as `fmt` into `out_dir`; returns the export report."""
+    """Export the accepted trajectories of `run_dir` as `fmt` into `out_dir`; returns the export report.
+    `overwrite`: replace an export of another run in `out_dir`."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     form = FORMATS[fmt]
     store = RunStore(run_dir)
@@ -51,7 +53,7 @@ def export(
     if form is parquet.FORMAT:
         require("data", "export --format parquet", ("pyarrow", "datasets"))
     budget = TokenBudget(max_pixels, tokenizer)  # the extras are checked before the folder is made
-    _prepare_out_dir(run_dir, out_dir)
+    _prepare_out_dir(run_dir, out_dir, overwrite)
 
     files = None if form is parquet.FORMAT else ImageFiles(out_dir, absolute_paths)
     writer = parquet.ParquetWriter(out_dir / form.data_file) if files is None else RecordWriter(out_dir / form.data_file)
@@ -90,7 +92,7 @@ def export(
 
     if form.llamafactory_name:
         write_json_atomic(out_dir / "dataset_info.json", {form.llamafactory_name: llamafactory_entry(form.data_file)})
-    images_root = Path(manifest["inputs"]["images"])
+    images_root = Path(images_folder(manifest))
     report = {
         "input": str(run_dir), "output": str(out_dir), "format": form.name, "data_file": form.data_file,
         "samples": writer.count, "direct": tally["direct"], "zoom": tally["zoom"],
@@ -111,6 +113,7 @@ def export(
     }
     write_json_atomic(out_dir / REPORT, report)
     write_bytes_atomic(out_dir / "README.md", dataset_card(report, form).encode("utf-8"))
+    record_output(out_dir, MARKER, run_dir)
     return report
 
 
@@ -132,7 +135,9 @@ def _licence_files(images_root: Path) -> list[str]:
     return found
 
 
-def _prepare_out_dir(run_dir: Path, out_dir: Path) -> None:
-    """Refuse the input folder and foreign folders; a folder marked as an export may be exported into again."""
-    claim_out_dir(run_dir, out_dir, MARKER, is_input="run folder; pass a new folder for the export", earlier="export")
+def _prepare_out_dir(run_dir: Path, out_dir: Path, overwrite: bool) -> None:
+    """Refuse the input folder and foreign folders; a folder marked as an export of this run may be exported
+    into again."""
+    claim_out_dir(run_dir, out_dir, MARKER, is_input="run folder; pass a new folder for the export", earlier="export",
+                  overwrite=overwrite)
     remove_temporaries(out_dir / IMAGES_DIR)  # what an interrupted export was writing; it is written again

@@ -80,11 +80,13 @@ class ChatModel(Protocol):
 
 
 class ChatError(RuntimeError):
-    """A call that failed for good (retries spent, or not retryable); `retries` says how many were made."""
+    """A call that failed for good (retries spent, or not retryable); `retries` says how many were made.
+    `transient`: the server was out of reach or failing (retries spent), so a later run may succeed."""
 
-    def __init__(self, message: str, retries: int = 0):
+    def __init__(self, message: str, retries: int = 0, transient: bool = False):
         super().__init__(message)
         self.retries = retries
+        self.transient = transient
 
 
 class ServerLimitError(ChatError):
@@ -345,7 +347,7 @@ class OpenAIChat:
                         raise _refusal(f"{self.config.base_url} ({self.config.model})", exc, body, retries) from None
                     if retries >= self.config.max_retries:
                         raise ChatError(f"{self.config.base_url} ({self.config.model}): gave up after {retries} "
-                                        f"retries: {_describe(exc)}", retries) from None
+                                        f"retries: {_describe(exc)}", retries, transient=True) from None
                     await asyncio.sleep(self._backoff(retries, exc))
                     retries += 1
         usage = response.usage
