@@ -148,12 +148,24 @@ def load_image(path: Path, max_pixels: int, target_size: tuple[int, int] | None 
     Transparency is composited on white (what a viewer shows), 16-bit data scaled to 8 bits, CMYK converted.
     """
     with _opened(path, max_pixels) as (img, orientation):
-        if target_size is not None:
-            width, height = target_size
-            img.draft("RGB", (height, width) if orientation in _SIDEWAYS else (width, height))
+        _draft(img, orientation, target_size)
         img.load()  # decode now, so truncation is reported here and not at first use
         rgb = _to_rgb(img)
     return rgb.transpose(_UPRIGHT[orientation]) if orientation in _UPRIGHT else rgb
+
+
+def _draft(img: Image.Image, orientation: int, target_size: tuple[int, int] | None) -> None:
+    """Ask a JPEG decoder for the smallest DCT scale that stays >= `target_size` (a no-op for other formats)."""
+    if target_size is not None:
+        width, height = target_size
+        img.draft("RGB", (height, width) if orientation in _SIDEWAYS else (width, height))
+
+
+def _decoded_as(path: Path, max_pixels: int, target_size: tuple[int, int]) -> tuple[str, tuple[int, int]]:
+    """(mode, size) that `load_image(path, max_pixels, target_size)` decodes to, from the header alone."""
+    with _opened(path, max_pixels) as (img, orientation):
+        _draft(img, orientation, target_size)
+        return img.mode, img.size
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -204,6 +216,21 @@ def make_frame(path: Path, resolution: int, max_pixels: int) -> Image.Image:
     """The working frame at `resolution`, decoded straight at (about) frame size; same file + R -> same pixels."""
     size = frame_size(*image_size(path, max_pixels), resolution)
     return _resized(load_image(path, max_pixels, target_size=size), size)
+
+
+def make_frames(path: Path, resolutions, max_pixels: int) -> dict[int, Image.Image]:
+    """The working frames of one image at several R, each pixel-identical to `make_frame`: one decode serves
+    every R whose JPEG draft scale is the same (so one decode in all for PNG and other formats without one)."""
+    upright = image_size(path, max_pixels)
+    decoded: dict[tuple, Image.Image] = {}
+    frames = {}
+    for resolution in sorted(set(resolutions)):
+        size = frame_size(*upright, resolution)
+        key = _decoded_as(path, max_pixels, size)
+        if key not in decoded:
+            decoded[key] = load_image(path, max_pixels, target_size=size)
+        frames[resolution] = _resized(decoded[key], size)
+    return frames
 
 
 def frame_from_image(image: Image.Image, resolution: int) -> Image.Image:
