@@ -6,8 +6,8 @@ Makes 10N distinct photo-like JPEGs (2000x1500) in a temp dir and, per image, th
 writes them (R=448: a two-zoom chain and a direct answer sharing its frame; R=1024: a one-zoom chain), with
 their true frame hashes and a ground-truth box the last crop covers, so every filter rule passes them. The
 run of N is the first N images. Each command runs as its own process (`python -m mmcof_gen.cli`), timed wall
-clock; peak RSS is the largest single process (wait4: the command or one of its workers) and the largest sum
-over the process tree (sampled every 50 ms). Printed per command and size: seconds per sample, the per-sample
+clock; peak RSS is that of the largest single process (the command or one of its workers) and the largest sum
+over the process tree (both sampled every 50 ms). Printed per command and size: seconds per sample, the per-sample
 ratio 10N/N (1.0 = linear) and the peak-RSS ratio 10N/N, for `--jobs 1` and all cores.
 
 `--baseline REF` also runs the code of a git revision (extracted with `git archive`, run from its own folder,
@@ -121,9 +121,13 @@ def write_run(run: Path, images: Path, names: list[str]) -> int:
 
 # -- measuring --------------------------------------------------------------------------------------------
 def measure(command: list[str], env: dict, cwd: Path) -> tuple[float, int, int]:
-    """(seconds, peak RSS of the largest process, peak RSS summed over the process tree) of one command."""
+    """(seconds, peak RSS of the largest process, peak RSS summed over the process tree) of one command.
+
+    Peaks come from sampling the tree every 50 ms: VmHWM (each process's own high-water mark since its
+    exec or fork) for the largest process, the sum of current RSS for the tree."""
     start = time.perf_counter()
     process = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    high_water: dict[int, int] = {}
     tree_peak = 0
     done = threading.Event()
 
@@ -134,20 +138,23 @@ def measure(command: list[str], env: dict, cwd: Path) -> tuple[float, int, int]:
             try:
                 tree = [root, *root.children(recursive=True)]
                 tree_peak = max(tree_peak, sum(p.memory_info().rss for p in tree))
-            except psutil.Error:
+                for p in tree:
+                    status = Path(f"/proc/{p.pid}/status").read_text()
+                    line = next(line for line in status.splitlines() if line.startswith("VmHWM:"))
+                    high_water[p.pid] = max(high_water.get(p.pid, 0), int(line.split()[1]) * 1024)
+            except (psutil.Error, OSError, StopIteration):
                 pass
             done.wait(0.05)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    _, status, usage = os.wait4(process.pid, 0)
+    _, stderr = process.communicate()
     seconds = time.perf_counter() - start
     done.set()
     sampler.join()
-    process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0:
-        sys.exit(f"{' '.join(command)} failed ({process.returncode}): {process.stderr.read().decode()[-2000:]}")
-    return seconds, usage.ru_maxrss * 1024, tree_peak
+        sys.exit(f"{' '.join(command)} failed ({process.returncode}): {stderr.decode()[-2000:]}")
+    return seconds, max(high_water.values(), default=0), tree_peak
 
 
 def run_commands(python: list[str], env: dict, cwd: Path, run: Path, out: Path, jobs: int | None) -> dict:
