@@ -28,7 +28,7 @@ from rich.table import Table
 from mmcof_gen import cof_format
 from mmcof_gen.config import FilterConfig
 from mmcof_gen.imaging import box_area, scale_box, validate_box, zoom_region
-from mmcof_gen.replay import FrameSource, ReplayError, chain_crops, replayed
+from mmcof_gen.replay import FrameSource, ReplayError, check_chain, replayed
 from mmcof_gen.schema import ImageTasks, Trajectory
 from mmcof_gen.stats import run_stats
 from mmcof_gen.store import MANIFEST, TASKS, RunStore, StoreError, claim_out_dir, write_json_atomic
@@ -148,9 +148,10 @@ def evidence_coverage(trajectory: Trajectory) -> float:
 
 
 def reexecute(min_evidence_overlap: float, frames: FrameSource, trajectory: Trajectory) -> str | None:
-    """The re-execution rule: the frame rebuilds to its recorded hash, every crop can be made, and the last
-    crop shows enough of the ground-truth box; runs in the filter's worker processes (ReplayError or a reason)."""
-    chain_crops(frames.frame(trajectory), trajectory)
+    """The re-execution rule: the frame rebuilds to its recorded hash, the crop function accepts every zoom,
+    and the last crop shows enough of the ground-truth box; runs in the filter's worker processes
+    (ReplayError or a reason)."""
+    check_chain(frames.frame(trajectory), trajectory)
     if trajectory.chain and trajectory.task.gt_boxes:
         coverage = evidence_coverage(trajectory)
         if coverage < min_evidence_overlap:

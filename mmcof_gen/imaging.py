@@ -290,15 +290,25 @@ def crop_zoom(frame: Image.Image, box) -> Image.Image:
 
     InvalidBox for a bad box, or for a region too thin for Qwen (aspect ratio over 200).
     """
-    region = zoom_region(validate_box(box, *frame.size), *frame.size)
-    crop = frame.crop(region)
+    region, size = zoom_plan(box, *frame.size)
+    return frame.crop(region).resize(size, Image.LANCZOS).convert("RGB")
+
+
+def zoom_plan(box, width: int, height: int) -> tuple[Box, tuple[int, int]]:
+    """(region of the frame, (W, H) of the crop) of a zoom on `box` in a width x height frame: every check of
+    `crop_zoom` without its pixels, so the filter proves a chain re-executes without resizing anything.
+
+    InvalidBox for a bad box, or for a region too thin for Qwen (aspect ratio over 200).
+    """
+    region = zoom_region(validate_box(box, width, height), width, height)
+    crop_width, crop_height = region[2] - region[0], region[3] - region[1]
     try:
-        nh, nw = smart_resize(crop.height * _SCALE_UP, crop.width * _SCALE_UP, factor=_FACTOR,
+        nh, nw = smart_resize(crop_height * _SCALE_UP, crop_width * _SCALE_UP, factor=_FACTOR,
                               min_pixels=_MIN_PIXELS, max_pixels=_CROP_MAX_PIXELS)
     except ValueError as exc:
-        raise InvalidBox(f"box {_shown(box)} zooms to a {crop.width}x{crop.height} region, "
+        raise InvalidBox(f"box {_shown(box)} zooms to a {crop_width}x{crop_height} region, "
                          f"too thin to show ({exc})") from exc
-    return crop.resize((nw, nh), Image.LANCZOS).convert("RGB")
+    return region, (nw, nh)
 
 
 def crop_to_frame(crop_box, crop_size: tuple[int, int], region: Box) -> Box:

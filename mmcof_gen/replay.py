@@ -20,14 +20,14 @@ from typing import TypeVar
 
 from PIL import Image
 
-from mmcof_gen.imaging import ImageError, crop_zoom, image_sha256, make_frames
+from mmcof_gen.imaging import ImageError, crop_zoom, image_sha256, make_frames, zoom_plan
 from mmcof_gen.parallel import ordered_map
 from mmcof_gen.schema import Trajectory
 
 Payload = TypeVar("Payload")
 Result = TypeVar("Result")
 
-BATCH = 32  # trajectories per batch; a batch only ends where the source image changes ...
+BATCH = 8  # trajectories per batch; a batch only ends where the source image changes ...
 MAX_BATCH = 256  # ... unless one image has this many
 
 
@@ -86,13 +86,18 @@ class FrameSource:
 
 def chain_crops(frame: Image.Image, trajectory: Trajectory) -> list[Image.Image]:
     """The crop of every zoom of the chain, in order (the images `images[1:]` of a sample)."""
-    crops = []
+    check_chain(frame, trajectory)
+    return [crop_zoom(frame, step.box) for step in trajectory.chain]
+
+
+def check_chain(frame: Image.Image, trajectory: Trajectory) -> None:
+    """ReplayError unless the crop function accepts every zoom of the chain on `frame` (its checks, not its
+    pixels: a crop that passes them is a pure function of the frame, which the frame hash proved)."""
     for number, step in enumerate(trajectory.chain, 1):
         try:
-            crops.append(crop_zoom(frame, step.box))
+            zoom_plan(step.box, *frame.size)
         except ValueError as exc:  # imaging.InvalidBox
             raise ReplayError(f"zoom {number} box {list(step.box)} cannot be cropped: {exc}") from None
-    return crops
 
 
 def replayed(items: Iterable[tuple[Trajectory | None, Payload]],
