@@ -17,7 +17,7 @@ from mmcof_gen.imaging import image_sha256, image_to_png_bytes
 
 IMAGES_DIR = "images"
 PNG_LEVEL = 1
-"""zlib level of every PNG an export writes: 3-5x faster than Pillow's default 6 for 5-15% more bytes
+"""zlib level of every PNG an export writes: about 5x faster than Pillow's default 6 for 3% more bytes on photos
 (docs/speed.md has the measurements); lossless at any level."""
 
 
