@@ -161,14 +161,13 @@ def filter_command(
     contamination, reexecution, duplicate, balance. Prints kept/dropped per rule and writes
     OUT/filter_report.json with the exact reason of every dropped record."""
     from mmcof_gen.filtering import filter_run, report_table
+    from mmcof_gen.parallel import default_jobs
 
     rules = load_config(config).filter
     if exclude:
         rules.exclude_file = exclude
     if balance is not None:
         rules.balance, rules.direct_fraction = True, balance
-    from mmcof_gen.parallel import default_jobs
-
     report = filter_run(run_dir, out, rules, jobs=jobs or default_jobs())
     Console().print(report_table(report))
     typer.echo(f"kept {report['kept']} of {report['total']}; results in {out} (reasons in {out / 'filter_report.json'})")
