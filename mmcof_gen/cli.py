@@ -50,6 +50,10 @@ class SourceKind(str, Enum):
     vstar = "vstar"
 
 
+Jobs = Annotated[Optional[int], typer.Option(
+    min=1, help="Processes that rebuild frames and crops (default: all cores); the output is the same for any N.")]
+
+
 def _resolutions(value: str | None, command: str) -> list[int] | None:
     """`--resolutions`: every item an integer side between 112 and 3840 (an empty item is a typo, not a default)."""
     if value is None:
@@ -184,6 +188,7 @@ def filter_command(
     balance: Annotated[Optional[float], typer.Option(
         min=0, max=1, help="Turn on balance with this target share of direct samples per (R, question type).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help=OVERWRITE)] = False,
+    jobs: Jobs = None,
 ) -> None:
     """Keep the trajectories that make good training data; never modifies RUN_DIR.
 
@@ -191,13 +196,14 @@ def filter_command(
     contamination, reexecution, duplicate, balance. Prints kept/dropped per rule and writes
     OUT/filter_report.json with the exact reason of every dropped record."""
     from mmcof_gen.filtering import filter_run, report_table
+    from mmcof_gen.parallel import default_jobs
 
     rules = load_config(config).filter
     if exclude:
         rules.exclude_file = exclude
     if balance is not None:
         rules.balance, rules.direct_fraction = True, balance
-    report = filter_run(run_dir, out, rules, overwrite)
+    report = filter_run(run_dir, out, rules, overwrite, jobs=jobs or default_jobs())
     Console().print(report_table(report))
     typer.echo(f"kept {report['kept']} of {report['total']}; results in {out} (reasons in {out / 'filter_report.json'})")
     if report["kept"] == 0:
@@ -233,14 +239,17 @@ def export_command(
     tokenizer: Annotated[Optional[str], typer.Option(
         help="Tokenizer (path or hub id) for exact text token counts; without it they are estimated.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help=OVERWRITE)] = False,
+    jobs: Jobs = None,
 ) -> None:
     """Write the accepted trajectories as training data: frames and crops as content-addressed PNGs, the
     samples, a token budget (cutoff_len, vLLM --limit-mm-per-prompt), export_report.json and a README.md card."""
     from mmcof_gen.export import export
+    from mmcof_gen.parallel import default_jobs
 
     prompt = system_prompt.read_text(encoding="utf-8").removesuffix("\n") if system_prompt else None
     report = export(run_dir, format.value, out, system_prompt=prompt, max_pixels=max_pixels,
-                    absolute_paths=absolute_paths, tokenizer=tokenizer, overwrite=overwrite)
+                    absolute_paths=absolute_paths, tokenizer=tokenizer, overwrite=overwrite,
+                    jobs=jobs or default_jobs())
     budget = report["token_budget"]
     typer.echo(f"{report['samples']} samples ({report['direct']} direct, {report['zoom']} zoom), "
                f"{report['dropped']} dropped; {out / report['data_file']}")
@@ -290,12 +299,14 @@ def view(
         help="HTML file to write (default: RUN_DIR/report.html); thumbnails and plots go to <name>_files/ beside it.",
         dir_okay=False)] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help=OVERWRITE)] = False,
+    jobs: Jobs = None,
 ) -> None:
     """Write a static HTML report (opens from disk, no server): every trajectory's frame with its boxes,
     crops, chain text and verdict, with filters and paging, and summary plots. Prints the report path."""
+    from mmcof_gen.parallel import default_jobs
     from mmcof_gen.report import write_report
 
-    typer.echo(write_report(run_dir, out or run_dir / "report.html", overwrite))
+    typer.echo(write_report(run_dir, out or run_dir / "report.html", overwrite, jobs=jobs or default_jobs()))
 
 
 @app.command()

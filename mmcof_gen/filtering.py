@@ -19,6 +19,7 @@ import re
 import shutil
 from collections import defaultdict
 from collections.abc import Callable
+from functools import partial
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from rich.table import Table
 from mmcof_gen import cof_format
 from mmcof_gen.config import FilterConfig
 from mmcof_gen.imaging import box_area, scale_box, validate_box, zoom_region
-from mmcof_gen.replay import FrameSource, ReplayError, chain_crops
+from mmcof_gen.replay import FrameSource, ReplayError, check_chain, replayed
 from mmcof_gen.schema import ImageTasks, Trajectory
 from mmcof_gen.stats import run_stats
 from mmcof_gen.store import (MANIFEST, TASKS, RunStore, StoreError, claim_out_dir, record_output,
@@ -147,19 +148,17 @@ def evidence_coverage(trajectory: Trajectory) -> float:
     return best
 
 
-def reexecution_rule(frames: FrameSource, config: FilterConfig) -> Rule:
-    def check(trajectory: Trajectory) -> str | None:
-        try:
-            chain_crops(frames.frame(trajectory), trajectory)
-        except ReplayError as exc:
-            return str(exc)
-        if trajectory.chain and trajectory.task.gt_boxes:
-            coverage = evidence_coverage(trajectory)
-            if coverage < config.min_evidence_overlap:
-                return (f"the last crop shows {coverage:.0%} of the ground-truth box "
-                        f"(at least {config.min_evidence_overlap:.0%} needed)")
-        return None
-    return check
+def reexecute(min_evidence_overlap: float, frames: FrameSource, trajectory: Trajectory) -> str | None:
+    """The re-execution rule: the frame rebuilds to its recorded hash, the crop function accepts every zoom,
+    and the last crop shows enough of the ground-truth box; runs in the filter's worker processes
+    (ReplayError or a reason)."""
+    check_chain(frames.frame(trajectory), trajectory)
+    if trajectory.chain and trajectory.task.gt_boxes:
+        coverage = evidence_coverage(trajectory)
+        if coverage < min_evidence_overlap:
+            return (f"the last crop shows {coverage:.0%} of the ground-truth box "
+                    f"(at least {min_evidence_overlap:.0%} needed)")
+    return None
 
 
 def duplicate_rule() -> Rule:
@@ -208,9 +207,12 @@ def balance_drops(survivors: list[tuple[int, str, tuple[int, str], bool]], confi
 
 
 # -- the command ----------------------------------------------------------------------------------------
-def filter_run(run_dir: Path, out_dir: Path, config: FilterConfig, overwrite: bool = False) -> dict:
+def filter_run(run_dir: Path, out_dir: Path, config: FilterConfig, overwrite: bool = False, jobs: int = 1) -> dict:
     """Judge every trajectory of `run_dir`, write the kept ones to `out_dir`; returns the report. `overwrite`:
-    replace a filter output of another run in `out_dir`."""
+    replace a filter output of another run in `out_dir`.
+
+    Re-execution runs in `jobs` processes; every rule's verdict is taken in run order, so the output is
+    the same for any `jobs`."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     source = RunStore(run_dir)
     manifest = source.manifest()
@@ -233,22 +235,24 @@ def filter_run(run_dir: Path, out_dir: Path, config: FilterConfig, overwrite: bo
         rules.append(("contamination", contamination_rule(exclusions.keys)))
     if config.reexecution:
         try:
-            rules.append(("reexecution", reexecution_rule(FrameSource(manifest), config)))
+            FrameSource(manifest)
         except ReplayError as exc:
             raise StoreError(f"{run_dir}: {exc}") from None
+    after: list[tuple[str, Rule]] = []  # rules that run after re-execution, on its survivors, in run order
     if config.duplicate:
-        rules.append(("duplicate", duplicate_rule()))
+        after.append(("duplicate", duplicate_rule()))
 
     dropped: dict[int, tuple[str, str, str]] = {}  # position -> (id, rule, reason)
     survivors = []
     total = 0
-    for position, trajectory in enumerate(source.trajectories()):
+    for (position, trajectory, failed), replay in _judged(source, rules, config, manifest, jobs):
         total += 1
-        for name, rule in rules:
-            reason = rule(trajectory)
-            if reason:
-                dropped[position] = (trajectory.id, name, reason)
-                break
+        if failed is None and replay is not None:
+            failed = ("reexecution", str(replay))
+        if failed is None:
+            failed = _first_failure(after, trajectory)
+        if failed:
+            dropped[position] = (trajectory.id, *failed)
         else:
             group = (trajectory.view.resolution, trajectory.task.question_type)
             survivors.append((position, trajectory.id, group, not trajectory.chain))
@@ -260,8 +264,9 @@ def filter_run(run_dir: Path, out_dir: Path, config: FilterConfig, overwrite: bo
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_kept(source, out_dir, dropped)
     _copy_tasks(source, out_dir / TASKS)
-    report = _report(run_dir, out_dir, config, total, dropped, {name for name, _ in rules} | (
-        {"balance"} if config.balance else set()))
+    enabled = {name for name, _ in rules + after} | {name for name, on in (
+        ("reexecution", config.reexecution), ("balance", config.balance)) if on}
+    report = _report(run_dir, out_dir, config, total, dropped, enabled)
     write_json_atomic(out_dir / REPORT, report)
     store = RunStore(out_dir)
     filter_block = {"source": str(run_dir.resolve()), "config": config.model_dump(mode="json"),
@@ -271,6 +276,25 @@ def filter_run(run_dir: Path, out_dir: Path, config: FilterConfig, overwrite: bo
     write_json_atomic(out_dir / MANIFEST, {**manifest, "filter": filter_block, "counts": run_stats(store)})
     record_output(out_dir, MARKER, run_dir)
     return report
+
+
+def _first_failure(rules: list[tuple[str, Rule]], trajectory: Trajectory) -> tuple[str, str] | None:
+    for name, rule in rules:
+        reason = rule(trajectory)
+        if reason:
+            return name, reason
+    return None
+
+
+def _judged(source: RunStore, rules: list[tuple[str, Rule]], config: FilterConfig, manifest: dict, jobs: int):
+    """`((position, trajectory, (rule, reason) | None), re-execution result)` in run order: the rules before
+    re-execution run here, and the trajectories that pass them are re-executed by `jobs` processes."""
+    items = ((trajectory, (position, trajectory, _first_failure(rules, trajectory)))
+             for position, trajectory in enumerate(source.trajectories()))
+    if not config.reexecution:
+        return ((payload, None) for _, payload in items)
+    todo = ((trajectory if payload[2] is None else None, payload) for trajectory, payload in items)
+    return replayed(todo, partial(reexecute, config.min_evidence_overlap), manifest, jobs)
 
 
 def _write_kept(source: RunStore, out_dir: Path, dropped: dict[int, tuple[str, str, str]]) -> None:

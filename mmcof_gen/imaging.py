@@ -148,12 +148,24 @@ def load_image(path: Path, max_pixels: int, target_size: tuple[int, int] | None 
     Transparency is composited on white (what a viewer shows), 16-bit data scaled to 8 bits, CMYK converted.
     """
     with _opened(path, max_pixels) as (img, orientation):
-        if target_size is not None:
-            width, height = target_size
-            img.draft("RGB", (height, width) if orientation in _SIDEWAYS else (width, height))
+        _draft(img, orientation, target_size)
         img.load()  # decode now, so truncation is reported here and not at first use
         rgb = _to_rgb(img)
     return rgb.transpose(_UPRIGHT[orientation]) if orientation in _UPRIGHT else rgb
+
+
+def _draft(img: Image.Image, orientation: int, target_size: tuple[int, int] | None) -> None:
+    """Ask a JPEG decoder for the smallest DCT scale that stays >= `target_size` (a no-op for other formats)."""
+    if target_size is not None:
+        width, height = target_size
+        img.draft("RGB", (height, width) if orientation in _SIDEWAYS else (width, height))
+
+
+def _decoded_as(path: Path, max_pixels: int, target_size: tuple[int, int]) -> tuple[str, tuple[int, int]]:
+    """(mode, size) that `load_image(path, max_pixels, target_size)` decodes to, from the header alone."""
+    with _opened(path, max_pixels) as (img, orientation):
+        _draft(img, orientation, target_size)
+        return img.mode, img.size
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -204,6 +216,21 @@ def make_frame(path: Path, resolution: int, max_pixels: int) -> Image.Image:
     """The working frame at `resolution`, decoded straight at (about) frame size; same file + R -> same pixels."""
     size = frame_size(*image_size(path, max_pixels), resolution)
     return _resized(load_image(path, max_pixels, target_size=size), size)
+
+
+def make_frames(path: Path, resolutions, max_pixels: int) -> dict[int, Image.Image]:
+    """The working frames of one image at several R, each pixel-identical to `make_frame`: one decode serves
+    every R whose JPEG draft scale is the same (so one decode in all for PNG and other formats without one)."""
+    upright = image_size(path, max_pixels)
+    decoded: dict[tuple, Image.Image] = {}
+    frames = {}
+    for resolution in sorted(set(resolutions)):
+        size = frame_size(*upright, resolution)
+        key = _decoded_as(path, max_pixels, size)
+        if key not in decoded:
+            decoded[key] = load_image(path, max_pixels, target_size=size)
+        frames[resolution] = _resized(decoded[key], size)
+    return frames
 
 
 def frame_from_image(image: Image.Image, resolution: int) -> Image.Image:
@@ -263,15 +290,25 @@ def crop_zoom(frame: Image.Image, box) -> Image.Image:
 
     InvalidBox for a bad box, or for a region too thin for Qwen (aspect ratio over 200).
     """
-    region = zoom_region(validate_box(box, *frame.size), *frame.size)
-    crop = frame.crop(region)
+    region, size = zoom_plan(box, *frame.size)
+    return frame.crop(region).resize(size, Image.LANCZOS).convert("RGB")
+
+
+def zoom_plan(box, width: int, height: int) -> tuple[Box, tuple[int, int]]:
+    """(region of the frame, (W, H) of the crop) of a zoom on `box` in a width x height frame: every check of
+    `crop_zoom` without its pixels, so the filter proves a chain re-executes without resizing anything.
+
+    InvalidBox for a bad box, or for a region too thin for Qwen (aspect ratio over 200).
+    """
+    region = zoom_region(validate_box(box, width, height), width, height)
+    crop_width, crop_height = region[2] - region[0], region[3] - region[1]
     try:
-        nh, nw = smart_resize(crop.height * _SCALE_UP, crop.width * _SCALE_UP, factor=_FACTOR,
+        nh, nw = smart_resize(crop_height * _SCALE_UP, crop_width * _SCALE_UP, factor=_FACTOR,
                               min_pixels=_MIN_PIXELS, max_pixels=_CROP_MAX_PIXELS)
     except ValueError as exc:
-        raise InvalidBox(f"box {_shown(box)} zooms to a {crop.width}x{crop.height} region, "
+        raise InvalidBox(f"box {_shown(box)} zooms to a {crop_width}x{crop_height} region, "
                          f"too thin to show ({exc})") from exc
-    return crop.resize((nw, nh), Image.LANCZOS).convert("RGB")
+    return region, (nw, nh)
 
 
 def crop_to_frame(crop_box, crop_size: tuple[int, int], region: Box) -> Box:

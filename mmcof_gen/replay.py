@@ -1,20 +1,35 @@
-"""Re-execution of a stored trajectory: rebuild its working frame and every crop with the crop function.
+"""Re-execution of stored trajectories: rebuild each working frame and every crop with the crop function.
 
 Filter uses it to prove that a chain still reproduces its evidence; export uses it to materialise the
-images a sample shows. Both must see exactly the pixels synthesis saw, so the frame is rebuilt with
-`imaging.make_frame` and checked against the `frame_sha256` the trajectory recorded.
+images a sample shows. Both must see exactly the pixels synthesis saw, so frames are rebuilt with
+`imaging.make_frames` (pixel-identical to synthesis' `make_frame`) and checked against the `frame_sha256`
+each trajectory recorded.
+
+`replayed` runs this across a process pool: trajectories are cut into batches of neighbours (a run stores
+an image's trajectories together), each source image is decoded once per batch for all its R, and results
+come back in input order, so the output does not depend on the number of processes.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 from PIL import Image
 
-from mmcof_gen.imaging import ImageError, crop_zoom, image_sha256, make_frame
+from mmcof_gen.imaging import ImageError, crop_zoom, image_sha256, make_frames, zoom_plan
+from mmcof_gen.parallel import ordered_map
 from mmcof_gen.schema import Trajectory
 from mmcof_gen.store import images_folder
+
+Payload = TypeVar("Payload")
+Result = TypeVar("Result")
+
+BATCH = 8  # trajectories per batch; a batch only ends where the source image changes ...
+MAX_BATCH = 256  # ... unless one image has this many
 
 
 class ReplayError(Exception):
@@ -22,47 +37,125 @@ class ReplayError(Exception):
 
 
 class FrameSource:
-    """Working frames of a run, rebuilt from its image folder; the last few are cached, since the
-    trajectories of one image at one R are stored next to each other."""
+    """Working frames of a run, rebuilt from its image folder. `expect` names the trajectories to come, so
+    that an image is decoded once for every R they need; the frames of the last image are kept."""
 
-    def __init__(self, manifest: dict, cache_size: int = 8):
+    def __init__(self, manifest: dict):
         try:
             self.images_root = Path(images_folder(manifest))
             self.max_pixels = int(manifest["config"]["images"]["max_pixels"])
         except (KeyError, TypeError):
             raise ReplayError("the manifest names no input image folder (inputs.images) "
                               "or no images.max_pixels; pass a folder made by synthesize") from None
-        self._cache: OrderedDict[tuple[str, int], Image.Image] = OrderedDict()
-        self._cache_size = cache_size
+        self._wanted: dict[str, set[int]] = {}
+        self._image: str | None = None
+        self._frames: dict[int, tuple[Image.Image, str]] = {}  # R -> (frame, its image_sha256)
+        self._error: str | None = None
+
+    def expect(self, trajectories: Iterable[Trajectory]) -> None:
+        self._wanted = {}
+        for trajectory in trajectories:
+            self._wanted.setdefault(trajectory.task.image, set()).add(trajectory.view.resolution)
 
     def frame(self, trajectory: Trajectory) -> Image.Image:
         """The working frame of a trajectory, pixel-identical to the one it was made on."""
-        key = (trajectory.task.image, trajectory.view.resolution)
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
-        path = self.images_root / trajectory.task.image
-        if not path.is_file():
-            raise ReplayError(f"source image {path} is missing")
-        try:
-            frame = make_frame(path, trajectory.view.resolution, self.max_pixels)
-        except (ImageError, OSError) as exc:
-            raise ReplayError(f"source image {path} cannot be read: {exc}") from None
-        if image_sha256(frame) != trajectory.view.frame_sha256:
+        image, resolution = trajectory.task.image, trajectory.view.resolution
+        if image != self._image or (self._error is None and resolution not in self._frames):
+            self._load(image, self._wanted.get(image, set()) | {resolution})
+        path = self.images_root / image
+        if self._error is not None:
+            raise ReplayError(self._error)
+        frame, sha = self._frames[resolution]
+        if sha != trajectory.view.frame_sha256:
             raise ReplayError(f"the frame rebuilt from {path} differs from the one synthesised "
                               "(the image or the resize code changed)")
-        self._cache[key] = frame
-        if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
         return frame
+
+    def _load(self, image: str, resolutions: set[int]) -> None:
+        self._image, self._frames, self._error = image, {}, None
+        path = self.images_root / image
+        if not path.is_file():
+            self._error = f"source image {path} is missing"
+            return
+        try:
+            frames = make_frames(path, resolutions, self.max_pixels)
+        except (ImageError, OSError) as exc:
+            self._error = f"source image {path} cannot be read: {exc}"
+            return
+        self._frames = {r: (frame, image_sha256(frame)) for r, frame in frames.items()}
 
 
 def chain_crops(frame: Image.Image, trajectory: Trajectory) -> list[Image.Image]:
     """The crop of every zoom of the chain, in order (the images `images[1:]` of a sample)."""
-    crops = []
+    check_chain(frame, trajectory)
+    return [crop_zoom(frame, step.box) for step in trajectory.chain]
+
+
+def check_chain(frame: Image.Image, trajectory: Trajectory) -> None:
+    """ReplayError unless the crop function accepts every zoom of the chain on `frame` (its checks, not its
+    pixels: a crop that passes them is a pure function of the frame, which the frame hash proved)."""
     for number, step in enumerate(trajectory.chain, 1):
         try:
-            crops.append(crop_zoom(frame, step.box))
+            zoom_plan(step.box, *frame.size)
         except ValueError as exc:  # imaging.InvalidBox
             raise ReplayError(f"zoom {number} box {list(step.box)} cannot be cropped: {exc}") from None
-    return crops
+
+
+def replayed(items: Iterable[tuple[Trajectory | None, Payload]],
+             work: Callable[[FrameSource, Trajectory], Result], manifest: dict,
+             jobs: int) -> Iterator[tuple[Payload, Result | ReplayError | None]]:
+    """`(payload, work(frames, trajectory))` for each item, in input order, over `jobs` processes.
+
+    An item whose trajectory is None is not replayed (its result is None); a ReplayError raised by `work`
+    is returned as the result. `work` must pickle (a module-level function, or a partial of one). Raises
+    ReplayError at once if the manifest cannot locate the images.
+    """
+    FrameSource(manifest)  # the manifest's own error, before any process starts
+    pending: deque[list[tuple[Trajectory | None, Payload]]] = deque()  # batches sent, results not yet back
+
+    def batches() -> Iterator[list[Trajectory]]:
+        for batch in _batches(items):
+            pending.append(batch)
+            yield [trajectory for trajectory, _ in batch if trajectory is not None]
+
+    for results in ordered_map(partial(_replay_batch, work), batches(), jobs, _start_worker, (manifest,)):
+        found = iter(results)
+        for trajectory, payload in pending.popleft():
+            yield payload, (None if trajectory is None else next(found))
+
+
+def _batches(items: Iterable[tuple[Trajectory | None, Payload]]) -> Iterator[list[tuple[Trajectory | None, Payload]]]:
+    """Neighbouring items, cut where the source image changes once a batch holds BATCH (or at MAX_BATCH)."""
+    batch: list = []
+    image = None
+    for trajectory, payload in items:
+        new_image = trajectory is not None and trajectory.task.image != image
+        if len(batch) >= MAX_BATCH or (len(batch) >= BATCH and new_image):
+            yield batch
+            batch = []
+        if trajectory is not None:
+            image = trajectory.task.image
+        batch.append((trajectory, payload))
+    if batch:
+        yield batch
+
+
+_SOURCE: FrameSource | None = None  # the frame source of this worker process
+
+
+def _start_worker(manifest: dict) -> None:
+    global _SOURCE
+    _SOURCE = FrameSource(manifest)
+
+
+def _replay_batch(work: Callable[[FrameSource, Trajectory], Result],
+                  trajectories: list[Trajectory]) -> list[Result | ReplayError]:
+    """Results of one batch in its order, computed image by image (each image decoded once)."""
+    _SOURCE.expect(trajectories)
+    results: list = [None] * len(trajectories)
+    for index in sorted(range(len(trajectories)), key=lambda i: trajectories[i].task.image):
+        try:
+            results[index] = work(_SOURCE, trajectories[index])
+        except ReplayError as exc:
+            results[index] = exc
+    return results

@@ -1,12 +1,14 @@
 """`mmcof-gen view`: a static HTML report of a run folder (or a filtered one) that opens from disk.
 
 Why static: runs are looked at on clusters and laptops with no server, so the report is one HTML file
-plus a `<stem>_files/` folder: JPEG thumbnails, summary plots, and the data as a JS file (a `file://`
-page may load a script, but not fetch a JSON file). The page filters and pages on the client and loads
-images lazily, so a run of many thousands of trajectories stays usable.
+plus a `<stem>_files/` folder: JPEG thumbnails, summary plots, and the data as JS files (a `file://`
+page may load a script, but not fetch a JSON file): `data.js` (the summary), `index.js` (the few fields
+of every trajectory the page filters on) and `cards-NNNNN.js` (the full cards, CHUNK per file, loaded
+only when a page shows one of them). So a run of 100k trajectories makes a report a browser opens.
 
-Frames are rebuilt with `imaging.make_frame` (the working frame the model saw) and crops with
-`imaging.crop_zoom` (the zoom tool), so the report shows the very pixels of the training samples.
+Frames are rebuilt with `imaging.make_frames` (the working frames the model saw, one decode per image)
+and crops with `imaging.crop_zoom` (the zoom tool), so the report shows the very pixels of the training
+samples; `jobs` processes make them, one image at a time each.
 Asset names are content-addressed (recorded frame hash, box, thumbnail size): a frame shared by many
 trajectories is written once, and a re-run reuses the files already there without decoding the image.
 
@@ -24,7 +26,9 @@ import json
 import math
 import os
 import shutil
-from collections import Counter, defaultdict
+from collections import Counter
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from string import Template
 from urllib.parse import quote
@@ -33,7 +37,8 @@ from PIL import Image
 
 from mmcof_gen.cof_format import SYSTEM_PROMPT, trajectory_messages
 from mmcof_gen.config import ImagesConfig
-from mmcof_gen.imaging import ImageError, InvalidBox, box_area, crop_zoom, image_sha256, make_frame, validate_box
+from mmcof_gen.imaging import ImageError, InvalidBox, box_area, crop_zoom, image_sha256, make_frames, validate_box
+from mmcof_gen.parallel import ordered_map
 from mmcof_gen.schema import Box, ErrorRecord, Trajectory
 from mmcof_gen.stats import run_stats
 from mmcof_gen.store import RunStore, StoreError, claim_out_dir, images_folder, record_output
@@ -42,6 +47,7 @@ FRAME_THUMB = 768  # longest side of a frame thumbnail, in pixels
 CROP_THUMB = 384  # longest side of a crop thumbnail
 JPEG_QUALITY = 85
 PAGE_SIZE = 50
+CHUNK = 250  # cards per data file: a page of filtered cards loads only the files that hold them
 MAX_ERRORS_SHOWN = 1000  # error records listed in the report (all are counted)
 ASSETS = Path(__file__).resolve().parent / "report_assets"
 
@@ -49,17 +55,18 @@ ASSETS = Path(__file__).resolve().parent / "report_assets"
 MARKER = ".mmcof-view"
 
 
-def write_report(run_dir: Path, out_html: Path, overwrite: bool = False) -> Path:
+def write_report(run_dir: Path, out_html: Path, overwrite: bool = False, jobs: int = 1) -> Path:
     """Write the report of `run_dir` to `out_html`, its assets to `<stem>_files/`; return `out_html`.
 
     A pure function of the run folder: the same run gives the same files (asset names are content
-    hashes). A trajectory whose image is missing or unreadable is shown with the reason, not dropped.
+    hashes), whatever `jobs` (processes making thumbnails). A trajectory whose image is missing or
+    unreadable is shown with the reason, not dropped. The records are streamed twice (frames to draw,
+    then the cards): memory holds the distinct frames and a few numbers per trajectory, not the records.
     A report of another run at `out_html` is refused unless `overwrite` (its recorded files are removed first).
     """
     run_dir, out_html = Path(run_dir), Path(out_html)
     store = RunStore(run_dir)
     manifest = store.manifest()
-    trajectories = list(store.trajectories())
     errors = list(store.errors())
     stats = run_stats(store)
 
@@ -74,31 +81,36 @@ def write_report(run_dir: Path, out_html: Path, overwrite: bool = False) -> Path
     max_pixels = manifest.get("config", {}).get("images", {}).get("max_pixels", ImagesConfig().max_pixels)
     assets = FrameAssets(files, Path(images_root) if images_root else None, max_pixels)
 
-    groups: dict[tuple[str, int, str], list[Trajectory]] = defaultdict(list)
-    for trajectory in trajectories:
-        groups[(trajectory.task.image, trajectory.view.resolution, trajectory.view.frame_sha256)].append(trajectory)
+    frames: dict[str, dict[tuple[int, str], tuple[tuple[int, int], dict[str, Box]]]] = {}  # image -> frames
+    rows = []
+    for t in store.trajectories():
+        _, boxes = frames.setdefault(t.task.image, {}).setdefault(
+            (t.view.resolution, t.view.frame_sha256), ((t.view.width, t.view.height), {}))
+        boxes.update((_box_key(box), box) for box in zoom_boxes(t))
+        rows.append(PlotRow.of(t))
+    jobs_in = ((image, [(r, sha, size, list(boxes.values())) for (r, sha), (size, boxes) in wanted.items()])
+               for image, wanted in frames.items())
     views = {}
-    for (image, resolution, frame_sha), members in groups.items():
-        boxes = [box for t in members for box in zoom_boxes(t)]
-        size = (members[0].view.width, members[0].view.height)
-        views[(image, resolution, frame_sha)] = assets.frame_view(image, resolution, frame_sha, size, boxes)
+    for image, made in zip(frames, ordered_map(partial(_frame_views, assets), jobs_in, jobs)):
+        views.update(((image, r, sha), view) for (r, sha), view in made.items())
 
+    chunks = _write_cards(files, (trajectory_card(t, views[(t.task.image, t.view.resolution, t.view.frame_sha256)])
+                                  for t in store.trajectories()))
     data = {
         "title": f"mmcof-gen report: {run_dir}",
         "run_dir": str(run_dir.resolve()),
         "created": manifest.get("created"),
         "config_hash": manifest.get("fingerprint"),
         "page_size": PAGE_SIZE,
+        "chunk_size": CHUNK,
+        "chunks": chunks,
         "stats": stats,
         "funnel": funnel(stats, errors),
         # Plots need matplotlib (the `data` extra); without it the page says how to get them.
-        "plots": write_plots(trajectories, stats, errors, files) if importlib.util.find_spec("matplotlib") else None,
+        "plots": write_plots(rows, stats, errors, files) if importlib.util.find_spec("matplotlib") else None,
         "errors": [e.model_dump(mode="json") for e in errors[:MAX_ERRORS_SHOWN]],
         "error_count": len(errors),
         "system_prompt": SYSTEM_PROMPT,
-        "trajectories": [
-            trajectory_card(t, views[(t.task.image, t.view.resolution, t.view.frame_sha256)]) for t in trajectories
-        ],
     }
     _write_text(files / "data.js", "window.MMCOF_REPORT = " + json.dumps(data, separators=(",", ":")) + ";\n")
     for asset in ("report.js", "report.css"):
@@ -109,6 +121,44 @@ def write_report(run_dir: Path, out_html: Path, overwrite: bool = False) -> Path
     return out_html
 
 
+INDEX_FIELDS = ("id", "status", "kind", "resolution", "question_type", "image", "question")
+
+
+def _write_cards(files: Path, cards) -> int:
+    """The cards in files of CHUNK (`cards-00000.js`, ...), which the page loads as it shows them, and
+    `index.js`, the few fields of every card that the page filters on; returns the number of chunk files."""
+    index_tmp = files / f".index.js.{os.getpid()}.tmp"
+    chunk: list[dict] = []
+    count = 0
+
+    def flush() -> None:
+        nonlocal chunk, count
+        _write_text(files / chunk_name(count), f"window.mmcofChunk({count}," + json.dumps(chunk, separators=(",", ":"))
+                    + ");\n")
+        chunk, count = [], count + 1
+
+    with index_tmp.open("w", encoding="utf-8") as index:
+        index.write("window.MMCOF_INDEX = [")
+        for number, card in enumerate(cards):
+            index.write(("" if number == 0 else ",") + "\n" + json.dumps([card[k] for k in INDEX_FIELDS],
+                                                                       separators=(",", ":")))
+            chunk.append(card)
+            if len(chunk) == CHUNK:
+                flush()
+        index.write("\n];\n")
+    if chunk:
+        flush()
+    os.replace(index_tmp, files / "index.js")
+    for stale in files.glob("cards-*.js"):  # chunks of an earlier, longer report in the same folder
+        if int(stale.stem.removeprefix("cards-")) >= count:
+            stale.unlink()
+    return count
+
+
+def chunk_name(number: int) -> str:
+    return f"cards-{number:05d}.js"
+
+
 class FrameAssets:
     """Frame and crop thumbnails of one report folder, each made once per (recorded frame, box)."""
 
@@ -117,37 +167,58 @@ class FrameAssets:
         self.images_root = images_root
         self.max_pixels = max_pixels
 
-    def frame_view(self, image: str, resolution: int, frame_sha: str, size: tuple[int, int], boxes: list[Box]) -> dict:
-        """`{"src", "crops": {box: src}, "crop_errors": {box: reason}, "warning"?}` for the frame of `image`
-        at `resolution` (recorded `size`), or `{"missing": reason}` when it cannot be rebuilt.
+    def frame_views(self, image: str, wanted: list[tuple[int, str, tuple[int, int], list[Box]]]) -> dict:
+        """`{(R, recorded frame sha): view}` for the frames of `image` that `wanted` lists with their recorded
+        size and boxes; a view is `{"src", "crops": {box: src}, "crop_errors": {box: reason}, "warning"?}`,
+        or `{"missing": reason}` when the frame cannot be rebuilt.
 
-        Decodes the image only when a thumbnail is not there yet. A box the zoom tool refuses gets its
-        reason instead of a crop (an unfiltered run may hold one), never an exception.
+        Decodes the image only when a thumbnail is not there yet, and then once for all its R. A box the
+        zoom tool refuses gets its reason instead of a crop (an unfiltered run may hold one), never an exception.
         """
-        crop_errors = {}
-        for box in boxes:
-            try:
-                validate_box(box, *size)
-            except InvalidBox as exc:
-                crop_errors[_box_key(box)] = str(exc)
-        boxes = [box for box in boxes if _box_key(box) not in crop_errors]
-        names = self._names(frame_sha, boxes)
-        if all((self.folder / name).exists() for name in [names["frame"], *names["crops"].values()]):
-            return {"src": names["frame"], "crops": names["crops"], "crop_errors": crop_errors}
+        views, todo = {}, []
+        for resolution, frame_sha, size, boxes in wanted:
+            crop_errors = {}
+            for box in boxes:
+                try:
+                    validate_box(box, *size)
+                except InvalidBox as exc:
+                    crop_errors[_box_key(box)] = str(exc)
+            boxes = [box for box in boxes if _box_key(box) not in crop_errors]
+            names = self._names(frame_sha, boxes)
+            if all((self.folder / name).exists() for name in [names["frame"], *names["crops"].values()]):
+                views[(resolution, frame_sha)] = {"src": names["frame"], "crops": names["crops"],
+                                                  "crop_errors": crop_errors}
+            else:
+                todo.append((resolution, frame_sha, boxes, crop_errors))
+        if not todo:
+            return views
+        try:
+            frames = self._frames(image, {resolution for resolution, *_ in todo})
+        except LookupError as exc:
+            return {**views, **{(resolution, frame_sha): {"missing": str(exc)} for resolution, frame_sha, *_ in todo}}
+        for resolution, frame_sha, boxes, crop_errors in todo:
+            views[(resolution, frame_sha)] = self._draw(frames[resolution], image, frame_sha, boxes, crop_errors)
+        return views
+
+    def _frames(self, image: str, resolutions: set[int]) -> dict[int, Image.Image]:
+        """The frames of `image` at `resolutions`, from one decode; LookupError saying why they cannot be made."""
         if self.images_root is None:
-            return {"missing": "the run's manifest names no images folder (inputs.images)"}
+            raise LookupError("the run's manifest names no images folder (inputs.images)")
         path = self.images_root / image
         if not path.is_file():
-            return {"missing": f"image not found: {path}"}
+            raise LookupError(f"image not found: {path}")
         try:
-            frame = make_frame(path, resolution, self.max_pixels)
+            return make_frames(path, resolutions, self.max_pixels)
         except (ImageError, OSError) as exc:
-            return {"missing": f"cannot rebuild the frame from {path}: {exc}"}
+            raise LookupError(f"cannot rebuild the frame from {path}: {exc}") from None
+
+    def _draw(self, frame: Image.Image, image: str, frame_sha: str, boxes: list[Box], crop_errors: dict) -> dict:
         view: dict = {}
+        names = self._names(frame_sha, boxes)
         actual_sha = image_sha256(frame)
         if actual_sha != frame_sha:
-            view["warning"] = (f"{path} gives another frame than the one recorded at synthesis (the image changed?); "
-                               "boxes and crops below are drawn on the current image")
+            view["warning"] = (f"{self.images_root / image} gives another frame than the one recorded at synthesis "
+                               "(the image changed?); boxes and crops below are drawn on the current image")
             names = self._names(actual_sha, boxes)
         self._write_thumbnail(frame, names["frame"], FRAME_THUMB)
         for key, name in list(names["crops"].items()):
@@ -178,6 +249,11 @@ class FrameAssets:
         tmp = path.with_name(f".{name}.{os.getpid()}.tmp")
         thumbnail.save(tmp, format="JPEG", quality=JPEG_QUALITY)
         os.replace(tmp, path)
+
+
+def _frame_views(assets: FrameAssets, job: tuple[str, list]) -> dict:
+    """`FrameAssets.frame_views` of one image; runs in the view's worker processes."""
+    return assets.frame_views(*job)
 
 
 def zoom_boxes(trajectory: Trajectory) -> list[Box]:
@@ -232,11 +308,28 @@ def funnel(stats: dict, errors: list[ErrorRecord]) -> list[tuple[str, int]]:
             ("zoom chains", stats["zoom"])]
 
 
-def write_plots(trajectories: list[Trajectory], stats: dict, errors: list[ErrorRecord], folder: Path) -> list[dict]:
+@dataclass(frozen=True)
+class PlotRow:
+    """What the plots need of one trajectory, so that the report never holds the records themselves."""
+
+    status: str
+    resolution: int
+    zooms: int
+    box_fractions: tuple[float, ...]  # chain box area / frame area
+    question_type: str
+
+    @classmethod
+    def of(cls, t: Trajectory) -> PlotRow:
+        frame_area = t.view.width * t.view.height
+        return cls(t.status, t.view.resolution, len(t.chain), tuple(box_area(c.box) / frame_area for c in t.chain),
+                   t.task.question_type)
+
+
+def write_plots(rows: list[PlotRow], stats: dict, errors: list[ErrorRecord], folder: Path) -> list[dict]:
     """The summary plots as PNGs in `folder`; `[{"title", "src"}]` in page order."""
     from matplotlib.figure import Figure  # the object API: no pyplot state, Agg canvas for PNG
 
-    accepted = [t for t in trajectories if t.status == "accepted"]
+    accepted = [r for r in rows if r.status == "accepted"]
     plots = []
 
     def save(name: str, title: str, draw) -> None:
@@ -248,7 +341,7 @@ def write_plots(trajectories: list[Trajectory], stats: dict, errors: list[ErrorR
         plots.append({"title": title, "src": f"plot-{name}.png"})
 
     def zooms_per_resolution(axes) -> None:
-        counts = Counter((t.view.resolution, len(t.chain)) for t in accepted)
+        counts = Counter((r.resolution, r.zooms) for r in accepted)
         resolutions = sorted({r for r, _ in counts})
         labels = [str(r) for r in resolutions]
         bottom = [0] * len(resolutions)
@@ -262,7 +355,7 @@ def write_plots(trajectories: list[Trajectory], stats: dict, errors: list[ErrorR
             axes.legend(fontsize=8)
 
     def box_areas(axes) -> None:
-        fractions = [box_area(c.box) / (t.view.width * t.view.height) for t in accepted for c in t.chain]
+        fractions = [f for r in accepted for f in r.box_fractions]
         if fractions:
             low = min(-1, math.floor(math.log10(min(fractions))))  # at least one decade of bins
             bins = [10 ** (low + i / 8) for i in range(8 * -low + 1)]
@@ -279,7 +372,7 @@ def write_plots(trajectories: list[Trajectory], stats: dict, errors: list[ErrorR
         axes.set_xlabel("trajectories")
 
     def question_types(axes) -> None:
-        counts = Counter((t.task.question_type, t.status) for t in trajectories)
+        counts = Counter((r.question_type, r.status) for r in rows)
         kinds = sorted({q for q, _ in counts})
         left = [0] * len(kinds)
         for status in ("accepted", "rejected"):

@@ -7,7 +7,8 @@ from PIL import Image
 from mmcof_gen import cof_format
 from mmcof_gen.export import export
 from mmcof_gen.export.budget import TokenBudget, image_tokens
-from mmcof_gen.imaging import crop_zoom, image_sha256
+from mmcof_gen.export import files as files_module
+from mmcof_gen.imaging import crop_zoom, image_sha256, image_to_png_bytes
 from mmcof_gen.store import StoreError
 from tests.support.runs import make_trajectory, write_noise_image, write_run
 
@@ -64,6 +65,19 @@ def test_reexport_is_idempotent_and_a_shared_frame_is_written_once(tmp_path, run
     assert again["images_written"] == 0
     assert (tmp_path / "out" / "mmcof.json").read_bytes() == data
     assert sorted(p.name for p in (tmp_path / "out" / "images").iterdir()) == files  # no temporary files left
+
+
+def test_pixels_are_encoded_once_and_not_at_all_when_their_file_exists(tmp_path, run, monkeypatch):
+    run_dir, _ = run
+    encoded = []
+    monkeypatch.setattr(files_module, "image_to_png_bytes",
+                        lambda image, level: encoded.append((image_sha256(image), level)) or image_to_png_bytes(image, level))
+    first = export(run_dir, "sharegpt", tmp_path / "out")
+    assert len(encoded) == len(set(encoded)) == first["image_files"] == first["images_written"] == 5
+    assert {level for _, level in encoded} == {files_module.PNG_LEVEL}
+    encoded.clear()
+    export(run_dir, "sharegpt", tmp_path / "out")
+    assert encoded == []
 
 
 def test_json_and_parquet_exports_load_with_datasets(tmp_path, run):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mmcof_gen import imaging
 from mmcof_gen.imaging import (
     ImageError,
     InvalidBox,
@@ -27,6 +28,7 @@ from mmcof_gen.imaging import (
     iou,
     load_image,
     make_frame,
+    make_frames,
     scale_box,
     smart_resize,
     validate_box,
@@ -422,6 +424,22 @@ def test_draft_frame_is_close_to_full_decode_frame(photo_jpeg):
     drafted = np.asarray(make_frame(photo_jpeg, 448, BIG)).astype(np.int16)
     full = np.asarray(frame_from_image(load_image(photo_jpeg, BIG), 448)).astype(np.int16)
     assert drafted.shape == full.shape and np.abs(drafted - full).mean() < 2.0
+
+
+def test_make_frames_decodes_once_per_draft_scale_and_matches_make_frame(photo_jpeg, tmp_path, monkeypatch):
+    rotated = _rotated_jpeg(tmp_path / "rotated.jpg", (1600, 900))
+    png = _save(Image.open(photo_jpeg).resize((900, 600)), tmp_path / "photo.png")
+    resolutions = [224, 448, 672, 1024, 1920]
+    loads = []
+    monkeypatch.setattr(imaging, "load_image", lambda *args, **kw: loads.append(kw) or load_image(*args, **kw))
+    # JPEG: one decode per DCT scale (3000x2000: 1/8, 1/4, 1/2 for 672 and 1024, 1 for 1920); PNG: one in all
+    for path, decodes in ((photo_jpeg, 4), (rotated, 3), (png, 1)):
+        loads.clear()
+        frames = make_frames(path, resolutions, BIG)
+        assert len(loads) == decodes, (path, loads)
+        assert sorted(frames) == resolutions
+        for resolution in resolutions:
+            assert image_sha256(frames[resolution]) == image_sha256(make_frame(path, resolution, BIG)), (path, resolution)
 
 
 def test_frame_from_small_image_upscales_to_min_pixels():

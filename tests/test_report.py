@@ -82,8 +82,16 @@ def write_run(run: Path, images: Path, trajectories: list[Trajectory], errors: l
 
 
 def report_data(html: Path) -> dict:
-    text = (html.parent / f"{html.stem}_files" / "data.js").read_text()
-    return json.loads(text.removeprefix("window.MMCOF_REPORT = ").removesuffix(";\n"))
+    """data.js, with the cards of every chunk file as `trajectories` (checked against index.js)."""
+    files = html.parent / f"{html.stem}_files"
+    data = json.loads((files / "data.js").read_text().removeprefix("window.MMCOF_REPORT = ").removesuffix(";\n"))
+    data["trajectories"] = []
+    for number in range(data["chunks"]):
+        text = (files / report.chunk_name(number)).read_text()
+        data["trajectories"] += json.loads(text.removeprefix(f"window.mmcofChunk({number},").removesuffix(");\n"))
+    index = json.loads((files / "index.js").read_text().removeprefix("window.MMCOF_INDEX = ").removesuffix(";\n"))
+    assert index == [[card[k] for k in report.INDEX_FIELDS] for card in data["trajectories"]]
+    return data
 
 
 ZOOM_CHAIN = [(40, 30, 200, 150), (90, 60, 150, 110)]
@@ -184,9 +192,9 @@ def test_rerun_reuses_thumbnails_without_decoding_images(small_run, tmp_path, mo
     names = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "report_files").glob("*.jpg")}
 
     def no_decoding(*args):
-        raise AssertionError("make_frame called although every thumbnail exists")
+        raise AssertionError("make_frames called although every thumbnail exists")
 
-    monkeypatch.setattr(report, "make_frame", no_decoding)
+    monkeypatch.setattr(report, "make_frames", no_decoding)
     second = report_data(write_report(run, tmp_path / "report.html"))
     assert second["trajectories"] == first["trajectories"]
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "report_files").glob("*.jpg")} == names
@@ -240,6 +248,9 @@ def browser():
         browser.close()
 
 
+READY = "window.mmcofReport !== undefined && mmcofReport.ready()"  # the cards of the page shown are drawn
+
+
 def open_report(browser, html: Path, height: int = 2400):
     """A page with the report loaded; console errors, page errors and failed loads are collected."""
     page = browser.new_page(viewport={"width": 1280, "height": height})
@@ -248,6 +259,7 @@ def open_report(browser, html: Path, height: int = 2400):
     page.on("pageerror", lambda error: problems.append(str(error)))
     page.on("requestfailed", lambda request: problems.append(f"failed to load {request.url}"))
     page.goto(html.as_uri())
+    page.wait_for_function(READY)
     page.wait_for_function("[...document.images].filter(i => i.getBoundingClientRect().top < innerHeight)"
                            ".every(i => i.complete)")
     return page, problems
@@ -297,16 +309,19 @@ def test_report_of_5000_trajectories_pages_and_filters_in_chromium(browser, tmp_
     assert page.locator(".page-info").first.inner_text() == "page 1 of 100 (5000 trajectories)"
     assert all(w > 0 for w in page.evaluate(f"{VISIBLE_IMAGES}.map(i => i.naturalWidth)"))
     page.locator(".pager button[data-step='1']").first.click()
+    page.wait_for_function(READY)
     assert page.locator(".card").first.get_attribute("id") == "t-t00050-r224"
     assert page.locator(".page-info").first.inner_text() == "page 2 of 100 (5000 trajectories)"
     page.select_option("#filter-status", "rejected")
     page.select_option("#filter-resolution", "336")
+    page.wait_for_function(READY)
     expected = sum(r.status == "rejected" and r.view.resolution == 336 for r in records)
     assert page.locator(".page-info").first.inner_text() == f"page 1 of {-(-expected // 50)} ({expected} trajectories)"
     assert set(page.locator(".card .badge").all_inner_texts()) == {"rejected"}
     page.evaluate("mmcofReport.showPage(mmcofReport.pageCount() - 1)")
     assert page.locator(".card").count() == expected - 50 * (-(-expected // 50) - 1)
     page.select_option("#filter-question-type", "count")
+    page.wait_for_function(READY)
     assert set(page.locator(".card header").all_inner_texts()) and all(
         "count" in text for text in page.locator(".card header").all_inner_texts())
     assert problems == []

@@ -9,18 +9,21 @@ them), write one record per sample in the chosen format, count tokens, then writ
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from mmcof_gen.export import parquet, qwen, sharegpt, swift, v1
 from mmcof_gen.export.base import ExportFormat, llamafactory_entry
 from mmcof_gen.export.budget import TokenBudget
 from mmcof_gen.export.card import dataset_card
-from mmcof_gen.export.files import IMAGES_DIR, ImageFiles, RecordWriter
+from mmcof_gen.export.files import IMAGES_DIR, PNG_LEVEL, ImageFiles, RecordWriter
 from mmcof_gen.extras import require
 from mmcof_gen.imaging import image_to_png_bytes
-from mmcof_gen.replay import FrameSource, ReplayError, chain_crops
-from mmcof_gen.store import (RunStore, StoreError, claim_out_dir, images_folder, record_output, remove_temporaries, write_bytes_atomic,
-                             write_json_atomic)
+from mmcof_gen.replay import FrameSource, ReplayError, chain_crops, replayed
+from mmcof_gen.schema import Trajectory
+from mmcof_gen.store import (RunStore, StoreError, claim_out_dir, images_folder, record_output, remove_temporaries,
+                             write_bytes_atomic, write_json_atomic)
 
 FORMATS: dict[str, ExportFormat] = {f.name: f for f in (sharegpt.FORMAT, qwen.FORMAT, parquet.FORMAT, v1.FORMAT,
                                                          swift.FORMAT)}
@@ -39,15 +42,19 @@ def export(
     absolute_paths: bool = False,
     tokenizer: str | None = None,
     overwrite: bool = False,
+    jobs: int = 1,
 ) -> dict:
     """Export the accepted trajectories of `run_dir` as `fmt` into `out_dir`; returns the export report.
-    `overwrite`: replace an export of another run in `out_dir`."""
+    `overwrite`: replace an export of another run in `out_dir`.
+
+    Frames and crops are made and encoded by `jobs` processes; records are written in run order, one at
+    a time, so the output is the same for any `jobs` and memory does not grow with the run."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     form = FORMATS[fmt]
     store = RunStore(run_dir)
     manifest = store.manifest()
     try:
-        frames = FrameSource(manifest)
+        FrameSource(manifest)
     except ReplayError as exc:
         raise StoreError(f"{run_dir}: {exc}") from None
     if form is parquet.FORMAT:
@@ -56,6 +63,8 @@ def export(
     _prepare_out_dir(run_dir, out_dir, overwrite)
 
     files = None if form is parquet.FORMAT else ImageFiles(out_dir, absolute_paths)
+    if files is not None:
+        (out_dir / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
     writer = parquet.ParquetWriter(out_dir / form.data_file) if files is None else RecordWriter(out_dir / form.data_file)
     tally: Counter = Counter()
     per_resolution: dict[int, Counter] = {}
@@ -63,25 +72,25 @@ def export(
     frame_sizes: Counter = Counter()
     task_sources: Counter = Counter()
     dropped = []
-    for trajectory in store.trajectories():
+    image_names: set[str] = set()
+    images_written = 0
+    todo = ((None if _not_exported(t, max_pixels) else t, t) for t in store.trajectories())
+    for trajectory, pictures in replayed(todo, partial(sample_images, files), manifest, jobs):
         if trajectory.status != "accepted":
             tally["not_accepted"] += 1
             continue
         view = trajectory.view
-        if view.width * view.height > max_pixels:
-            dropped.append({"id": trajectory.id, "reason": f"frame {view.width}x{view.height} is above --max-pixels "
-                            f"{max_pixels}: a trainer would downscale it and break its box coordinates"})
+        if pictures is None:  # not replayed: its frame is too large
+            dropped.append({"id": trajectory.id, "reason": _not_exported(trajectory, max_pixels)})
             continue
-        try:
-            frame = frames.frame(trajectory)
-            pictures = [frame, *chain_crops(frame, trajectory)]
-        except ReplayError as exc:
-            dropped.append({"id": trajectory.id, "reason": str(exc)})
+        if isinstance(pictures, ReplayError):
+            dropped.append({"id": trajectory.id, "reason": str(pictures)})
             continue
         messages = form.messages(trajectory, system_prompt)
-        images = ([image_to_png_bytes(p) for p in pictures] if files is None else [files.add(p) for p in pictures])
-        writer.write(form.record(trajectory.id, messages, images))
-        budget.add(trajectory.id, messages, [p.size for p in pictures])
+        writer.write(form.record(trajectory.id, messages, [picture.ref for picture in pictures]))
+        budget.add(trajectory.id, messages, [picture.size for picture in pictures])
+        image_names.update(picture.name for picture in pictures if picture.name)
+        images_written += sum(picture.written for picture in pictures)
         tally["zoom" if trajectory.chain else "direct"] += 1
         tally["images"] += len(pictures)
         per_resolution.setdefault(view.resolution, Counter())["zoom" if trajectory.chain else "direct"] += 1
@@ -97,8 +106,8 @@ def export(
         "input": str(run_dir), "output": str(out_dir), "format": form.name, "data_file": form.data_file,
         "samples": writer.count, "direct": tally["direct"], "zoom": tally["zoom"],
         "not_accepted": tally["not_accepted"], "dropped": len(dropped), "dropped_samples": dropped,
-        "images": tally["images"], "image_files": len(files.names) if files else None,
-        "images_written": files.written if files else None,
+        "images": tally["images"], "image_files": len(image_names) if files else None,
+        "images_written": images_written if files else None,
         "absolute_paths": absolute_paths,
         "system_prompt": "custom" if system_prompt else "default",
         "token_budget": budget.summary(),
@@ -115,6 +124,42 @@ def export(
     write_bytes_atomic(out_dir / "README.md", dataset_card(report, form).encode("utf-8"))
     record_output(out_dir, MARKER, run_dir)
     return report
+
+
+def _not_exported(trajectory: Trajectory, max_pixels: int) -> str | None:
+    """Why a trajectory gets no sample without replaying it: not accepted, or a frame over `max_pixels`."""
+    view = trajectory.view
+    if trajectory.status != "accepted":
+        return "not accepted"
+    if view.width * view.height > max_pixels:
+        return (f"frame {view.width}x{view.height} is above --max-pixels {max_pixels}: a trainer would "
+                "downscale it and break its box coordinates")
+    return None
+
+
+@dataclass(frozen=True)
+class Picture:
+    """One image of a sample: what the record names (a path, or PNG bytes for Parquet), its size, and
+    for a file, its name and whether this export wrote it."""
+
+    ref: str | bytes
+    size: tuple[int, int]
+    name: str | None = None
+    written: bool = False
+
+
+def sample_images(files: ImageFiles | None, frames: FrameSource, trajectory: Trajectory) -> list[Picture]:
+    """The frame and the crops of one sample, written as files (or encoded to embed when `files` is None);
+    runs in an export's worker processes."""
+    frame = frames.frame(trajectory)
+    pictures = [frame, *chain_crops(frame, trajectory)]
+    if files is None:
+        return [Picture(image_to_png_bytes(p, PNG_LEVEL), p.size) for p in pictures]
+    written = []
+    for picture in pictures:
+        ref, name, new = files.add(picture)
+        written.append(Picture(ref, picture.size, name, new))
+    return written
 
 
 _SIZE_EDGES = (448, 672, 1024, 1536, 2048, 3840)

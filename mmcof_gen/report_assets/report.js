@@ -1,19 +1,41 @@
-// The report page: summary, filters and one page of trajectory cards at a time (data in data.js).
+// The report page: summary, filters and one page of trajectory cards at a time. data.js holds the summary,
+// index.js a row of the filtered fields per trajectory, cards-NNNNN.js the full cards, chunk_size per file,
+// loaded (as scripts: a file:// page cannot fetch) only when the page shown holds one of their cards.
 (function () {
   "use strict";
   const data = window.MMCOF_REPORT;
   const files = window.MMCOF_FILES;
+  const FIELDS = ["id", "status", "kind", "resolution", "question_type", "image", "question"];  // index.js rows
+  const index = window.MMCOF_INDEX.map((row) => Object.fromEntries(FIELDS.map((k, i) => [k, row[i]])));
   const $ = (selector) => document.querySelector(selector);
   const esc = (value) => String(value ?? "").replace(/[&<>"']/g,
     (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
   const src = (name) => files + encodeURIComponent(name);
-  let shown = data.trajectories;
+  let shown = index.map((_, i) => i);  // positions of the trajectories that pass the filters
   let page = 0;
+  let request = 0;  // the latest showPage call; an older one that finishes later draws nothing
+  let ready = false;  // the cards of the page shown are drawn
+
+  const chunks = new Map();  // chunk number -> Promise of its cards
+  const arrived = new Map();  // chunk number -> resolve of that Promise, until its script runs
+  window.mmcofChunk = (n, cards) => arrived.get(n)(cards);
+  function chunk(n) {
+    if (!chunks.has(n)) {
+      chunks.set(n, new Promise((resolve, reject) => {
+        arrived.set(n, resolve);
+        const script = document.createElement("script");
+        script.src = src(`cards-${String(n).padStart(5, "0")}.js`);
+        script.onerror = () => reject(new Error(`cannot load ${script.src}`));
+        document.head.appendChild(script);
+      }));
+    }
+    return chunks.get(n);
+  }
 
   function summary() {
     const s = data.stats;
     $("#run-info").textContent = `${data.run_dir} · created ${data.created ?? "?"} · config ${data.config_hash ?? "?"} · ` +
-      `${s.images} images, ${s.tasks} tasks, ${data.trajectories.length} trajectories`;
+      `${s.images} images, ${s.tasks} tasks, ${index.length} trajectories`;
     const keys = ["accepted", "direct", "zoom", "rejected", "errors"];
     const rows = Object.entries(s.per_resolution).map(([r, row]) => [r, ...keys.map((k) => row[k])]);
     rows.push(["all", ...keys.map((k) => s[k])]);
@@ -40,7 +62,7 @@
   }
 
   function distinct(key) {
-    return [...new Set(data.trajectories.map((t) => t[key]))].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+    return [...new Set(index.map((t) => t[key]))].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
   }
 
   function applyFilters() {
@@ -49,20 +71,35 @@
       resolution: $("#filter-resolution").value, question_type: $("#filter-question-type").value,
     };
     const text = $("#filter-text").value.trim().toLowerCase();
-    shown = data.trajectories.filter((t) =>
-      Object.entries(want).every(([k, v]) => v === "" || String(t[k]) === v) &&
-      (text === "" || `${t.id} ${t.question} ${t.image}`.toLowerCase().includes(text)));
-    showPage(0);
+    shown = index.map((_, i) => i).filter((i) => {
+      const t = index[i];
+      return Object.entries(want).every(([k, v]) => v === "" || String(t[k]) === v) &&
+        (text === "" || `${t.id} ${t.question} ${t.image}`.toLowerCase().includes(text));
+    });
+    return showPage(0);
   }
 
   function pageCount() {
     return Math.max(1, Math.ceil(shown.length / data.page_size));
   }
 
+  // Draws page n once the chunks holding its cards are loaded; the Promise resolves when it is drawn.
   function showPage(n) {
     page = Math.min(Math.max(0, n), pageCount() - 1);
     const slice = shown.slice(page * data.page_size, (page + 1) * data.page_size);
-    $("#cards").innerHTML = slice.map(card).join("") || "<p>No trajectory matches the filters.</p>";
+    const mine = ++request;
+    ready = false;
+    const needed = [...new Set(slice.map((i) => Math.floor(i / data.chunk_size)))];
+    const drawn = Promise.all(needed.map(chunk)).then((loaded) => {
+      if (mine !== request) return;
+      const cards = new Map(needed.map((n, k) => [n, loaded[k]]));
+      $("#cards").innerHTML = slice.map((i) => card(cards.get(Math.floor(i / data.chunk_size))[i % data.chunk_size]))
+        .join("") || "<p>No trajectory matches the filters.</p>";
+      ready = true;
+    }, (error) => {
+      $("#cards").innerHTML = `<p class="missing">${esc(error.message)}</p>`;
+      throw error;
+    });
     document.querySelectorAll(".page-info").forEach((el) => {
       el.textContent = `page ${page + 1} of ${pageCount()} (${shown.length} trajectories)`;
     });
@@ -70,6 +107,7 @@
       const target = page + Number(b.dataset.step);
       b.disabled = target < 0 || target >= pageCount();
     });
+    return drawn;
   }
 
   // Each distinct box once: chain boxes (C1, C2, ...) highlighted, with the numbers of the steps that used it.
@@ -153,5 +191,6 @@
     b.addEventListener("click", () => { showPage(page + Number(b.dataset.step)); $("#filters").scrollIntoView(); });
   });
   showPage(0);
-  window.mmcofReport = { showPage, applyFilters, page: () => page, pageCount, shown: () => shown.length };
+  window.mmcofReport = { showPage, applyFilters, page: () => page, pageCount, shown: () => shown.length,
+                         ready: () => ready };
 })();
