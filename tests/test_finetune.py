@@ -147,6 +147,28 @@ def test_exported_two_zoom_sample_trains_only_assistant_text_end_of_turn_and_new
     assert torch.equal(batch["mm_token_type_ids"], whole["mm_token_type_ids"])
 
 
+def test_a_sample_renders_through_the_collator_as_eval_sends_its_first_request(tiny, exported):
+    """Export, training and eval agree token for token up to the first reply: what finetune's collator feeds
+    the model before the first trained token is what eval's request renders to with the same processor."""
+    from mmcof_gen.evaluate import first_messages
+    from mmcof_gen.models.chat import chat_conversation
+
+    processor = processor_for(tiny)
+    [sample] = read_dataset(exported)
+    batch = collator_for(processor)([ConversationDataset([sample], processor, 4096)[0]])
+    first_trained = int((batch["labels"][0] != IGNORE).nonzero()[0])
+    trained_prefix = batch["input_ids"][0, :first_trained].tolist()
+
+    [trajectory] = [json.loads(line) for line in (exported.parent / "run" / "trajectories.jsonl").read_text().splitlines()]
+    frame = sample.load(0)
+    messages = first_messages(frame, trajectory["task"]["question"], trajectory["task"]["options"], "cof")
+    text = processor.apply_chat_template(chat_conversation(messages), tokenize=False, add_generation_prompt=True)
+    sent = processor(text=[text], images=[frame], return_tensors="pt")["input_ids"][0].tolist()
+    assert processor.tokenizer.decode(trained_prefix) == processor.tokenizer.decode(sent)
+    assert trained_prefix == sent
+    assert "<|vision_end|>Question: What does the sign say?" in text
+
+
 def test_truncation_cuts_only_text_and_drops_samples_whose_images_do_not_fit(tiny, exported):
     processor = processor_for(tiny)
     [sample] = read_dataset(exported)
