@@ -261,9 +261,12 @@ def zoom_region(box: Box, width: int, height: int, enlarge: float = _ENLARGE) ->
 def crop_zoom(frame: Image.Image, box) -> Image.Image:
     """THE zoom tool (cof-format.md), bit-identical at synthesis, export and evaluation.
 
+    A fractional box is enlarged as given and only the region is truncated to pixels, as the CoF release's
+    eval does (rounding first moves an edge by a pixel); an integer box crops exactly as before.
     InvalidBox for a bad box, or for a region too thin for Qwen (aspect ratio over 200).
     """
-    region = zoom_region(validate_box(box, *frame.size), *frame.size)
+    validate_box(box, *frame.size)
+    region = zoom_region(_numbers(box), *frame.size)
     crop = frame.crop(region)
     try:
         nh, nw = smart_resize(crop.height * _SCALE_UP, crop.width * _SCALE_UP, factor=_FACTOR,
