@@ -267,13 +267,23 @@ def crop_zoom(frame: Image.Image, box) -> Image.Image:
     """
     validate_box(box, *frame.size)
     region = zoom_region(_numbers(box), *frame.size)
-    crop = frame.crop(region)
     try:
-        nh, nw = smart_resize(crop.height * _SCALE_UP, crop.width * _SCALE_UP, factor=_FACTOR,
-                              min_pixels=_MIN_PIXELS, max_pixels=_CROP_MAX_PIXELS)
+        return zoom_image(frame, region)
     except ValueError as exc:
-        raise InvalidBox(f"box {_shown(box)} zooms to a {crop.width}x{crop.height} region, "
+        raise InvalidBox(f"box {_shown(box)} zooms to a {region[2] - region[0]}x{region[3] - region[1]} region, "
                          f"too thin to show ({exc})") from exc
+
+
+def zoom_image(frame: Image.Image, region: Box) -> Image.Image:
+    """`region` of the frame upscaled 2x (within Qwen's pixel bounds): the second half of the zoom tool.
+
+    ValueError for a region too thin to show, or empty (a fractional box narrower than a pixel).
+    """
+    if region[2] <= region[0] or region[3] <= region[1]:
+        raise ValueError("the region is empty")
+    crop = frame.crop(region)
+    nh, nw = smart_resize(crop.height * _SCALE_UP, crop.width * _SCALE_UP, factor=_FACTOR,
+                          min_pixels=_MIN_PIXELS, max_pixels=_CROP_MAX_PIXELS)
     return crop.resize((nw, nh), Image.LANCZOS).convert("RGB")
 
 
