@@ -174,7 +174,12 @@ def test_two_zoom_conversation_sends_exact_crops_of_the_frame_and_scores(tmp_pat
         report = evaluate(openai_model(server), [glove], EvalSettings(resolutions=[448]), tmp_path / "out")
     requests = server.requests
     assert len(requests) == 3
-    assert all(r["max_tokens"] == 512 and r["temperature"] == 0.0 for r in requests)
+    # every decoding parameter explicit, so that a server's generation config (Qwen2.5-VL's repetition_penalty
+    # 1.05) fills in nothing; and recorded with the results
+    decoding = {"temperature": 0.0, "top_p": 1.0, "max_tokens": 512, "repetition_penalty": 1.0}
+    assert all({key: r[key] for key in decoding} == decoding for r in requests)
+    assert report["decoding"] == json.loads((tmp_path / "out" / "eval.json").read_text())["decoding"] == decoding
+    assert report["protocol"] == "mmcof"
     last = requests[-1]["messages"]
     assert [m["role"] for m in last] == ["system", "user", "assistant", "user", "assistant", "user"]
     assert last[0]["content"] == cof_format.SYSTEM_PROMPT
@@ -199,7 +204,7 @@ def test_two_zoom_conversation_sends_exact_crops_of_the_frame_and_scores(tmp_pat
     overall, category = report["rows"]
     assert overall == {"mode": "cof", "resolution": 448, "category": "all", "n": 1, "accuracy": 1.0,
                        "zoom_rate": 1.0, "mean_zooms": 2.0, "mean_tokens": 15.0, "no_answer": 0,
-                       "bad_call": 0, "errors": 0, "judged": 0}
+                       "bad_call": 0, "errors": 0, "judged": 0, "comparable": False}
     assert category["category"] == "direct_attributes"
     assert (tmp_path / "out" / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((tmp_path / "out" / "report.json").read_text())["rows"] == report["rows"]
