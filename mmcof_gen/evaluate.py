@@ -35,7 +35,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from mmcof_gen import cof_format, cof_release
 from mmcof_gen.config import REPO_ROOT, ConfigError, ImagesConfig, valid_resolutions
-from mmcof_gen.imaging import crop_zoom, frame_from_image, load_image, make_frame, validate_box
+from mmcof_gen.imaging import MAX_ZOOM_PIXELS, MIN_PIXELS, crop_zoom, frame_from_image, load_image, make_frame, validate_box
 from mmcof_gen.models.chat import ChatMessage, ChatModel, ChatModelConfig, chat_model
 from mmcof_gen.prompts import Prompts
 from mmcof_gen.schema import Box
@@ -295,8 +295,10 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def evaluate(model: ChatModel, items: list[BenchItem], settings: EvalSettings, out: Path,
-             judge: ChatModel | None = None, bench: str = "") -> dict:
-    """Run every (item, resolution, mode) not yet in `out`, then write the report; returns it."""
+             judge: ChatModel | None = None, bench: str = "", image_tokens: dict | None = None) -> dict:
+    """Run every (item, resolution, mode) not yet in `out`, then write the report; returns it.
+
+    `image_tokens` (from `check_image_tokens`) goes into the report as it is."""
     missing = [item.id for item in items if item.answer is None]
     if missing:
         raise ConfigError(f"--bench: {len(missing)} questions have no answer to score against (first: {missing[0]})")
@@ -313,7 +315,7 @@ def evaluate(model: ChatModel, items: list[BenchItem], settings: EvalSettings, o
     for record in asyncio.run(_run_all(model, todo, settings, judge, out / RESULTS)):
         done[record.id] = record
     rows = summarize([done[key] for key in work], settings.protocol)
-    report = {**fingerprint, "rows": rows}
+    report = {**fingerprint, "image_tokens": image_tokens, "rows": rows}
     write_json_atomic(out / REPORT, report)
     plot(rows, out / PLOT)
     return report
@@ -355,9 +357,46 @@ def _append(path: Path, record: EvalRecord) -> None:
         os.fsync(handle.fileno())
 
 
+async def check_image_tokens(model: ChatModel, item: BenchItem, settings: EvalSettings) -> dict[str, dict]:
+    """Make sure the model sees each frame (and crop) as eval made it, not resized again by its processor.
+
+    In process: the processor's pixel bounds are widened to the zoom tool's (112^2 .. 3840^2), which holds
+    every frame and crop, so nothing is resized. A server is asked: the prompt tokens of the first item's
+    frame minus those of the same text alone; fewer than the frame's own patches (Qwen: 28x28 pixels a
+    token) means the server downsizes it, and that R is refused. Under cof-release nothing is changed or
+    refused (the release ran with the checkpoint's own processor limits); the counts are only recorded.
+    Returns, per R, the frame's size and its image tokens (None: the server does not count them)."""
+    release = settings.protocol == "cof-release"
+    frames = {r: await asyncio.to_thread(make_frame, item.image, r, settings.max_pixels) for r in settings.resolutions}
+    processor = getattr(getattr(model, "processor", None), "image_processor", None)
+    if processor is not None:
+        size = processor.size
+        if not release:
+            processor.size = {"shortest_edge": min(size["shortest_edge"], MIN_PIXELS),
+                              "longest_edge": max(size["longest_edge"], MAX_ZOOM_PIXELS)}
+        merge = getattr(processor, "merge_size", 1) ** 2
+        return {str(r): {"frame": list(f.size), "tokens": processor.get_number_of_image_patches(f.height, f.width) // merge}
+                for r, f in frames.items()}
+    text_only = (await model.complete([ChatMessage("user", "?")], max_tokens=1)).prompt_tokens
+    found = {}
+    for resolution, frame in frames.items():
+        with_frame = (await model.complete([ChatMessage("user", "?", [frame])], max_tokens=1)).prompt_tokens
+        tokens = with_frame - text_only - 2 if with_frame > text_only else None  # 2: the vision start/end markers
+        patches = frame.width * frame.height // (28 * 28)
+        if tokens is not None and tokens < patches and not release:
+            raise ConfigError(f"--resolutions {resolution}: {model.name} turns a {frame.width}x{frame.height} frame into "
+                              f"{tokens} image tokens, not its {patches}: the server downsizes it (vLLM: serve with "
+                              f"--mm-processor-kwargs '{{\"max_pixels\": {MAX_ZOOM_PIXELS}}}'), or drop {resolution}")
+        found[str(resolution)] = {"frame": list(frame.size), "tokens": tokens}
+    return found
+
+
 def evaluate_bench(bench: Path, out: Path, settings: EvalSettings, model: ChatModelConfig,
                    judge: ChatModelConfig | None = None, limit: int | None = None) -> dict:
-    """The `eval` command: load the benchmark, build the model (and judge), evaluate, report."""
+    """The `eval` command: load the benchmark, build the model (and judge), check what each R becomes in the
+    model, evaluate, report."""
     items = load_bench(bench)[:limit]
     chat = chat_model(model)
-    return evaluate(chat, items, settings, out, chat_model(judge) if judge else None, bench=str(bench))
+    image_tokens = asyncio.run(check_image_tokens(chat, items[0], settings)) if items else None
+    return evaluate(chat, items, settings, out, chat_model(judge) if judge else None, bench=str(bench),
+                    image_tokens=image_tokens)

@@ -25,8 +25,8 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp"}
 
 # The crop function's constants (cof-format.md); changing any of them breaks comparability with released CoF data.
 _FACTOR = 28
-_MIN_PIXELS = 112 * 112
-_CROP_MAX_PIXELS = 3840 * 3840
+MIN_PIXELS = 112 * 112
+MAX_ZOOM_PIXELS = 3840 * 3840
 _ENLARGE = 1.5
 _SCALE_UP = 2
 _MAX_RATIO = 200
@@ -171,8 +171,8 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 # ---------------------------------------------------------------- frames
 
 
-def smart_resize(height: int, width: int, factor: int = _FACTOR, min_pixels: int = _MIN_PIXELS,
-                 max_pixels: int = _CROP_MAX_PIXELS) -> tuple[int, int]:
+def smart_resize(height: int, width: int, factor: int = _FACTOR, min_pixels: int = MIN_PIXELS,
+                 max_pixels: int = MAX_ZOOM_PIXELS) -> tuple[int, int]:
     """(h_bar, w_bar): qwen-vl-utils' smart_resize, line for line, so our sizes are the ones Qwen2.5-VL sees.
 
     Both sides multiples of `factor`, area within [min_pixels, max_pixels], aspect ratio kept.
@@ -196,7 +196,7 @@ def smart_resize(height: int, width: int, factor: int = _FACTOR, min_pixels: int
 
 def frame_size(width: int, height: int, resolution: int) -> tuple[int, int]:
     """(W, H) of the working frame of a width x height image at pixel budget resolution**2."""
-    h, w = smart_resize(height, width, _FACTOR, _MIN_PIXELS, resolution * resolution)
+    h, w = smart_resize(height, width, _FACTOR, MIN_PIXELS, resolution * resolution)
     return w, h
 
 
@@ -283,7 +283,7 @@ def zoom_image(frame: Image.Image, region: Box) -> Image.Image:
         raise ValueError("the region is empty")
     crop = frame.crop(region)
     nh, nw = smart_resize(crop.height * _SCALE_UP, crop.width * _SCALE_UP, factor=_FACTOR,
-                          min_pixels=_MIN_PIXELS, max_pixels=_CROP_MAX_PIXELS)
+                          min_pixels=MIN_PIXELS, max_pixels=MAX_ZOOM_PIXELS)
     return crop.resize((nw, nh), Image.LANCZOS).convert("RGB")
 
 
