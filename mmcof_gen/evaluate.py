@@ -396,7 +396,7 @@ def evaluate_bench(bench: Path, out: Path, settings: EvalSettings, model: ChatMo
     """The `eval` command: load the benchmark, build the model (and judge), check what each R becomes in the
     model, evaluate, report."""
     items = load_bench(bench)[:limit]
-    chat = chat_model(model)
+    chat, judging = chat_model(model), chat_model(judge) if judge else None
+    check_protocol(chat, items, settings, judging)  # before the first request
     image_tokens = asyncio.run(check_image_tokens(chat, items[0], settings)) if items else None
-    return evaluate(chat, items, settings, out, chat_model(judge) if judge else None, bench=str(bench),
-                    image_tokens=image_tokens)
+    return evaluate(chat, items, settings, out, judging, bench=str(bench), image_tokens=image_tokens)
