@@ -253,6 +253,8 @@ def test_full_finetune_overfits_and_leaves_the_vision_tower_untouched(tiny, shor
     report = finetune(config(tiny, short_data, out, method="full"))
     log = losses(out)
     assert log[-1]["loss"] <= log[0]["loss"] / 2, [entry["loss"] for entry in log]
+    # warmup_ratio 0.1 of 30 steps: a linear warm-up over 3 steps (a rate per step, as used), then the cosine decay
+    assert [round(entry["learning_rate"] / 1e-2, 4) for entry in log[:5]] == [0.0, 0.3333, 0.6667, 1.0, 0.9966]
     before, after = load_file(tiny / "model.safetensors"), load_file(out / "model" / "model.safetensors")
     vision = [name for name in before if "visual" in name]
     assert vision and all(torch.equal(before[name], after[name]) for name in vision)
