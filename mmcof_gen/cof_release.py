@@ -13,7 +13,7 @@ judge script do where they differ from this project's own protocol, rule for rul
   text>` exactly; anything else (the empty answer included) goes to the LLM judge, whose reference is the
   bare letter and whose reply is read as the release reads it.
 
-    box_or_note = zoom(frame, reply)   # (image, box or None, None or what went wrong)
+    image, box, problem = zoom(frame, reply)   # what goes back to the model; the box cropped; what went wrong
 """
 
 from __future__ import annotations

@@ -35,7 +35,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from mmcof_gen import cof_format, cof_release
 from mmcof_gen.config import REPO_ROOT, ConfigError, ImagesConfig, valid_resolutions
-from mmcof_gen.imaging import MAX_ZOOM_PIXELS, MIN_PIXELS, crop_zoom, frame_from_image, load_image, make_frame, validate_box
+from mmcof_gen.imaging import (MAX_ZOOM_PIXELS, MIN_PIXELS, crop_zoom, frame_from_image, load_image, make_frame,
+                               validate_box)
 from mmcof_gen.models.chat import ChatMessage, ChatModel, ChatModelConfig, chat_model
 from mmcof_gen.prompts import Prompts
 from mmcof_gen.schema import Box
@@ -114,7 +115,8 @@ def first_messages(frame: Image.Image, question: str, options: list[str] | None,
 
     `text` (cof-release): the benchmark's question text, sent verbatim instead of being rebuilt."""
     if text is not None:
-        return [ChatMessage("system", cof_format.SYSTEM_PROMPT), ChatMessage("user", cof_release.question_text(text), [frame])]
+        return [ChatMessage("system", cof_format.SYSTEM_PROMPT),
+                ChatMessage("user", cof_release.question_text(text), [frame])]
     if mode == "no_zoom":
         return [ChatMessage("system", PROMPTS.render("direct_system")),
                 ChatMessage("user", cof_format.question_text(question, options), [frame])]
@@ -230,7 +232,8 @@ def check_protocol(model: ChatModel, items: list[BenchItem], settings: EvalSetti
         raise ConfigError("--protocol cof-release sends V*'s question text verbatim: pass a --bench folder (or file) "
                           "with test_questions.jsonl, as the V* dataset ships it")
     if settings.baseline_no_zoom:
-        raise ConfigError("--protocol cof-release has no no-zoom baseline (the release has none); drop --baseline-no-zoom")
+        raise ConfigError("--protocol cof-release has no no-zoom baseline (the release has none); "
+                          "drop --baseline-no-zoom")
     if judge is None:
         raise ConfigError("--protocol cof-release sends every answer its rules cannot score to an LLM judge: pass "
                           "--judge-endpoint URL --judge-model NAME")
@@ -375,7 +378,8 @@ async def check_image_tokens(model: ChatModel, item: BenchItem, settings: EvalSe
             processor.size = {"shortest_edge": min(size["shortest_edge"], MIN_PIXELS),
                               "longest_edge": max(size["longest_edge"], MAX_ZOOM_PIXELS)}
         merge = getattr(processor, "merge_size", 1) ** 2
-        return {str(r): {"frame": list(f.size), "tokens": processor.get_number_of_image_patches(f.height, f.width) // merge}
+        return {str(r): {"frame": list(f.size),
+                         "tokens": processor.get_number_of_image_patches(f.height, f.width) // merge}
                 for r, f in frames.items()}
     text_only = (await model.complete([ChatMessage("user", "?")], max_tokens=1)).prompt_tokens
     found = {}
@@ -384,9 +388,9 @@ async def check_image_tokens(model: ChatModel, item: BenchItem, settings: EvalSe
         tokens = with_frame - text_only - 2 if with_frame > text_only else None  # 2: the vision start/end markers
         patches = frame.width * frame.height // (28 * 28)
         if tokens is not None and tokens < patches and not release:
-            raise ConfigError(f"--resolutions {resolution}: {model.name} turns a {frame.width}x{frame.height} frame into "
-                              f"{tokens} image tokens, not its {patches}: the server downsizes it (vLLM: serve with "
-                              f"--mm-processor-kwargs '{{\"max_pixels\": {MAX_ZOOM_PIXELS}}}'), or drop {resolution}")
+            raise ConfigError(f"--resolutions {resolution}: {model.name} turns a {frame.width}x{frame.height} frame "
+                              f"into {tokens} image tokens, not its {patches}: the server downsizes it (vLLM: serve "
+                              f"with --mm-processor-kwargs '{{\"max_pixels\": {MAX_ZOOM_PIXELS}}}'), or drop {resolution}")
         found[str(resolution)] = {"frame": list(frame.size), "tokens": tokens}
     return found
 

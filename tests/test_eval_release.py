@@ -100,7 +100,8 @@ RELEASE = [
          [(700, 420, "3bfe31d3583922d0"), (1400, 840, "14d314a2bd7743e0")]),
     # no closing tag: the whole frame, upscaled; three elements: the frame unchanged; "(B)" by rule
     Item("relative_position/sa_9.png", (500, 500), "B", "Is the bottle on the left or right side of the chair?",
-         ['<think> a </think>\n<tool_call>\n{"name": "image_zoom_in_tool", "arguments": {"bbox_2d": [10, 10, 200, 200]}}',
+         [call('{"bbox_2d": [10, 10, 200, 200]}').replace("<think> look closer </think>", "<think> a </think>")
+          .removesuffix("\n</tool_call>"),
           call('{"bbox_2d": [10, 10, 200]}'), "<think> right </think>\n<answer>(B)</answer>"],
          [], True, "5052f1b6775d11df",
          images=[(504, 504, "140b059814bb3171"), (1008, 1008, "727e697ba2fa17db"), (504, 504, "140b059814bb3171")]),

@@ -433,8 +433,9 @@ class TransformersChat:
     def _generate(self, messages: list[ChatMessage], max_tokens: int, temperature: float) -> Completion:
         import torch
 
-        inputs = self.processor.apply_chat_template(chat_conversation(messages), add_generation_prompt=True,
-                                                    tokenize=True, return_dict=True, return_tensors="pt").to(self.device)
+        conversation = chat_conversation(messages)
+        inputs = self.processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True,
+                                                    return_dict=True, return_tensors="pt").to(self.device)
         # every parameter explicit: the checkpoint's generation_config.json (Qwen2.5-VL: repetition_penalty
         # 1.05, top_k 1) would otherwise apply to whatever is not given here
         sampling = {"do_sample": temperature > 0, "repetition_penalty": self.config.repetition_penalty or 1.0}
