@@ -381,6 +381,9 @@ def eval_(
     judge_model: Annotated[Optional[str], typer.Option(help="Model name on --judge-endpoint.")] = None,
     baseline_no_zoom: Annotated[bool, typer.Option(help="Also ask each question without tools (one direct reply), for the adaptive comparison.")] = False,
     concurrency: Annotated[int, typer.Option(min=1, help="Episodes in flight.")] = 8,
+    protocol: Annotated[str, typer.Option(help="mmcof (this project's: strict tool calls, lenient scoring) or "
+                                               "cof-release (the published V* protocol to the letter; needs V*'s "
+                                               "test_questions.jsonl and a judge; its R=3840 row is comparable).")] = "mmcof",
 ) -> None:
     """Evaluate a chain-of-focus model on a V*-style benchmark at each resolution: the CoF zoom loop (at most
     6 replies and 6 images), scored by option letter / normalised match / judge. Writes results.jsonl,
@@ -403,19 +406,27 @@ def eval_(
         chat = ChatModelConfig(backend="openai", base_url=endpoint, model=served_model, api_key_env=api_key_env,
                                max_concurrency=concurrency)
     judge = ChatModelConfig(backend="openai", base_url=judge_endpoint, model=judge_model) if judge_endpoint else None
-    settings = EvalSettings(resolutions=_resolutions(resolutions, "eval"), baseline_no_zoom=baseline_no_zoom,
-                            concurrency=concurrency)
+    try:
+        settings = EvalSettings(resolutions=_resolutions(resolutions, "eval"), baseline_no_zoom=baseline_no_zoom,
+                                concurrency=concurrency, protocol=protocol)
+    except ValueError as exc:
+        error = exc.errors()[0]
+        flag = "--protocol" if error["loc"] == ("protocol",) else "--resolutions"
+        raise UserError(f"eval: {flag}: {error['msg'].removeprefix('Value error, ')}") from None
     report = evaluate_bench(bench, out, settings, chat, judge, limit)
     columns = {"resolution": "R", "category": "category", "n": "n", "accuracy": "accuracy", "zoom_rate": "zoom",
                "mean_zooms": "zooms", "mean_tokens": "tokens", "no_answer": "no-ans", "bad_call": "bad",
                "errors": "err"}
     for mode in dict.fromkeys(row["mode"] for row in report["rows"]):
-        table = Table(title=f"{report['model']} ({mode}) on {bench}", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+        table = Table(title=f"{report['model']} ({mode}, protocol {report['protocol']}) on {bench}", box=box.SIMPLE_HEAD,
+                      pad_edge=False, collapse_padding=True)
         for key, header in columns.items():
             table.add_column(header, justify="left" if key == "category" else "right", no_wrap=key == "category")
         for row in (row for row in report["rows"] if row["mode"] == mode):
             table.add_row(*(str(row[key]) for key in columns))
         Console().print(table)
+    if report["protocol"] == "cof-release":
+        typer.echo("comparable with the published numbers: the R=3840 rows (the release evaluates at 3840 only)")
     typer.echo(f"results in {out} (results.jsonl, report.json, report.png)")
     if all(row["errors"] == row["n"] for row in report["rows"]):
         raise NothingMade(f"eval: every episode failed; the reasons are in {out / 'results.jsonl'}")

@@ -38,7 +38,9 @@ def question_text(question: str, options: list[str] | None) -> str:
 
 
 def user_prompt(question: str, options: list[str] | None) -> str:
-    return f"{IMAGE} {question_text(question, options)}{FORMAT_SUFFIX}"
+    """The first user turn of a sample: the frame, then the question, with nothing between them, exactly as
+    the evaluation loop sends it (a space here would be a token the model sees in training and never at test)."""
+    return f"{IMAGE}{question_text(question, options)}{FORMAT_SUFFIX}"
 
 
 def tool_call(box: Box, label: str | None = None) -> str:

@@ -8,6 +8,12 @@ FORMAT_SUFFIX); any other reply ends the episode and its last `<answer>` is the 
 generations and 6 images. Ours: an invalid call (bad JSON, box outside the frame) gets a text error back
 instead of the whole frame; several resolutions; a no-tool baseline (`baseline_no_zoom`).
 
+Two protocols (docs/eval.md): `mmcof` (the default, above) and `cof-release`, the published V* protocol to
+the letter (`cof_release`: V* text verbatim, the release's tool-call handling, first-answer extraction,
+rule scoring and judge, full JPEG decoding; its R=3840 row is the one comparable with published numbers).
+Decoding is explicit on every request (greedy, top_p 1, repetition_penalty 1 unless the model config says
+otherwise) and recorded with the protocol in `eval.json` and `report.json`.
+
 Results stream to `<out>/results.jsonl` (one line per question x resolution x mode, flushed), so a killed
 run resumes where it stopped (errored samples are retried); `report.json`, `report.png` summarise them.
 
@@ -27,14 +33,15 @@ from typing import Annotated, Literal
 from PIL import Image
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from mmcof_gen import cof_format, resources
+from mmcof_gen import cof_format, cof_release, resources
 from mmcof_gen.config import ConfigError, ImagesConfig, valid_resolutions
 from mmcof_gen.extras import require
-from mmcof_gen.imaging import crop_zoom, make_frame, validate_box
-from mmcof_gen.models.chat import ChatMessage, ChatModel, ChatModelConfig, chat_model
+from mmcof_gen.imaging import (MAX_ZOOM_PIXELS, MIN_PIXELS, crop_zoom, frame_from_image, load_image, make_frame,
+                               validate_box)
+from mmcof_gen.models.chat import ChatError, ChatMessage, ChatModel, ChatModelConfig, chat_model
 from mmcof_gen.prompts import Prompts
 from mmcof_gen.schema import Box
-from mmcof_gen.scoring import score_answer
+from mmcof_gen.scoring import Score, score_answer
 from mmcof_gen.store import read_jsonl, repair_torn_tail, write_json_atomic
 from mmcof_gen.tasks.vstar import BenchItem, load_bench
 
@@ -42,12 +49,16 @@ PROMPTS = Prompts(resources.prompts("eval"))
 TOOL_RESULT_TEXT = cof_format.TOOL_RESULT.removeprefix(cof_format.IMAGE)  # what follows the crop image
 RESULTS, REPORT, PLOT, SETTINGS = "results.jsonl", "report.json", "report.png", "eval.json"
 Mode = Literal["cof", "no_zoom"]
+Protocol = Literal["mmcof", "cof-release"]
+COMPARABLE_RESOLUTION = 3840  # the only budget the release evaluates at
 
 
 class EvalSettings(BaseModel):
     """What changes the numbers; a results folder made with other settings is refused, never mixed."""
 
     model_config = ConfigDict(extra="forbid")
+    protocol: Protocol = Field("mmcof", description="mmcof: this project's (strict calls, lenient rules); "
+                                                    "cof-release: the published V* protocol to the letter")
     resolutions: Annotated[list[int], AfterValidator(valid_resolutions)] = Field(
         default_factory=lambda: [224, 448, 672, 1024, 1920, 3840])
     max_generations: int = Field(6, ge=1, description="model replies per episode (CoF eval: 6)")
@@ -99,8 +110,14 @@ def record_id(item: BenchItem, resolution: int, mode: Mode) -> str:
     return f"{item.id}@{resolution}:{mode}"
 
 
-def first_messages(frame: Image.Image, question: str, options: list[str] | None, mode: Mode) -> list[ChatMessage]:
-    """System + first user turn: the CoF prompt with the tool, or (baseline) a plain assistant, no tool."""
+def first_messages(frame: Image.Image, question: str, options: list[str] | None, mode: Mode,
+                   text: str | None = None) -> list[ChatMessage]:
+    """System + first user turn: the CoF prompt with the tool, or (baseline) a plain assistant, no tool.
+
+    `text` (cof-release): the benchmark's question text, sent verbatim instead of being rebuilt."""
+    if text is not None:
+        return [ChatMessage("system", cof_format.SYSTEM_PROMPT),
+                ChatMessage("user", cof_release.question_text(text), [frame])]
     if mode == "no_zoom":
         return [ChatMessage("system", PROMPTS.render("direct_system")),
                 ChatMessage("user", cof_format.question_text(question, options), [frame])]
@@ -117,9 +134,10 @@ def zoom_box(reply: str, frame: Image.Image) -> Box:
 
 
 async def run_episode(model: ChatModel, frame: Image.Image, question: str, options: list[str] | None,
-                      settings: EvalSettings, mode: Mode = "cof") -> Episode:
+                      settings: EvalSettings, mode: Mode = "cof", text: str | None = None) -> Episode:
     """The CoF inference loop on one working frame (module docstring); the baseline is one plain reply."""
-    messages = first_messages(frame, question, options, mode)
+    release = settings.protocol == "cof-release"
+    messages = first_messages(frame, question, options, mode, text if release else None)
     episode = Episode()
     images = 1
     for _ in range(1 if mode == "no_zoom" else settings.max_generations):
@@ -133,11 +151,18 @@ async def run_episode(model: ChatModel, frame: Image.Image, question: str, optio
             episode.answer = cof_format.extract_answer(reply) or reply.strip() or None
             break
         if "<tool_call>" not in reply:  # as the release: a reply with any tool call is a zoom turn
-            episode.answer = cof_format.extract_answer(reply)
+            episode.answer = cof_release.extract_answer(reply) if release else cof_format.extract_answer(reply)
             break
         if len(episode.replies) == settings.max_generations:
             episode.stop = "generation_limit"
             break
+        if release:
+            image, box, bad = await asyncio.to_thread(cof_release.zoom, frame, reply)
+            episode.zooms += [tuple(round(v) for v in box)] if box else []  # the record keeps whole pixels
+            episode.bad_calls += [bad] if bad else []
+            images += 1
+            messages.append(ChatMessage("user", TOOL_RESULT_TEXT, [image]))
+            continue
         try:
             box = zoom_box(reply, frame)
             crop = None if images == settings.max_images else await asyncio.to_thread(crop_zoom, frame, box)
@@ -153,6 +178,8 @@ async def run_episode(model: ChatModel, frame: Image.Image, question: str, optio
         images += 1
         messages.append(ChatMessage("user", TOOL_RESULT_TEXT, [crop]))
     episode.stop = episode.stop or ("answer" if episode.answer else "no_answer")
+    if release and episode.answer is None:
+        episode.answer = ""  # the release judges an episode without an answer as the empty answer
     return episode
 
 
@@ -163,9 +190,15 @@ async def evaluate_one(model: ChatModel, item: BenchItem, resolution: int, mode:
                 mode=mode, expected=item.answer)
     start = time.perf_counter()
     try:
-        frame = await asyncio.to_thread(make_frame, item.image, resolution, settings.max_pixels)
-        episode = await run_episode(model, frame, item.question, item.options, settings, mode)
-        verdict = await score_answer(item, episode.answer, judge, PROMPTS)
+        if settings.protocol == "cof-release":  # the release decodes the whole JPEG, then resizes
+            frame = await asyncio.to_thread(
+                lambda: frame_from_image(load_image(item.image, settings.max_pixels), resolution))
+            episode = await run_episode(model, frame, item.question, item.options, settings, mode, item.text)
+            verdict = await score_release(item, episode.answer, judge)
+        else:
+            frame = await asyncio.to_thread(make_frame, item.image, resolution, settings.max_pixels)
+            episode = await run_episode(model, frame, item.question, item.options, settings, mode)
+            verdict = await score_answer(item, episode.answer, judge, PROMPTS)
     except Exception as exc:  # one bad sample never kills a run
         return EvalRecord(**base, error=f"{type(exc).__name__}: {exc}", stop="error",
                           seconds=round(time.perf_counter() - start, 3))
@@ -175,8 +208,46 @@ async def evaluate_one(model: ChatModel, item: BenchItem, resolution: int, mode:
                       replies=episode.replies, seconds=round(time.perf_counter() - start, 3))
 
 
-def summarize(records: list[EvalRecord]) -> list[dict]:
-    """One row per (mode, resolution, category), plus category "all": accuracy, zoom rate, failures."""
+async def score_release(item: BenchItem, predicted: str, judge: ChatModel) -> Score:
+    """The release's scoring: its rules on the letter, else its judge (which sees the bare letter)."""
+    decided = cof_release.score_by_rules(predicted, item.label, item.text)
+    if decided is not None:
+        return Score(decided, "rule")
+    prompt = cof_release.judge_prompt(item.text, item.label, predicted)
+    reply = await judge.complete([ChatMessage("system", cof_release.JUDGE_SYSTEM), ChatMessage("user", prompt)],
+                                 max_tokens=512, temperature=0.0)
+    return Score(cof_release.read_judgement(reply.text), "judge")
+
+
+def decoding_of(model: ChatModel, settings: EvalSettings) -> dict | None:
+    """The decoding parameters every request of the model carries (None for a model without a config)."""
+    config = getattr(model, "config", None)
+    return config.decoding(settings.max_new_tokens, 0.0) if isinstance(config, ChatModelConfig) else None
+
+
+def check_protocol(model: ChatModel, items: list[BenchItem], settings: EvalSettings, judge: ChatModel | None) -> None:
+    """cof-release needs what the release had: V*'s question texts, a judge, and plain greedy decoding."""
+    if settings.protocol != "cof-release":
+        return
+    if any(item.text is None or not item.options for item in items):
+        raise ConfigError("--protocol cof-release sends V*'s question text verbatim: pass a --bench folder (or file) "
+                          "with test_questions.jsonl, as the V* dataset ships it")
+    if settings.baseline_no_zoom:
+        raise ConfigError("--protocol cof-release has no no-zoom baseline (the release has none); "
+                          "drop --baseline-no-zoom")
+    if judge is None:
+        raise ConfigError("--protocol cof-release sends every answer its rules cannot score to an LLM judge: pass "
+                          "--judge-endpoint URL --judge-model NAME")
+    decoding = decoding_of(model, settings)
+    if decoding and (decoding["top_p"] != 1.0 or decoding.get("repetition_penalty") != 1.0):
+        raise ConfigError(f"--protocol cof-release decodes greedily with top_p 1.0 and repetition_penalty 1.0; "
+                          f"the model config says {decoding}")
+
+
+def summarize(records: list[EvalRecord], protocol: Protocol = "mmcof") -> list[dict]:
+    """One row per (mode, resolution, category), plus category "all": accuracy, zoom rate, failures.
+
+    `comparable`: the row was made as the published numbers were (cof-release at R=3840)."""
     groups: dict[tuple[str, int, str], list[EvalRecord]] = {}
     for record in records:
         for category in ("all", record.category):
@@ -195,6 +266,7 @@ def summarize(records: list[EvalRecord]) -> list[dict]:
             "bad_call": sum(bool(r.bad_calls) for r in group),
             "errors": sum(r.error is not None for r in group),
             "judged": sum(r.method.startswith("judge") for r in group),
+            "comparable": protocol == "cof-release" and resolution == COMPARABLE_RESOLUTION,
         })
     return rows
 
@@ -227,13 +299,17 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def evaluate(model: ChatModel, items: list[BenchItem], settings: EvalSettings, out: Path,
-             judge: ChatModel | None = None, bench: str = "") -> dict:
-    """Run every (item, resolution, mode) not yet in `out`, then write the report; returns it."""
+             judge: ChatModel | None = None, bench: str = "", image_tokens: dict | None = None) -> dict:
+    """Run every (item, resolution, mode) not yet in `out`, then write the report; returns it.
+
+    `image_tokens` (from `check_image_tokens`) goes into the report as it is."""
     missing = [item.id for item in items if item.answer is None]
     if missing:
         raise ConfigError(f"--bench: {len(missing)} questions have no answer to score against (first: {missing[0]})")
+    check_protocol(model, items, settings, judge)
     out = Path(out)
     fingerprint = {"model": model.name, "bench": bench, "judge": judge.name if judge else None,
+                   "protocol": settings.protocol, "decoding": decoding_of(model, settings),
                    "prompts": PROMPTS.hashes, "settings": settings.model_dump(exclude={"concurrency"})}
     _open_results(out, fingerprint)
     done = {record.id: record for record in read_jsonl(out / RESULTS, EvalRecord)}
@@ -242,8 +318,8 @@ def evaluate(model: ChatModel, items: list[BenchItem], settings: EvalSettings, o
     todo = [args for key, args in work.items() if key not in done or done[key].error is not None]
     for record in asyncio.run(_run_all(model, todo, settings, judge, out / RESULTS)):
         done[record.id] = record
-    rows = summarize([done[key] for key in work])
-    report = {**fingerprint, "rows": rows}
+    rows = summarize([done[key] for key in work], settings.protocol)
+    report = {**fingerprint, "image_tokens": image_tokens, "rows": rows}
     write_json_atomic(out / REPORT, report)
     plot(rows, out / PLOT)
     return report
@@ -297,12 +373,53 @@ def _check_server(model: ChatModelConfig, settings: EvalSettings) -> None:
         check_images(model, settings.max_images, "--endpoint")
 
 
+async def check_image_tokens(model: ChatModel, item: BenchItem, settings: EvalSettings) -> dict[str, dict]:
+    """Make sure the model sees each frame (and crop) as eval made it, not resized again by its processor.
+
+    In process: the processor's pixel bounds are widened to the zoom tool's (112^2 .. 3840^2), which holds
+    every frame and crop, so nothing is resized. A server is asked: the prompt tokens of the first item's
+    frame minus those of the same text alone; fewer than the frame's own patches (Qwen: 28x28 pixels a
+    token) means the server downsizes it, and that R is refused. Under cof-release nothing is changed or
+    refused (the release ran with the checkpoint's own processor limits); the counts are only recorded.
+    Returns, per R, the frame's size and its image tokens (None: the server does not count them)."""
+    release = settings.protocol == "cof-release"
+    frames = {r: await asyncio.to_thread(make_frame, item.image, r, settings.max_pixels) for r in settings.resolutions}
+    processor = getattr(getattr(model, "processor", None), "image_processor", None)
+    if processor is not None:
+        size = processor.size
+        if not release:
+            processor.size = {"shortest_edge": min(size["shortest_edge"], MIN_PIXELS),
+                              "longest_edge": max(size["longest_edge"], MAX_ZOOM_PIXELS)}
+        merge = getattr(processor, "merge_size", 1) ** 2
+        return {str(r): {"frame": list(f.size),
+                         "tokens": processor.get_number_of_image_patches(f.height, f.width) // merge}
+                for r, f in frames.items()}
+    try:
+        text_only = (await model.complete([ChatMessage("user", "?")], max_tokens=1)).prompt_tokens
+    except ChatError:  # a server that refuses the probe is left to the episodes, which record why
+        return {str(r): {"frame": list(f.size), "tokens": None} for r, f in frames.items()}
+    found = {}
+    for resolution, frame in frames.items():
+        with_frame = (await model.complete([ChatMessage("user", "?", [frame])], max_tokens=1)).prompt_tokens
+        tokens = with_frame - text_only - 2 if with_frame > text_only else None  # 2: the vision start/end markers
+        patches = frame.width * frame.height // (28 * 28)
+        if tokens is not None and tokens < patches and not release:
+            raise ConfigError(f"--resolutions {resolution}: {model.name} turns a {frame.width}x{frame.height} frame "
+                              f"into {tokens} image tokens, not its {patches}: the server downsizes it (vLLM: serve "
+                              f"with --mm-processor-kwargs '{{\"max_pixels\": {MAX_ZOOM_PIXELS}}}'), or drop {resolution}")
+        found[str(resolution)] = {"frame": list(frame.size), "tokens": tokens}
+    return found
+
+
 def evaluate_bench(bench: Path, out: Path, settings: EvalSettings, model: ChatModelConfig,
                    judge: ChatModelConfig | None = None, limit: int | None = None) -> dict:
-    """The `eval` command: load the benchmark, build the model (and judge), evaluate, report."""
+    """The `eval` command: load the benchmark, build the model (and judge), check what each R becomes in the
+    model, evaluate, report."""
     require("data", "eval (its report.png)", ("matplotlib",))
     items = load_bench(bench)[:limit]
     if model.backend == "openai":
         _check_server(model, settings)
-    chat = chat_model(model)
-    return evaluate(chat, items, settings, out, chat_model(judge) if judge else None, bench=str(bench))
+    chat, judging = chat_model(model), chat_model(judge) if judge else None
+    check_protocol(chat, items, settings, judging)  # before the first request
+    image_tokens = asyncio.run(check_image_tokens(chat, items[0], settings)) if items else None
+    return evaluate(chat, items, settings, out, judging, bench=str(bench), image_tokens=image_tokens)

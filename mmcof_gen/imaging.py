@@ -25,8 +25,8 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp"}
 
 # The crop function's constants (docs/format.md); changing any of them breaks comparability with released CoF data.
 _FACTOR = 28
-_MIN_PIXELS = 112 * 112
-_CROP_MAX_PIXELS = 3840 * 3840
+MIN_PIXELS = 112 * 112
+MAX_ZOOM_PIXELS = 3840 * 3840
 _ENLARGE = 1.5
 _SCALE_UP = 2
 _MAX_RATIO = 200
@@ -183,8 +183,8 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 # ---------------------------------------------------------------- frames
 
 
-def smart_resize(height: int, width: int, factor: int = _FACTOR, min_pixels: int = _MIN_PIXELS,
-                 max_pixels: int = _CROP_MAX_PIXELS) -> tuple[int, int]:
+def smart_resize(height: int, width: int, factor: int = _FACTOR, min_pixels: int = MIN_PIXELS,
+                 max_pixels: int = MAX_ZOOM_PIXELS) -> tuple[int, int]:
     """(h_bar, w_bar): qwen-vl-utils' smart_resize, line for line, so our sizes are the ones Qwen2.5-VL sees.
 
     Both sides multiples of `factor`, area within [min_pixels, max_pixels], aspect ratio kept.
@@ -208,7 +208,7 @@ def smart_resize(height: int, width: int, factor: int = _FACTOR, min_pixels: int
 
 def frame_size(width: int, height: int, resolution: int) -> tuple[int, int]:
     """(W, H) of the working frame of a width x height image at pixel budget resolution**2."""
-    h, w = smart_resize(height, width, _FACTOR, _MIN_PIXELS, resolution * resolution)
+    h, w = smart_resize(height, width, _FACTOR, MIN_PIXELS, resolution * resolution)
     return w, h
 
 
@@ -288,10 +288,12 @@ def zoom_region(box: Box, width: int, height: int, enlarge: float = _ENLARGE) ->
 def crop_zoom(frame: Image.Image, box) -> Image.Image:
     """THE zoom tool (docs/format.md), bit-identical at synthesis, export and evaluation.
 
+    A fractional box is enlarged as given and only the region is truncated to pixels, as the CoF release's
+    eval does (rounding first moves an edge by a pixel); an integer box crops exactly as before.
     InvalidBox for a bad box, or for a region too thin for Qwen (aspect ratio over 200).
     """
-    region, size = zoom_plan(box, *frame.size)
-    return frame.crop(region).resize(size, Image.LANCZOS).convert("RGB")
+    region, _ = zoom_plan(box, *frame.size)
+    return zoom_image(frame, region)
 
 
 def zoom_plan(box, width: int, height: int) -> tuple[Box, tuple[int, int]]:
@@ -300,15 +302,33 @@ def zoom_plan(box, width: int, height: int) -> tuple[Box, tuple[int, int]]:
 
     InvalidBox for a bad box, or for a region too thin for Qwen (aspect ratio over 200).
     """
-    region = zoom_region(validate_box(box, width, height), width, height)
-    crop_width, crop_height = region[2] - region[0], region[3] - region[1]
+    validate_box(box, width, height)
+    region = zoom_region(_numbers(box), width, height)
     try:
-        nh, nw = smart_resize(crop_height * _SCALE_UP, crop_width * _SCALE_UP, factor=_FACTOR,
-                              min_pixels=_MIN_PIXELS, max_pixels=_CROP_MAX_PIXELS)
+        return region, zoom_size(region)
     except ValueError as exc:
-        raise InvalidBox(f"box {_shown(box)} zooms to a {crop_width}x{crop_height} region, "
+        raise InvalidBox(f"box {_shown(box)} zooms to a {region[2] - region[0]}x{region[3] - region[1]} region, "
                          f"too thin to show ({exc})") from exc
-    return region, (nw, nh)
+
+
+def zoom_size(region: Box) -> tuple[int, int]:
+    """(W, H) of the zoom of `region`: upscaled 2x within Qwen's pixel bounds.
+
+    ValueError for a region too thin to show, or empty (a fractional box narrower than a pixel).
+    """
+    if region[2] <= region[0] or region[3] <= region[1]:
+        raise ValueError("the region is empty")
+    nh, nw = smart_resize((region[3] - region[1]) * _SCALE_UP, (region[2] - region[0]) * _SCALE_UP, factor=_FACTOR,
+                          min_pixels=MIN_PIXELS, max_pixels=MAX_ZOOM_PIXELS)
+    return nw, nh
+
+
+def zoom_image(frame: Image.Image, region: Box) -> Image.Image:
+    """`region` of the frame upscaled 2x (within Qwen's pixel bounds): the second half of the zoom tool.
+
+    ValueError for a region too thin to show, or empty.
+    """
+    return frame.crop(region).resize(zoom_size(region), Image.LANCZOS).convert("RGB")
 
 
 def crop_to_frame(crop_box, crop_size: tuple[int, int], region: Box) -> Box:

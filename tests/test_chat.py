@@ -41,6 +41,20 @@ def test_reply_carries_text_tokens_and_cost():
     assert server.requests[0]["temperature"] == 0.0
 
 
+def test_every_request_carries_its_decoding_parameters_explicitly():
+    """A served checkpoint's generation config (Qwen2.5-VL: repetition_penalty 1.05) must not fill in what a
+    request leaves out; `repetition_penalty: null` is for APIs that refuse the parameter (api.openai.com)."""
+    with ScriptedServer(lambda body: Reply("ok")) as server:
+        ask(chat_model(openai_config(server)), max_tokens=64)
+        ask(chat_model(openai_config(server, top_p=0.9, repetition_penalty=1.05)), max_tokens=8, temperature=0.7)
+        ask(chat_model(openai_config(server, repetition_penalty=None)), max_tokens=8)
+    sent = [{k: r[k] for k in ("temperature", "top_p", "max_tokens", "repetition_penalty") if k in r}
+            for r in server.requests]
+    assert sent == [{"temperature": 0.0, "top_p": 1.0, "max_tokens": 64, "repetition_penalty": 1.0},
+                    {"temperature": 0.7, "top_p": 0.9, "max_tokens": 8, "repetition_penalty": 1.05},
+                    {"temperature": 0.0, "top_p": 1.0, "max_tokens": 8}]
+
+
 def test_images_arrive_as_png_data_urls_in_order_before_the_text():
     red = Image.new("RGB", (30, 20), (255, 0, 0))
     blue = Image.new("RGB", (16, 40), (0, 0, 255))
@@ -203,6 +217,26 @@ def test_transformers_chat_generates_for_a_message_with_an_image(tiny_qwen):
     assert completion.prompt_tokens > 12  # the image's patch tokens are in the prompt
     assert completion.model == str(tiny_qwen)
     assert completion.gpu_seconds == 0.0  # on CPU there are no GPU-seconds to account
+
+
+def test_transformers_chat_overrides_the_checkpoint_generation_config(tiny_qwen, tmp_path):
+    """A checkpoint saved with repetition_penalty 1.05 and sampling on still decodes greedily without penalty."""
+    import shutil
+
+    from transformers import GenerationConfig
+
+    path = tmp_path / "penalised"
+    shutil.copytree(tiny_qwen, path)
+    config = GenerationConfig.from_pretrained(path)
+    config.update(repetition_penalty=1.05, do_sample=True, temperature=0.7, top_p=0.001, top_k=1)
+    config.save_pretrained(path)
+    model = chat_model(ChatModelConfig(backend="transformers", model=str(path), device="cpu"))
+    seen = []
+    generate = model.model.generate
+    model.model.generate = lambda **kwargs: seen.append(kwargs) or generate(**kwargs)
+    ask(model, [ChatMessage("user", "hi")], max_tokens=3)
+    assert {k: seen[0][k] for k in ("do_sample", "repetition_penalty", "max_new_tokens")} == {
+        "do_sample": False, "repetition_penalty": 1.0, "max_new_tokens": 3}
 
 
 def test_transformers_chat_hub_id_offline_fails_with_one_line(monkeypatch):

@@ -174,7 +174,12 @@ def test_two_zoom_conversation_sends_exact_crops_of_the_frame_and_scores(tmp_pat
         report = evaluate(openai_model(server), [glove], EvalSettings(resolutions=[448]), tmp_path / "out")
     requests = server.requests
     assert len(requests) == 3
-    assert all(r["max_tokens"] == 512 and r["temperature"] == 0.0 for r in requests)
+    # every decoding parameter explicit, so that a server's generation config (Qwen2.5-VL's repetition_penalty
+    # 1.05) fills in nothing; and recorded with the results
+    decoding = {"temperature": 0.0, "top_p": 1.0, "max_tokens": 512, "repetition_penalty": 1.0}
+    assert all({key: r[key] for key in decoding} == decoding for r in requests)
+    assert report["decoding"] == json.loads((tmp_path / "out" / "eval.json").read_text())["decoding"] == decoding
+    assert report["protocol"] == "mmcof"
     last = requests[-1]["messages"]
     assert [m["role"] for m in last] == ["system", "user", "assistant", "user", "assistant", "user"]
     assert last[0]["content"] == cof_format.SYSTEM_PROMPT
@@ -199,7 +204,7 @@ def test_two_zoom_conversation_sends_exact_crops_of_the_frame_and_scores(tmp_pat
     overall, category = report["rows"]
     assert overall == {"mode": "cof", "resolution": 448, "category": "all", "n": 1, "accuracy": 1.0,
                        "zoom_rate": 1.0, "mean_zooms": 2.0, "mean_tokens": 15.0, "no_answer": 0,
-                       "bad_call": 0, "errors": 0, "judged": 0}
+                       "bad_call": 0, "errors": 0, "judged": 0, "comparable": False}
     assert category["category"] == "direct_attributes"
     assert (tmp_path / "out" / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((tmp_path / "out" / "report.json").read_text())["rows"] == report["rows"]
@@ -299,7 +304,7 @@ def test_eval_command_prints_the_table_and_refuses_ambiguous_backends(tmp_path):
                                "--limit", "2"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "accuracy" in done.stdout and "direct_attributes" in done.stdout
-    assert len(server.requests) == 4  # 2 questions x 2 resolutions, one answer each
+    assert len(server.requests) == 1 + 2 + 4  # the image-token check (text alone, a frame per R), then 2 x 2 answers
     refused = subprocess.run([*cli, "--model", "x", "--endpoint", "http://h/v1"], capture_output=True, text=True)
     assert refused.returncode == 2
     assert refused.stderr.strip() == ("mmcof-gen: eval: pass exactly one of --model (in-process) or "
@@ -370,3 +375,54 @@ def test_tiny_qwen_forced_to_zoom_sees_at_most_six_images(tiny_qwen):
     assert (len(episode.replies), episode.max_images, len(episode.zooms)) == (6, 6, 5)
     assert episode.replies[0] == cof_format.zoom_turn("zoom", (8, 8, 100, 90))
     assert (episode.stop, episode.answer) == ("generation_limit", None)
+
+
+def test_tiny_qwen_sees_each_frame_unresized_and_the_report_records_its_tokens(tiny_qwen, tmp_path):
+    """The tiny processor caps images at 224x224 pixels: eval widens it, so the R=448 frame reaches the model
+    whole (its grid is the frame over 14-pixel patches), and the report says how many tokens each R became."""
+    from mmcof_gen.evaluate import check_image_tokens
+
+    root = write_vstar(tmp_path / "vstar", questions=True)
+    item = load_bench(root)[0]
+    settings = EvalSettings(resolutions=[224, 448], max_new_tokens=2)
+    model = chat_model(ChatModelConfig(backend="transformers", model=str(tiny_qwen), device="cpu"))
+    assert model.processor.image_processor.size["longest_edge"] == 224 * 224
+    tokens = asyncio.run(check_image_tokens(model, item, settings))
+    frames = {r: item_frame(item, r) for r in (224, 448)}
+    assert tokens == {str(r): {"frame": list(f.size), "tokens": f.width * f.height // 784} for r, f in frames.items()}
+    grids, generate = [], model.model.generate
+    model.model.generate = lambda **inputs: grids.append(inputs["image_grid_thw"].tolist()) or generate(**inputs)
+    asyncio.run(run_episode(model, frames[448], item.question, item.options, settings))
+    assert grids[0] == [[1, frames[448].height // 14, frames[448].width // 14]]
+    report = evaluate_bench(root, tmp_path / "out", settings,
+                            ChatModelConfig(backend="transformers", model=str(tiny_qwen), device="cpu"), limit=1)
+    assert report["image_tokens"] == tokens
+
+
+def test_a_server_that_downsizes_a_frame_is_refused_for_that_resolution(tmp_path):
+    """A server is asked: the prompt tokens with the frame minus without it. One that caps images at 210x210
+    pixels (too few tokens for the 448x336 frame of R=448) is refused in one line; R=224 passes and is recorded."""
+    root = write_vstar(tmp_path / "vstar", questions=True)
+    item = load_bench(root)[0]
+
+    def server_with_cap(body):
+        image = next((decoded(part) for m in body["messages"] if isinstance(m["content"], list)
+                      for part in m["content"] if part["type"] == "image_url"), None)
+        if image is None:
+            return Reply("<answer> D </answer>", prompt_tokens=10)
+        return Reply("<answer> D </answer>", prompt_tokens=10 + 2 + min(image.width * image.height, 210 * 210) // 784)
+
+    config = dict(backend="openai", model="capped", timeout=10.0)
+    with ScriptedServer(server_with_cap) as server:
+        report = evaluate_bench(root, tmp_path / "ok", EvalSettings(resolutions=[224]),
+                                ChatModelConfig(base_url=server.url, **config), limit=1)
+        with pytest.raises(ValueError) as refused:
+            evaluate_bench(root, tmp_path / "capped", EvalSettings(resolutions=[224, 448]),
+                           ChatModelConfig(base_url=server.url, **config), limit=1)
+    small, large = item_frame(item, 224), item_frame(item, 448)
+    assert report["image_tokens"] == {"224": {"frame": list(small.size), "tokens": small.width * small.height // 784}}
+    assert str(refused.value) == (f"--resolutions 448: openai:capped turns a {large.width}x{large.height} frame into "
+                                  f"{210 * 210 // 784} image tokens, not its {large.width * large.height // 784}: the "
+                                  "server downsizes it (vLLM: serve with --mm-processor-kwargs "
+                                  "'{\"max_pixels\": 14745600}'), or drop 448")
+    assert not (tmp_path / "capped").exists()

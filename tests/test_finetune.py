@@ -149,6 +149,28 @@ def test_exported_two_zoom_sample_trains_only_assistant_text_end_of_turn_and_new
     assert torch.equal(batch["mm_token_type_ids"], whole["mm_token_type_ids"])
 
 
+def test_a_sample_renders_through_the_collator_as_eval_sends_its_first_request(tiny, exported):
+    """Export, training and eval agree token for token up to the first reply: what finetune's collator feeds
+    the model before the first trained token is what eval's request renders to with the same processor."""
+    from mmcof_gen.evaluate import first_messages
+    from mmcof_gen.models.chat import chat_conversation
+
+    processor = processor_for(tiny)
+    [sample] = read_dataset(exported)
+    batch = collator_for(processor)([ConversationDataset([sample], processor, 4096)[0]])
+    first_trained = int((batch["labels"][0] != IGNORE).nonzero()[0])
+    trained_prefix = batch["input_ids"][0, :first_trained].tolist()
+
+    [trajectory] = [json.loads(line) for line in (exported.parent / "run" / "trajectories.jsonl").read_text().splitlines()]
+    frame = sample.load(0)
+    messages = first_messages(frame, trajectory["task"]["question"], trajectory["task"]["options"], "cof")
+    text = processor.apply_chat_template(chat_conversation(messages), tokenize=False, add_generation_prompt=True)
+    sent = processor(text=[text], images=[frame], return_tensors="pt")["input_ids"][0].tolist()
+    assert processor.tokenizer.decode(trained_prefix) == processor.tokenizer.decode(sent)
+    assert trained_prefix == sent
+    assert "<|vision_end|>Question: What does the sign say?" in text
+
+
 def test_truncation_cuts_only_text_and_drops_samples_whose_images_do_not_fit(tiny, exported):
     processor = processor_for(tiny)
     [sample] = read_dataset(exported)
@@ -233,6 +255,8 @@ def test_full_finetune_overfits_and_leaves_the_vision_tower_untouched(tiny, shor
     report = finetune(config(tiny, short_data, out, method="full"))
     log = losses(out)
     assert log[-1]["loss"] <= log[0]["loss"] / 2, [entry["loss"] for entry in log]
+    # warmup_ratio 0.1 of 30 steps: a linear warm-up over 3 steps (a rate per step, as used), then the cosine decay
+    assert [round(entry["learning_rate"] / 1e-2, 4) for entry in log[:5]] == [0.0, 0.3333, 0.6667, 1.0, 0.9966]
     before, after = load_file(tiny / "model.safetensors"), load_file(out / "model" / "model.safetensors")
     vision = [name for name in before if "visual" in name]
     assert vision and all(torch.equal(before[name], after[name]) for name in vision)

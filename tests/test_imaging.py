@@ -152,9 +152,15 @@ def test_crop_zoom_caps_large_crops_at_3840_squared():
     assert crop.size == (4676, 3108)
 
 
-def test_crop_zoom_accepts_float_boxes_by_rounding(noise_frame):
-    assert image_sha256(crop_zoom(noise_frame, [36.6, 52.4, 199.5, 131.0])) == \
-        image_sha256(crop_zoom(noise_frame, (37, 52, 200, 131)))
+def test_crop_zoom_enlarges_float_boxes_before_truncating_as_the_release():
+    frame = Image.fromarray(np.random.default_rng(1).integers(0, 256, (1200, 1600, 3), dtype=np.uint8))
+    box = [1100.6, 750.4, 1300.5, 880.5]
+    # centre (1200.55, 815.45), 299.85 x 195.15 -> (1050.625, 717.875, 1350.475, 913.025), truncated
+    assert zoom_region(box, 1600, 1200) == (1050, 717, 1350, 913)
+    assert np.array_equal(np.asarray(crop_zoom(frame, box)), np.asarray(_spec_crop(frame, box)))
+    rounded_first = crop_zoom(frame, (1101, 750, 1300, 880))  # what rounding first used to crop: (1051, 717, 1349, 912)
+    assert zoom_region((1101, 750, 1300, 880), 1600, 1200) == (1051, 717, 1349, 912)
+    assert image_sha256(crop_zoom(frame, box)) != image_sha256(rounded_first)
 
 
 def test_crop_zoom_rejects_invalid_box_with_reason(noise_frame):

@@ -72,6 +72,8 @@ def finetune(config: FinetuneConfig) -> dict:
     gpu = torch.cuda.is_available()
 
     # Arguments before the model: under `accelerate launch` with ZeRO-3 they set up partitioned loading.
+    # warmup_steps below 1 is a ratio of the total steps in transformers 5 (which dropped warmup_ratio); the
+    # config keeps warmup_ratio < 1, so it always is one (the tests check the rates of the first steps).
     args = TrainingArguments(
         output_dir=str(out), per_device_train_batch_size=config.batch_size,
         gradient_accumulation_steps=config.grad_accum, learning_rate=config.lr, num_train_epochs=config.epochs,

@@ -2,7 +2,7 @@
 task writer) and for evaluation: an OpenAI-compatible server (vLLM, SGLang, llama.cpp, OpenAI) or a
 transformers model in this process.
 
-Images travel with their message, before its text (the order CoF samples use: `<image> Question: ...`).
+Images travel with their message, before its text (the order CoF samples use: `<image>Question: ...`).
 
     model = chat_model(ChatModelConfig(backend="openai", base_url="http://localhost:8000/v1",
                                        model="Qwen/Qwen2.5-VL-7B-Instruct"))
@@ -117,6 +117,11 @@ class ChatModelConfig(BaseModel):
         "vLLM's `structured_outputs` extra body, or not at all (replies are validated either way)")
     price_input_per_million: float = Field(0.0, ge=0, description="USD per million prompt tokens")
     price_output_per_million: float = Field(0.0, ge=0, description="USD per million completion tokens")
+    # decoding: sent with every request, so that a server's or checkpoint's generation config (Qwen2.5-VL's
+    # repetition_penalty 1.05) never fills them in unseen; the temperature and max_tokens come with each call
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass (1.0: off)")
+    repetition_penalty: float | None = Field(1.0, gt=0, description="1.0: off; null: not sent (APIs without "
+                                                                      "the parameter, such as api.openai.com)")
     # transformers backend
     device: str = Field("auto", description="transformers: torch device, or auto (cuda when there is one)")
     dtype: str = Field("auto", description="transformers: torch dtype name, or auto (the checkpoint's)")
@@ -127,7 +132,15 @@ class ChatModelConfig(BaseModel):
 
     def identity(self) -> dict:
         """What changes replies (for the run fingerprint): not the endpoint, limits, prices or device."""
-        return self.model_dump(include={"backend", "model", "structured_output", "dtype"})
+        return self.model_dump(include={"backend", "model", "structured_output", "dtype", "top_p",
+                                        "repetition_penalty"})
+
+    def decoding(self, max_tokens: int, temperature: float) -> dict:
+        """The decoding parameters of a call, as sent (and as results record them)."""
+        decoding = {"temperature": temperature, "top_p": self.top_p, "max_tokens": max_tokens}
+        if self.repetition_penalty is not None:
+            decoding["repetition_penalty"] = self.repetition_penalty
+        return decoding
 
 
 def chat_model(config: ChatModelConfig) -> ChatModel:
@@ -301,7 +314,7 @@ class OpenAIChat:
                 json_schema: dict | None) -> dict:
         """The JSON body of the chat-completions request, as sent (pure)."""
         body: dict = {"model": self.config.model, "messages": openai_messages(messages),
-                      "max_tokens": max_tokens, "temperature": temperature}
+                      **self.config.decoding(max_tokens, temperature)}
         if json_schema is not None and self.config.structured_output == "response_format":
             body["response_format"] = {"type": "json_schema",
                                        "json_schema": {"name": json_schema.get("title", "reply"), "schema": json_schema}}
@@ -416,6 +429,12 @@ def _refusal(where: str, exc: Exception, body: dict, retries: int) -> ChatError:
 # transformers, in this process
 
 
+def chat_conversation(messages: list[ChatMessage]) -> list[dict]:
+    """The messages as a processor's chat template takes them: each message's images, then its text."""
+    return [{"role": m.role, "content": [{"type": "image", "image": image} for image in m.images]
+             + [{"type": "text", "text": m.text}]} for m in messages]
+
+
 class TransformersChat:
     """A vision-language model in this process (`AutoModelForImageTextToText` + `AutoProcessor`).
 
@@ -450,11 +469,14 @@ class TransformersChat:
     def _generate(self, messages: list[ChatMessage], max_tokens: int, temperature: float) -> Completion:
         import torch
 
-        conversation = [{"role": m.role, "content": [{"type": "image", "image": image} for image in m.images]
-                         + [{"type": "text", "text": m.text}]} for m in messages]
+        conversation = chat_conversation(messages)
         inputs = self.processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True,
                                                     return_dict=True, return_tensors="pt").to(self.device)
-        sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+        # every parameter explicit: the checkpoint's generation_config.json (Qwen2.5-VL: repetition_penalty
+        # 1.05, top_k 1) would otherwise apply to whatever is not given here
+        sampling = {"do_sample": temperature > 0, "repetition_penalty": self.config.repetition_penalty or 1.0}
+        if temperature > 0:
+            sampling |= {"temperature": temperature, "top_p": self.config.top_p, "top_k": 0}
         with self._lock:
             start = time.perf_counter()
             with torch.inference_mode():

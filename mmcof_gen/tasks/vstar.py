@@ -53,6 +53,8 @@ class BenchItem:
     category: str
     targets: list[str] = field(default_factory=list)
     boxes: list[Box] = field(default_factory=list)
+    text: str | None = None  # V*'s question text as shipped (test_questions.jsonl), which the release sends verbatim
+    label: str | None = None  # ... and its answer letter
 
     @property
     def answer_letter(self) -> str | None:
@@ -130,7 +132,7 @@ def load_vstar_questions(questions_file: Path) -> list[BenchItem]:
                                options=options, answer=answer,
                                category=row.get("category") or Path(row["image"]).parent.name or "all",
                                targets=list(data.get("target_object", [])),
-                               boxes=xywh_boxes(data.get("bbox", []), annotation)))
+                               boxes=xywh_boxes(data.get("bbox", []), annotation), text=text, label=label))
     return _unique_ids(items)
 
 

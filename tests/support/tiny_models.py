@@ -27,14 +27,14 @@ QWEN_CHAT_TEMPLATE = (
 )
 
 
-def _tiny_tokenizer(corpus: list[str]):
+def _tiny_tokenizer(corpus: list[str], vocab_size: int = 400):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import Qwen2TokenizerFast
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   special_tokens=QWEN_SPECIAL_TOKENS)
     tokenizer.train_from_iterator(corpus, trainer)
     fast = Qwen2TokenizerFast(tokenizer_object=tokenizer, eos_token="<|im_end|>", pad_token="<|endoftext|>",
@@ -43,11 +43,13 @@ def _tiny_tokenizer(corpus: list[str]):
     return fast
 
 
-def build_tiny_qwen25vl(path: Path, seed: int = 0, for_vllm: bool = False) -> Path:
+def build_tiny_qwen25vl(path: Path, seed: int = 0, for_vllm: bool = False, corpus: list[str] | None = None,
+                        vocab_size: int = 400, max_pixels: int = 224 * 224) -> Path:
     """A randomly initialised Qwen2.5-VL (hidden 64, 2 layers) with its processor, saved to `path`.
 
     `for_vllm`: twice as wide (hidden 128, vision 64) and saved in bfloat16, because vLLM's CPU attention
     needs a head size of at least 32 (4 heads of 32; mrope sections sum to half of it).
+    `corpus`: texts to train its BPE tokenizer on (default: the CoF prompts and a few replies).
     """
     import torch
     from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor,
@@ -56,11 +58,11 @@ def build_tiny_qwen25vl(path: Path, seed: int = 0, for_vllm: bool = False) -> Pa
     from mmcof_gen import cof_format
 
     path = Path(path)
-    corpus = [cof_format.SYSTEM_PROMPT, cof_format.FORMAT_SUFFIX, "<think> the text says </think> <answer> A </answer>",
+    corpus = corpus or [cof_format.SYSTEM_PROMPT, cof_format.FORMAT_SUFFIX, "<think> the text says </think> <answer> A </answer>",
               '<tool_call>\n{"name": "image_zoom_in_tool", "arguments": {"bbox_2d": [10, 20, 30, 40]}}\n</tool_call>',
               "Question: What does the small text in the bottom left part of the image say? 0123456789"] * 4
-    tokenizer = _tiny_tokenizer(corpus)
-    image_processor = Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=224 * 224, patch_size=14,
+    tokenizer = _tiny_tokenizer(corpus, vocab_size)
+    image_processor = Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=max_pixels, patch_size=14,
                                             temporal_patch_size=2, merge_size=2)
     processor = Qwen2_5_VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
                                     video_processor=Qwen2VLVideoProcessor(), chat_template=QWEN_CHAT_TEMPLATE)
