@@ -219,8 +219,9 @@ class ImageWorker:
                 return record.model_copy(update={"tasks": made.tasks, "rejected": made.rejected,
                                                  "calls": made.calls}), []
             hits = self.engine.read(image)
-            record.tasks = synthesize_text_tasks(hits, size, (width, height), unit.rel, sha, self.task_prompts,
-                                                 self.config.tasks)
+            record.tasks, record.rejected = synthesize_text_tasks(
+                hits, size, (width, height), unit.rel, sha, self.task_prompts, self.config.tasks,
+                lambda hit, line_height, unclip: self.engine.reread(image, hit.box, line_height, unclip))
             return record, []
         tasks: dict[str, Task] = {}
         problems = []
