@@ -164,7 +164,7 @@ class FilterConfig(Section):
     max_zooms: int = Field(5, ge=0, description="the CoF eval loop shows at most 6 images: the frame and 5 crops")
     reexecution: bool = Field(True, description="rebuild the frame and every crop with the crop function")
     min_evidence_overlap: float = Field(0.5, ge=0, le=1, description="fraction of a ground-truth box the last crop must cover")
-    duplicate: bool = Field(True, description="same image content + question + R is kept once")
+    duplicate: bool = Field(True, description="same frame pixels + question is kept once")
     exclude_file: Path | None = Field(None, description="contamination list: one image sha256, file name or stem per line")
     balance: bool = Field(False, description="down-sample to direct_fraction per (R, question type)")
     direct_fraction: float = Field(0.5, ge=0, le=1, description="target share of direct samples in each group")

@@ -22,7 +22,8 @@ from PIL import Image
 from mmcof_gen.agent.ocr_search import OcrSearchAgent, SearchResult
 from mmcof_gen.agent.search import Roles, VlmSearchAgent
 from mmcof_gen.config import PipelineConfig
-from mmcof_gen.imaging import ImageError, file_sha256, image_sha256, image_size, load_image, make_frame, validate_box
+from mmcof_gen.imaging import (ImageError, file_sha256, frame_size, image_sha256, image_size, load_image, make_frame,
+                              validate_box)
 from mmcof_gen.models.chat import chat_model
 from mmcof_gen.models.detect import Detector
 from mmcof_gen.models.ocr import OcrEngine
@@ -177,8 +178,19 @@ class ImageWorker:
 
     def _frames(self, unit: ImageUnit, tasks: list[Task],
                 done: set[str]) -> Iterator[tuple[int, list[Task], Image.Image | Exception]]:
-        """Each resolution with tasks still to do: its working frame, or why the frame could not be made."""
+        """Each resolution with tasks still to do: its working frame, or why the frame could not be made.
+
+        An image smaller than several budgets R has the same frame at each of them (same size, same pixels):
+        only the smallest of those R is searched, so no frame makes two samples of one question."""
+        sizes: set[tuple[int, int]] = set()
         for resolution in self.config.resolutions:
+            try:
+                size = frame_size(*image_size(unit.path, self.config.images.max_pixels), resolution)
+            except (ImageError, OSError):
+                size = None  # make_frame below says why
+            if size in sizes:
+                continue
+            sizes.add(size)
             pending = [t for t in tasks if trajectory_id(t.id, resolution) not in done]
             if not pending:
                 continue

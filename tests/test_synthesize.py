@@ -151,3 +151,11 @@ def test_two_workers_make_the_same_records_as_one(small_text_images, tmp_path):
 
     one, two = records(1), records(2)
     assert one == two and len(one) > 0
+
+
+def test_an_image_smaller_than_two_budgets_is_searched_once_at_the_smaller(small_text_images, tmp_path):
+    config = load_config()
+    config.resolutions = [1024, 1920]  # a 900x700 image: the same frame at both
+    synthesize(config, small_text_images, tmp_path / "run", limit=1)
+    trajectories = list(RunStore(tmp_path / "run").trajectories())
+    assert trajectories and {t.view.resolution for t in trajectories} == {1024}
