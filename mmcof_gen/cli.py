@@ -82,6 +82,7 @@ def synthesize(
         min=1, help="With --executor ray: images worked on at once over all workers (backpressure).")] = None,
 ) -> None:
     """Search each image for the regions its questions depend on and write verified chains."""
+    from mmcof_gen.stats import no_task_line
     from mmcof_gen.synthesize import synthesize as run
 
     pipeline = load_config(config)
@@ -107,6 +108,8 @@ def synthesize(
     stats = run(pipeline, images, out, questions=questions, limit=limit, coco=coco, source_kind=kind)
     typer.echo(f"{stats['accepted']} accepted ({stats['direct']} direct, {stats['zoom']} zoom), "
                f"{stats['rejected']} rejected, {stats['errors']} errors; results in {out}")
+    if stats["images_without_tasks"]:
+        typer.echo(no_task_line(stats))
 
 
 @app.command()
@@ -115,7 +118,7 @@ def stats(
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
 ) -> None:
     """Count tasks, accepted/rejected/error trajectories and direct/zoom samples, per resolution."""
-    from mmcof_gen.stats import run_stats
+    from mmcof_gen.stats import no_task_line, run_stats
 
     store = RunStore(run_dir)
     store.manifest()  # refuses a folder that is not a run
@@ -130,6 +133,10 @@ def stats(
         table.add_row(resolution, *(str(row[k]) for k in ("accepted", "direct", "zoom", "rejected", "errors")))
     table.add_row("all", *(str(numbers[k]) for k in ("accepted", "direct", "zoom", "rejected", "errors")))
     Console().print(table)
+    if numbers["images_without_tasks"]:
+        typer.echo(no_task_line(numbers))
+    if numbers["tasks_dropped"]:
+        typer.echo("tasks dropped at synthesis: " + ", ".join(f"{k} ({v})" for k, v in numbers["tasks_dropped"].items()))
     if numbers["rejection_reasons"]:
         typer.echo("rejections: " + ", ".join(f"{k} ({v})" for k, v in numbers["rejection_reasons"].items()))
     for role, use in numbers["models"].items():

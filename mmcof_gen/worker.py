@@ -85,7 +85,7 @@ class ImageWorker:
         roles = self.agent.roles
         models = {roles.planner, roles.reader, roles.locator, roles.judge, roles.summariser} - {None}
         if "task_writer" in self._parts:  # built: its writer may be a model of its own
-            models.add(self.task_writer.writer)
+            models |= {self.task_writer.writer, self.task_writer.second_reader, self.task_writer.small_reader} - {None}
         for model in models:
             self._on_loop(model.aclose()).result()
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -207,7 +207,9 @@ class ImageWorker:
 
         def build() -> TaskWriter:
             writer = chat_model(models.task_writer) if models.task_writer else roles.planner
-            return TaskWriter(writer, roles.reader, roles.detector, self.task_prompts, self.prompts, self.config)
+            second, small = (chat_model(m) if m else None for m in (models.second_reader, models.small_reader))
+            return TaskWriter(writer, roles.reader, roles.detector, self.task_prompts, self.prompts, self.config,
+                              second, small)
 
         return self._built("task_writer", build)
 
