@@ -32,7 +32,7 @@ from mmcof_gen.schema import (ErrorRecord, ImageTasks, Provenance, Task, Traject
                               trajectory_id)
 from mmcof_gen.tasks.sources import ImageUnit
 from mmcof_gen.tasks.synthesis import TaskWriter, task_prompts
-from mmcof_gen.tasks.text_questions import synthesize_text_tasks
+from mmcof_gen.tasks.text_questions import synthesize_text_tasks, word_gaps
 
 Record = ImageTasks | Trajectory | ErrorRecord
 
@@ -235,7 +235,8 @@ class ImageWorker:
             hits = self.engine.read(image)
             record.tasks, record.rejected = synthesize_text_tasks(
                 hits, size, (width, height), unit.rel, sha, self.task_prompts, self.config.tasks,
-                lambda hit, line_height, unclip: self.engine.reread(image, hit.box, line_height, unclip))
+                lambda hit, line_height, unclip: self.engine.reread(image, hit.box, line_height, unclip),
+                lambda hit: word_gaps(image, hit.box))
             return record, []
         tasks: dict[str, Task] = {}
         problems = []

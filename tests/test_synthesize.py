@@ -172,12 +172,14 @@ def _claims_hold(t, acuity: int) -> list[str]:
     reads = [s for s in t.steps if s.action == "read"]
     zooms = [s for s in t.steps if s.action == "zoom"]
 
-    def scale_of(read):  # the magnification of the crop a read step read (1 for the whole frame)
+    def seen(read):  # (box in frame pixels, reading, magnification) of each line a read step found
         if read.box is None:
-            return 1.0
+            return [(d.box, d.label, 1.0) for d in read.detections]
         zoom = next(z for z in zooms if z.box == read.box)
-        x1, _, x2, _ = zoom_region(read.box, W, H)
-        return int(zoom.observation.split()[1].split("x")[0]) / (x2 - x1)
+        size = tuple(int(v) for v in zoom.observation.split()[1].split("x"))
+        region = zoom_region(read.box, W, H)
+        return [(crop_to_frame(d.box, size, region), d.label, size[0] / (region[2] - region[0]))
+                for d in read.detections]
 
     failures = []
     thoughts = [step.thought for step in t.chain] + [t.final_thought]
@@ -201,13 +203,13 @@ def _claims_hold(t, acuity: int) -> list[str]:
         elif m := re.search(r"zoomed region shows a text line at \[(\d+), (\d+), (\d+), (\d+)\], (\d+) px tall in the "
                             r"zoomed view, still too small", thought):
             box, height = tuple(int(v) for v in m.groups()[:4]), int(m.group(5))
-            ok = height < acuity and any(d.box == box and round((box[3] - box[1]) * scale_of(r)) == height
-                                         for r in reads[1:] for d in r.detections)
+            ok = height < acuity and any(b == box and int((b[3] - b[1]) * k) == height
+                                         for r in reads[1:] for b, _, k in seen(r))
         elif m := re.search(r"In the zoomed view the text is (\d+) px tall and readable: it says \"(.*)\"", thought):
-            height, last = int(m.group(1)), reads[-1]
+            height = int(m.group(1))
             ok = m.group(2) == t.answer and height >= acuity and any(
-                round((d.box[3] - d.box[1]) * scale_of(last)) == height and verify_answer(d.label, t.answer).correct
-                for d in last.detections)
+                int((b[3] - b[1]) * k) == height and verify_answer(label, t.answer).correct
+                for b, label, k in seen(reads[-1]))
         else:
             ok = False  # a thought this check does not know makes claims nobody checked
         if not ok:

@@ -1,14 +1,16 @@
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
 from mmcof_gen.config import DEFAULT_CONFIG, TextTasksConfig, load_config
 from mmcof_gen.models.ocr import TextHit, merge_lines
 from mmcof_gen.schema import RejectedTask
 from mmcof_gen.tasks.synthesis import task_prompts
-from mmcof_gen.tasks.text_questions import synthesize_text_tasks
+from mmcof_gen.tasks.text_questions import synthesize_text_tasks, word_gaps
 
 PROMPTS = task_prompts(load_config(DEFAULT_CONFIG))
 
 
-def _synthesize(hits, read_again, size=(3000, 2000), original=(6000, 4000)):
-    return synthesize_text_tasks(hits, size, original, "a.jpg", "sha", PROMPTS, TextTasksConfig(), read_again)
+def _synthesize(hits, read_again, size=(3000, 2000), original=(6000, 4000), gaps=lambda hit: hit.text.count(" ")):
+    return synthesize_text_tasks(hits, size, original, "a.jpg", "sha", PROMPTS, TextTasksConfig(), read_again, gaps)
 
 
 def _tasks(hits, size=(3000, 2000), original=(6000, 4000)):
@@ -52,7 +54,7 @@ def test_ground_truth_is_the_tight_crop_reading_when_a_second_reading_agrees_els
         return readings[(height, unclip)][hit.text]
 
     hits = [TextHit((200, 1700, 300, 1730), "GATE85", 0.97), TextHit((2200, 100, 2300, 130), "WEST23", 0.98)]
-    tasks, rejected = _synthesize(hits, read_again)
+    tasks, rejected = _synthesize(hits, read_again, gaps=lambda hit: 1)
     assert [(t.answer, t.position) for t in tasks] == [("GATE 85", "bottom left")]
     assert rejected == [RejectedTask(
         object="WEST23", box=(4400, 200, 4600, 260),
@@ -69,3 +71,34 @@ def test_words_boxed_apart_on_one_line_are_one_hit_with_their_space():
     assert merge_lines(hits) == [
         TextHit((21, 17, 359, 96), "TOWER J5", 0.98), TextHit((600, 20, 700, 90), "EXIT", 0.97),
         TextHit((30, 300, 180, 340), "GATE 7", 0.9), TextHit((190, 300, 230, 340), "甲", 0.6)]
+
+
+def test_a_reading_whose_spaces_the_pixels_do_not_show_is_dropped():
+    hits = [TextHit((200, 1700, 300, 1730), "GATE85", 0.97), TextHit((2200, 100, 2300, 130), "TOWERJ5", 0.98)]
+    tasks, rejected = _synthesize(hits, lambda hit, height, unclip: hit.text,
+                                  gaps=lambda hit: {"GATE85": 1, "TOWERJ5": None}[hit.text])
+    assert tasks == []
+    assert [r.reason for r in rejected] == [
+        "readings disagree: 'GATE85' has 0 space(s), its pixels 1 word gap(s)",
+        "readings disagree: the letters of 'TOWERJ5' cannot be told apart in its pixels"]
+
+
+def _line(text: str, size: int = 40, blur: float = 0) -> tuple[Image.Image, tuple]:
+    """A dark line on a light plate, and its box as OCR draws it: the ink and a third of its height around."""
+    image = Image.new("RGB", (600, 120), (236, 232, 220))
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default(size=size)
+    x1, y1, x2, y2 = draw.textbbox((40, 40), text, font=font)
+    margin = (y2 - y1) // 3
+    draw.line((0, y1 - margin + 2, 600, y1 - margin + 2), fill=(70, 70, 75), width=3)  # the plate's edge
+    draw.text((40, 40), text, fill=(25, 25, 30), font=font)
+    image = image.filter(ImageFilter.GaussianBlur(blur)) if blur else image
+    return image, (x1 - margin, y1 - margin, x2 + margin, y2 + margin)
+
+
+def test_word_gaps_counts_the_spaces_the_pixels_show_and_none_when_letters_merge():
+    assert word_gaps(*_line("GATE 85")) == 1
+    assert word_gaps(*_line("GATE85")) == 0
+    assert word_gaps(*_line("AISLE F9 EAST")) == 2
+    assert word_gaps(*_line("TOWER J5", blur=6)) is None
+    assert word_gaps(Image.new("RGB", (100, 40), (200, 200, 200)), (0, 0, 100, 40)) is None  # no contrast

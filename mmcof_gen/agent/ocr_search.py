@@ -130,7 +130,7 @@ class OcrSearchAgent:
                 verdict = verify_answer(best.text if best else None, task.answer)
                 result.steps[-1].observation += f"; verifier: {verdict.reason}"
                 if verdict.correct:
-                    shown = round(_height(best) * scale)
+                    shown = int(_height(best) * scale)  # floored: on the same side of the acuity as h * scale
                     break
                 candidates = [(hit, scale) for hit in self._too_small(found, scale)]
                 continue
@@ -143,10 +143,10 @@ class OcrSearchAgent:
             verdict = verify_answer(best.text if best else None, task.answer)
             result.steps[-1].observation += f"; verifier: {verdict.reason}"
             if verdict.correct:
-                shown = round(_height(best) * scale)
+                shown = int(_height(best) * scale)  # floored: on the same side of the acuity as h * scale
                 if kept:
                     thought = self.prompts.render("think_refine_target", box=list(candidate.box), acuity=acuity,
-                                                  height=round(_height(candidate) * seen_at))
+                                                  height=int(_height(candidate) * seen_at))
                 else:
                     thought = self.prompts.render("think_zoom_target", position=position, box=list(candidate.box),
                                                   height=_height(candidate), acuity=acuity)

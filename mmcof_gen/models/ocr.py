@@ -6,6 +6,7 @@ This is what lets the offline default pipeline make real, verified chains with n
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 
 from PIL import Image
@@ -51,6 +52,7 @@ class OcrEngine:
         self.tile_size = tile_size
         self.tile_overlap = tile_overlap
         self.min_score = min_score
+        self._lock = threading.Lock()
         self._engine = RapidOCR(intra_op_num_threads=threads or -1, inter_op_num_threads=threads or -1)
 
     @property
@@ -90,9 +92,11 @@ class OcrEngine:
         return max(hits, key=lambda h: (h.box[2] - h.box[0]) * (h.box[3] - h.box[1])).text
 
     def _read_tile(self, tile: Image.Image, unclip: float = UNCLIP) -> list[TextHit]:
-        # its 180-degree classifier flips upright signs; the detector settings are given on every call
-        # because RapidOCR keeps those of the last call
-        result, _ = self._engine(tile, use_cls=False, unclip_ratio=unclip, box_thresh=0.5, text_score=self.min_score)
+        # its 180-degree classifier flips upright signs; the detector settings are given on every call because
+        # RapidOCR keeps those of the last call, under a lock because a Ray actor's threads share this engine
+        with self._lock:
+            result, _ = self._engine(tile, use_cls=False, unclip_ratio=unclip, box_thresh=0.5,
+                                     text_score=self.min_score)
         hits = []
         for quad, text, score in result or []:
             xs, ys = [p[0] for p in quad], [p[1] for p in quad]

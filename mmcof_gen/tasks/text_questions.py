@@ -3,12 +3,16 @@
 A text makes a question when it is read confidently, is small relative to the image, and is the only
 text in its grid cell, so "the small text in the bottom left part" names it without giving it away.
 Its ground truth is kept only when two independent readings of the line agree exactly, spaces and
-digits included (`READINGS`); a disagreement drops the question with both readings as the reason.
+digits included (`READINGS`), and the line's pixels show as many word gaps as the reading has spaces
+(`word_gaps`); a disagreement drops the question with the readings as the reason.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+
+import numpy as np
+from PIL import Image
 
 from mmcof_gen.agent.verify import normalize_text
 from mmcof_gen.config import TextTasksConfig
@@ -25,6 +29,36 @@ from mmcof_gen.schema import RejectedTask, Task, task_id
 READINGS = ((64, 0.9), (44, 1.2))
 
 ReadAgain = Callable[[TextHit, int, float], "str | None"]
+WORD_GAP = 0.3  # a blank run of columns at least this share of the ink height separates words
+
+
+def word_gaps(image: Image.Image, box) -> int | None:
+    """Word gaps that the line's own pixels show: runs of blank columns between its ink at least WORD_GAP of
+    the ink height wide. None when the letters cannot be told apart (fewer blank runs than half the ink's
+    width in ink heights, e.g. text too blurred) or there is no contrast. PP-OCR drops spaces, also wide ones: this
+    counts them without it (on the benchmark's first scenes: the one space of each of the 6 two-word lines,
+    also of those OCR read as "WEST23", "AISLEF9" and "GATE85"; None for a 12-px "TOWER J5")."""
+    grey = np.asarray(image.crop(tuple(box)).convert("L"), dtype=np.float32)
+    low, high = np.percentile(grey, 5), np.percentile(grey, 95)
+    if high - low < 40:
+        return None
+    ink = grey < (low + high) / 2
+    ink[ink.mean(axis=1) > 0.6] = False  # plate edges and rules run across the line: not letters
+    rows = ink.sum(axis=1)
+    columns = np.flatnonzero(ink.any(axis=0))
+    if not rows.any() or len(columns) < 2:
+        return None
+    ink_height = int((rows > 0.15 * rows.max()).sum())
+    runs, start = [], None
+    for x in range(columns[0], columns[-1] + 1):
+        if not ink[:, x].any():
+            start = x if start is None else start
+        elif start is not None:
+            runs.append(x - start)
+            start = None
+    if len(runs) < (columns[-1] - columns[0]) / ink_height / 2:
+        return None
+    return sum(run >= WORD_GAP * ink_height for run in runs)
 
 
 def spelled(text: str | None) -> str:
@@ -41,10 +75,12 @@ def synthesize_text_tasks(
     prompts: Prompts,
     config: TextTasksConfig,
     read_again: ReadAgain,
+    gaps: Callable[[TextHit], int | None],
 ) -> tuple[list[Task], list[RejectedTask]]:
     """Tasks for one image from all text read at `truth_size`, and the candidates dropped because their
     readings disagree; ground truth boxes in original pixels. `read_again(hit, line_height, unclip)` reads
-    the hit's line from its own tight crop (OcrEngine.reread on the image at truth size)."""
+    the hit's line from its own tight crop (OcrEngine.reread), `gaps(hit)` counts its word gaps (`word_gaps`),
+    both on the image at truth size."""
     width, height = truth_size
     hits = [hit for hit in hits if normalize_text(hit.text)]  # stray marks read as symbols name nothing
     occupancy: dict[tuple[int, int], int] = {}
@@ -76,9 +112,15 @@ def synthesize_text_tasks(
         (height_a, unclip_a), (height_b, unclip_b) = READINGS
         first, second = read_again(hit, height_a, unclip_a), read_again(hit, height_b, unclip_b)
         if not spelled(first) or spelled(first) != spelled(second):
-            rejected.append(RejectedTask(
-                object=hit.text, box=box, question=question,
-                reason=f"readings disagree: {first!r} (line {height_a} px tall) vs {second!r} ({height_b} px)"))
+            reason = f"readings disagree: {first!r} (line {height_a} px tall) vs {second!r} ({height_b} px)"
+        elif (seen := gaps(hit)) is None:
+            reason = f"readings disagree: the letters of {first!r} cannot be told apart in its pixels"
+        elif seen != spelled(first).count(" "):
+            reason = f"readings disagree: {first!r} has {spelled(first).count(' ')} space(s), its pixels {seen} word gap(s)"
+        else:
+            reason = None
+        if reason:
+            rejected.append(RejectedTask(object=hit.text, box=box, question=question, reason=reason))
             continue
         tasks.append(Task(
             id=task_id(image_sha256, question), image=image, image_sha256=image_sha256, question=question,
