@@ -6,7 +6,7 @@ from collections import Counter
 from collections.abc import Iterable
 
 from mmcof_gen.schema import ImageTasks, ModelCall
-from mmcof_gen.store import RunStore
+from mmcof_gen.store import RunStore, StoreError
 
 NO_TEXT = "no small legible text: the default pipeline asks about text; for objects use tasks.kind vlm"
 NO_OBJECT = "no small object proposed"
@@ -46,7 +46,7 @@ def run_stats(store: RunStore) -> dict:
             per_resolution.setdefault(error.resolution, Counter())["errors"] += 1
     images = list(store.image_tasks())
     _count_calls(usage, (call for image in images for call in image.calls))  # task synthesis (tasks.kind vlm)
-    tasks_kind = store.manifest().get("config", {}).get("tasks", {}).get("kind", "ocr")
+    tasks_kind = _tasks_kind(store)
     no_task = Counter(no_task_reason(image, tasks_kind) for image in images if not image.tasks)
     dropped = Counter(r.reason.split(":")[0] for image in images for r in image.rejected)
     keys = ("accepted", "rejected", "errors", "direct", "zoom")
@@ -75,6 +75,15 @@ def _count_calls(usage: dict[str, Counter], calls: Iterable[ModelCall]) -> None:
         usage.setdefault(call.role, Counter()).update(
             calls=1, prompt_tokens=call.prompt_tokens, completion_tokens=call.completion_tokens, retries=call.retries,
             cost_usd=call.cost_usd, gpu_seconds=call.gpu_seconds, seconds=call.seconds)
+
+
+def _tasks_kind(store: RunStore) -> str:
+    """tasks.kind of the run; a filtered folder is counted before its manifest is written: its tasks say."""
+    try:
+        return store.manifest()["config"]["tasks"]["kind"]
+    except (StoreError, KeyError):
+        sources = {task.source for image in store.image_tasks() for task in image.tasks}
+        return "vlm" if "vlm-synthesis" in sources else "ocr"
 
 
 def no_task_line(stats: dict) -> str:
