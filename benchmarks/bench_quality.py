@@ -110,6 +110,10 @@ def measure(run: Path, truth: dict[str, list[dict]]) -> dict:
     }
 
 
+def distinct(items: list[str]) -> list[str]:
+    return sorted(set(items))
+
+
 def share(part: int, whole: int) -> str:
     return f"{part}/{whole} = {part / whole:.1%}" if whole else "n/a (0)"
 
@@ -136,8 +140,8 @@ def main() -> None:
           f"R={config.resolutions}; {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.node()}, "
           f"{seconds:.0f} s")
     print(f"  signs asked about          {share(m['asked'], m['signs'])}")
-    print(f"  ground truth exact         {share(m['truth_exact'], m['asked'])}  wrong: {m['wrong_truth']}")
-    print(f"  accepted-answer precision  {share(m['correct'], m['accepted'])}  wrong: {m['wrong_answers']}")
+    print(f"  ground truth exact         {share(m['truth_exact'], m['asked'])}  wrong: {distinct(m['wrong_truth'])}")
+    print(f"  accepted-answer precision  {share(m['correct'], m['accepted'])}  wrong: {distinct(m['wrong_answers'])}")
     print(f"  localisation (>= 1/2 box)  {share(m['located'], m['zoom_samples'])}")
     print(f"  zoom rate per R            {m['zoom_rate']}")
     print(f"  actions per accepted       {m['actions'] / max(1, m['accepted']):.2f}")
