@@ -74,13 +74,15 @@ def test_words_boxed_apart_on_one_line_are_one_hit_with_their_space():
 
 
 def test_a_reading_whose_spaces_the_pixels_do_not_show_is_dropped():
-    hits = [TextHit((200, 1700, 300, 1730), "GATE85", 0.97), TextHit((2200, 100, 2300, 130), "TOWERJ5", 0.98)]
-    tasks, rejected = _synthesize(hits, lambda hit, height, unclip: hit.text,
-                                  gaps=lambda hit: {"GATE85": (1, 2), "TOWERJ5": None}[hit.text])
+    hits = [TextHit((200, 1700, 300, 1730), "GATE85", 0.97), TextHit((2200, 100, 2300, 130), "TOWERJ5", 0.98),
+            TextHit((200, 100, 400, 130), "PLATFORM 54", 0.96)]
+    tasks, rejected = _synthesize(hits, lambda hit, height, unclip: {"PLATFORM 54": "PLATFORM5 54"}.get(hit.text, hit.text),
+                                  gaps=lambda hit: {"GATE85": (1, 2), "TOWERJ5": None}.get(hit.text, (1, 1)))
     assert tasks == []
     assert [r.reason for r in rejected] == [
         "readings disagree: 'GATE85' has 0 space(s), its pixels 1 to 2 word gap(s)",
-        "readings disagree: the letters of 'TOWERJ5' cannot be told apart in its pixels"]
+        "readings disagree: the letters of 'TOWERJ5' cannot be told apart in its pixels",
+        "readings disagree: 'PLATFORM5 54' (line 64 and 44 px tall) vs 'PLATFORM 54' (whole image)"]
 
 
 def _line(text: str, size: int = 40, blur: float = 0) -> tuple[Image.Image, tuple]:

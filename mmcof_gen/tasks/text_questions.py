@@ -3,8 +3,9 @@
 A text makes a question when it is read confidently, is small relative to the image, and is the only
 text in its grid cell, so "the small text in the bottom left part" names it without giving it away.
 Its ground truth is kept only when two independent readings of the line agree exactly, spaces and
-digits included (`READINGS`), and the line's pixels show as many word gaps as the reading has spaces
-(`word_gaps`); a disagreement drops the question with the readings as the reason.
+digits included (`READINGS`), their letters and digits are those of the whole-image reading, and the
+line's pixels show as many word gaps as the reading has spaces (`word_gaps`); a disagreement drops the
+question with the readings as the reason.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ def word_gaps(image: Image.Image, box) -> tuple[int, int] | None:
         return None
     ink = grey < (low + high) / 2
     ink[ink.mean(axis=1) > 0.6] = False  # plate edges and rules run across the line: not letters
+    ink[:, ink.mean(axis=0) > 0.8] = False  # nor up the box (a letter fills at most its ink height)
     rows = ink.sum(axis=1)
     columns = np.flatnonzero(ink.any(axis=0))
     if not rows.any() or len(columns) < 2:
@@ -119,6 +121,8 @@ def synthesize_text_tasks(
         first, second = read_again(hit, height_a, unclip_a), read_again(hit, height_b, unclip_b)
         if not spelled(first) or spelled(first) != spelled(second):
             reason = f"readings disagree: {first!r} (line {height_a} px tall) vs {second!r} ({height_b} px)"
+        elif normalize_text(first) != reading:  # the whole-image reading drops spaces, but its letters count
+            reason = f"readings disagree: {first!r} (line {height_a} and {height_b} px tall) vs {hit.text!r} (whole image)"
         elif (seen := gaps(hit)) is None:
             reason = f"readings disagree: the letters of {first!r} cannot be told apart in its pixels"
         elif not seen[0] <= spelled(first).count(" ") <= seen[1]:
