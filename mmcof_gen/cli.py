@@ -106,6 +106,7 @@ def synthesize(
                             "the same files).")] = False,
 ) -> None:
     """Search each image for the regions its questions depend on and write verified chains."""
+    from mmcof_gen.stats import no_task_line
     from mmcof_gen.synthesize import synthesize as run
 
     pipeline = load_config(config)
@@ -133,9 +134,13 @@ def synthesize(
                 relocated=relocated)
     typer.echo(f"{stats['accepted']} accepted ({stats['direct']} direct, {stats['zoom']} zoom), "
                f"{stats['rejected']} rejected, {_errors(stats)}; results in {out}")
+    if stats["images_without_tasks"]:
+        typer.echo(no_task_line(stats))
     if stats["accepted"] + stats["rejected"] == 0:
         if stats["images"] + stats["image_errors"] + stats["skipped"] == 0:
             raise NothingMade(f"synthesize: no image in {images} (searched recursively); nothing was made")
+        if stats["tasks"] == 0 and stats["images_without_tasks"]:
+            raise NothingMade("synthesize: no image gave a task (why: the line above); nothing was made")
         raise NothingMade(f"synthesize: no trajectory was made ({stats['images']} images, {stats['tasks']} tasks, "
                           f"{_errors(stats)}); the reasons are in {out}/errors*.jsonl")
 
@@ -152,7 +157,7 @@ def stats(
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
 ) -> None:
     """Count tasks, accepted/rejected/error trajectories and direct/zoom samples, per resolution."""
-    from mmcof_gen.stats import run_stats
+    from mmcof_gen.stats import no_task_line, run_stats
 
     store = RunStore(run_dir)
     store.manifest()  # refuses a folder that is not a run
@@ -168,6 +173,10 @@ def stats(
     table.add_row("all", *(str(numbers[k]) for k in ("accepted", "direct", "zoom", "rejected", "errors")))
     Console().print(table)
     typer.echo(_errors(numbers))
+    if numbers["images_without_tasks"]:
+        typer.echo(no_task_line(numbers))
+    if numbers["tasks_dropped"]:
+        typer.echo("tasks dropped at synthesis: " + ", ".join(f"{k} ({v})" for k, v in numbers["tasks_dropped"].items()))
     if numbers["rejection_reasons"]:
         typer.echo("rejections: " + ", ".join(f"{k} ({v})" for k, v in numbers["rejection_reasons"].items()))
     for role, use in numbers["models"].items():

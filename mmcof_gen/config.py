@@ -119,6 +119,33 @@ class ModelsConfig(Section):
     summariser: ChatModelConfig | None = Field(None, description="writes the chain's thoughts; none: templates")
     task_writer: ChatModelConfig | None = Field(None, description="tasks.kind vlm: proposes objects, describes crops, "
                                                                   "writes questions; default: the planner")
+    second_reader: ChatModelConfig | None = Field(None, description="verify.consistency: a second model whose "
+                                                                    "answers on the crop join the reader's votes")
+    small_reader: ChatModelConfig | None = Field(None, description="verify.difficulty: the small model that must not "
+                                                                   "answer a question from the whole frame")
+
+
+class ConsistencyConfig(Section):
+    """tasks.kind vlm: a written question is kept only when the readers agree on its answer from the tight crop."""
+
+    samples: int = Field(8, ge=1, description="answers of the reader (and as many of models.second_reader) on the crop")
+    temperature: float = Field(0.7, gt=0, le=2, description="sampling temperature of those answers")
+    min_agreement: float = Field(0.75, gt=0, le=1, description="share of all answers the majority must reach")
+
+
+class DifficultyConfig(Section):
+    """tasks.kind vlm: a question that models.small_reader answers from the whole frame (largest R) is too easy."""
+
+    tries: int = Field(4, ge=1, description="answers of the small model on the whole frame")
+    too_easy: int = Field(2, ge=1, description="this many correct answers drop the question")
+    temperature: float = Field(0.7, ge=0, le=2)
+
+
+class VerifyConfig(Section):
+    """Extra checks of synthesised tasks (tasks.kind vlm); each off when none."""
+
+    consistency: ConsistencyConfig | None = None
+    difficulty: DifficultyConfig | None = None
 
 
 class ExecutorConfig(Section):
@@ -167,7 +194,7 @@ class FilterConfig(Section):
     max_zooms: int = Field(5, ge=0, description="the CoF eval loop shows at most 6 images: the frame and 5 crops")
     reexecution: bool = Field(True, description="rebuild the frame and every crop with the crop function")
     min_evidence_overlap: float = Field(0.5, ge=0, le=1, description="fraction of a ground-truth box the last crop must cover")
-    duplicate: bool = Field(True, description="same image content + question + R is kept once")
+    duplicate: bool = Field(True, description="same frame pixels + question is kept once")
     exclude_file: Path | None = Field(None, description="contamination list: one image sha256, file name or stem per line")
     balance: bool = Field(False, description="down-sample to direct_fraction per (R, question type)")
     direct_fraction: float = Field(0.5, ge=0, le=1, description="target share of direct samples in each group")
@@ -185,6 +212,7 @@ class PipelineConfig(Section):
     agent: AgentConfig = Field(default_factory=AgentConfig)
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
     models: ModelsConfig = Field(default_factory=ModelsConfig)
+    verify: VerifyConfig = Field(default_factory=VerifyConfig)
     filter: FilterConfig = Field(default_factory=FilterConfig)
 
     @field_validator("resolutions")
@@ -199,6 +227,8 @@ class PipelineConfig(Section):
                              "`mmcof-gen pipelines --show vllm-qwen2.5-vl`")
         if self.tasks.kind == "vlm" and self.agent.kind != "vlm":
             raise ValueError("tasks.kind vlm synthesises with the model roles: it needs agent.kind vlm")
+        if self.verify.difficulty is not None and self.models.small_reader is None:
+            raise ValueError("verify.difficulty needs models.small_reader (a ChatModelConfig of the small model)")
         if self.prompts_dir is None:
             self.prompts_dir = resources.prompts("agent" if self.agent.kind == "vlm" else "template")
         return self

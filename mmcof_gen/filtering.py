@@ -162,13 +162,14 @@ def reexecute(min_evidence_overlap: float, frames: FrameSource, trajectory: Traj
 
 
 def duplicate_rule() -> Rule:
-    seen: dict[tuple[str, str, int], str] = {}
+    """One sample per (frame, question): R budgets above an image's size give the same frame."""
+    seen: dict[tuple[str, str], str] = {}
 
     def check(trajectory: Trajectory) -> str | None:
         question = " ".join(trajectory.task.question.lower().split())
-        key = (trajectory.task.image_sha256, question, trajectory.view.resolution)
+        key = (trajectory.view.frame_sha256, question)
         if key in seen:
-            return f"duplicate of {seen[key]} (same image content, question and R)"
+            return f"duplicate of {seen[key]} (same frame pixels and question)"
         seen[key] = trajectory.id
         return None
     return check

@@ -49,6 +49,10 @@ class Task(BaseModel):
     source: str
     question_type: str
     position: str | None = Field(default=None, description="where the question points, e.g. 'bottom left'")
+    agreement: float | None = Field(default=None, description="verify.consistency: share of the crop answers "
+                                                               "that gave the answer")
+    easy_tries: tuple[int, int] | None = Field(default=None, description="verify.difficulty: (correct, tries) of the "
+                                                                           "small model on the whole frame")
 
 
 class View(BaseModel):

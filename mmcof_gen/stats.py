@@ -5,13 +5,25 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 
-from mmcof_gen.schema import ModelCall
-from mmcof_gen.store import RunStore
+from mmcof_gen.schema import ImageTasks, ModelCall
+from mmcof_gen.store import RunStore, StoreError
+
+NO_TEXT = "no small legible text: the default pipeline asks about text; for objects use tasks.kind vlm"
+NO_OBJECT = "no small object proposed"
+
+
+def no_task_reason(image: ImageTasks, tasks_kind: str) -> str:
+    """Why an image gave no task: the first dropped proposal's reason (up to its colon), or what was not found."""
+    if image.rejected:
+        return image.rejected[0].reason.split(":")[0]
+    return NO_OBJECT if tasks_kind == "vlm" else NO_TEXT
 
 
 def run_stats(store: RunStore) -> dict:
-    """`tasks, accepted, rejected, errors (transient_errors of them retried on resume), direct, zoom`, per resolution, the common rejection reasons, and per
-    model role the calls, tokens, retries, cost (USD) and GPU-seconds recorded in the trajectories' steps."""
+    """`tasks, accepted, rejected, errors (transient_errors of them retried on resume), direct, zoom`, per
+    resolution, the common rejection reasons, the images that gave no task and why, the tasks dropped at
+    synthesis and why, and per model role the calls, tokens, retries, cost (USD) and GPU-seconds recorded in
+    the trajectories' steps."""
     per_resolution: dict[int, Counter] = {}
     totals: Counter = Counter()
     zooms: Counter = Counter()
@@ -35,11 +47,16 @@ def run_stats(store: RunStore) -> dict:
             per_resolution.setdefault(error.resolution, Counter())["errors"] += 1
     images = list(store.image_tasks())
     _count_calls(usage, (call for image in images for call in image.calls))  # task synthesis (tasks.kind vlm)
+    tasks_kind = _tasks_kind(store)
+    no_task = Counter(no_task_reason(image, tasks_kind) for image in images if not image.tasks)
+    dropped = Counter(r.reason.split(":")[0] for image in images for r in image.rejected)
     keys = ("accepted", "rejected", "errors", "direct", "zoom")
     return {
         "images": len(images),
         "image_errors": sum(e.stage == "image" for e in errors),
         "tasks": sum(len(i.tasks) for i in images),
+        "images_without_tasks": dict(no_task.most_common()),
+        "tasks_dropped": dict(dropped.most_common(10)),
         "accepted": totals["accepted"],
         "rejected": totals["rejected"],
         "errors": sum(e.stage != "skipped" for e in errors),
@@ -60,3 +77,18 @@ def _count_calls(usage: dict[str, Counter], calls: Iterable[ModelCall]) -> None:
         usage.setdefault(call.role, Counter()).update(
             calls=1, prompt_tokens=call.prompt_tokens, completion_tokens=call.completion_tokens, retries=call.retries,
             cost_usd=call.cost_usd, gpu_seconds=call.gpu_seconds, seconds=call.seconds)
+
+
+def _tasks_kind(store: RunStore) -> str:
+    """tasks.kind of the run; a filtered folder is counted before its manifest is written: its tasks say."""
+    try:
+        return store.manifest()["config"]["tasks"]["kind"]
+    except (StoreError, KeyError):
+        sources = {task.source for image in store.image_tasks() for task in image.tasks}
+        return "vlm" if "vlm-synthesis" in sources else "ocr"
+
+
+def no_task_line(stats: dict) -> str:
+    """The end-of-run line on images that gave no task, e.g. "3 images gave no task: no small legible text..."."""
+    reasons = stats["images_without_tasks"]
+    return f"{sum(reasons.values())} image(s) gave no task: " + "; ".join(f"{k} ({v})" for k, v in reasons.items())

@@ -22,7 +22,8 @@ from PIL import Image
 from mmcof_gen.agent.ocr_search import OcrSearchAgent, SearchResult
 from mmcof_gen.agent.search import Roles, VlmSearchAgent
 from mmcof_gen.config import PipelineConfig
-from mmcof_gen.imaging import ImageError, file_sha256, image_sha256, image_size, load_image, make_frame, validate_box
+from mmcof_gen.imaging import (ImageError, file_sha256, frame_size, image_sha256, image_size, load_image, make_frame,
+                               validate_box)
 from mmcof_gen.models.chat import ServerLimitError, chat_model
 from mmcof_gen.models.detect import Detector
 from mmcof_gen.models.ocr import OcrEngine
@@ -31,7 +32,7 @@ from mmcof_gen.schema import (ErrorRecord, ImageTasks, Provenance, Task, Traject
                               trajectory_id)
 from mmcof_gen.tasks.sources import ImageUnit
 from mmcof_gen.tasks.synthesis import TaskWriter, task_prompts
-from mmcof_gen.tasks.text_questions import synthesize_text_tasks
+from mmcof_gen.tasks.text_questions import synthesize_text_tasks, word_gaps
 
 Record = ImageTasks | Trajectory | ErrorRecord
 
@@ -84,7 +85,7 @@ class ImageWorker:
         roles = self.agent.roles
         models = {roles.planner, roles.reader, roles.locator, roles.judge, roles.summariser} - {None}
         if "task_writer" in self._parts:  # built: its writer may be a model of its own
-            models.add(self.task_writer.writer)
+            models |= {self.task_writer.writer, self.task_writer.second_reader, self.task_writer.small_reader} - {None}
         for model in models:
             self._on_loop(model.aclose()).result()
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -179,8 +180,19 @@ class ImageWorker:
 
     def _frames(self, unit: ImageUnit, tasks: list[Task],
                 done: set[str]) -> Iterator[tuple[int, list[Task], Image.Image | Exception]]:
-        """Each resolution with tasks still to do: its working frame, or why the frame could not be made."""
+        """Each resolution with tasks still to do: its working frame, or why the frame could not be made.
+
+        An image smaller than several budgets R has the same frame at each of them (same size, same pixels):
+        only the smallest of those R is searched, so no frame makes two samples of one question."""
+        sizes: set[tuple[int, int]] = set()
         for resolution in self.config.resolutions:
+            try:
+                size = frame_size(*image_size(unit.path, self.config.images.max_pixels), resolution)
+            except (ImageError, OSError):
+                size = None  # make_frame below says why
+            if size in sizes:
+                continue
+            sizes.add(size)
             pending = [t for t in tasks if trajectory_id(t.id, resolution) not in done]
             if not pending:
                 continue
@@ -197,7 +209,9 @@ class ImageWorker:
 
         def build() -> TaskWriter:
             writer = chat_model(models.task_writer) if models.task_writer else roles.planner
-            return TaskWriter(writer, roles.reader, roles.detector, self.task_prompts, self.prompts, self.config)
+            second, small = (chat_model(m) if m else None for m in (models.second_reader, models.small_reader))
+            return TaskWriter(writer, roles.reader, roles.detector, self.task_prompts, self.prompts, self.config,
+                              second, small)
 
         return self._built("task_writer", build)
 
@@ -223,8 +237,10 @@ class ImageWorker:
                 return record.model_copy(update={"tasks": made.tasks, "rejected": made.rejected,
                                                  "calls": made.calls}), []
             hits = self.engine.read(image)
-            record.tasks = synthesize_text_tasks(hits, size, (width, height), unit.rel, sha, self.task_prompts,
-                                                 self.config.tasks)
+            record.tasks, record.rejected = synthesize_text_tasks(
+                hits, size, (width, height), unit.rel, sha, self.task_prompts, self.config.tasks,
+                lambda hit, line_height, unclip: self.engine.reread(image, hit.box, line_height, unclip),
+                lambda hit: word_gaps(image, hit.box))
             return record, []
         tasks: dict[str, Task] = {}
         problems = []

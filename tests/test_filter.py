@@ -41,7 +41,7 @@ def test_filter_drops_exactly_the_planted_bad_records_with_their_reasons(tmp_pat
         (outside.id, "box_validity", "zoom 1 box [400, 400, 460, 440] is invalid in the 448x448 frame: "
                                      "box [400, 400, 460, 440] is outside the 448x448 image "
                                      "(x must be within 0..448, y within 0..448)"),
-        (duplicate.id, "duplicate", f"duplicate of {good[0].id} (same image content, question and R)"),
+        (duplicate.id, "duplicate", f"duplicate of {good[0].id} (same frame pixels and question)"),
         (excluded.id, "contamination", "image sa_000123.png is on the exclusion list (as 'sa_000123')"),
     }
     assert (report["total"], report["kept"]) == (7, 3)
@@ -51,6 +51,16 @@ def test_filter_drops_exactly_the_planted_bad_records_with_their_reasons(tmp_pat
     manifest = json.loads((tmp_path / "kept" / "manifest.json").read_text())
     assert manifest["filter"]["kept"] == 3 and manifest["counts"]["accepted"] == 3
     assert json.loads((tmp_path / "kept" / "filter_report.json").read_text())["dropped"] == 4
+
+
+def test_duplicate_keys_on_the_frame_so_one_image_smaller_than_two_budgets_makes_one_sample(tmp_path, images):
+    write_noise_image(images / "c.png", (300, 300), seed=4)  # the same 308x308 frame at R=448 and R=672
+    small = [make_trajectory(images, "c.png", r, boxes=[(10, 10, 100, 100)]) for r in (448, 672)]
+    large = [make_trajectory(images, "a.png", r, boxes=[(10, 10, 100, 100)]) for r in (448, 672)]
+    assert small[0].view.frame_sha256 == small[1].view.frame_sha256
+    run = write_run(tmp_path / "run", images, [*small, *large])
+    report = filter_run(run, tmp_path / "kept", FilterConfig())
+    assert dropped(report) == {(small[1].id, "duplicate", f"duplicate of {small[0].id} (same frame pixels and question)")}
 
 
 def test_verified_box_size_and_chain_length_rules_give_their_reasons(tmp_path, images):

@@ -3,6 +3,7 @@ hostile files (resume after SIGKILL: tests/reliability/test_kill_resume.py)."""
 
 import io
 import json
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -16,9 +17,12 @@ from mmcof_gen.agent.verify import verify_answer
 from mmcof_gen.config import load_config
 from mmcof_gen.imaging import crop_to_frame, crop_zoom, image_sha256, make_frame, zoom_region
 from mmcof_gen.models.ocr import OcrEngine
+from mmcof_gen.positions import cell_box, cell_named
 from mmcof_gen.scenes import generate_scenes
+from mmcof_gen.stats import NO_TEXT, run_stats
 from mmcof_gen.store import RunStore
 from mmcof_gen.synthesize import synthesize
+from tests.support.runs import write_noise_image
 
 CLI = [sys.executable, "-m", "mmcof_gen.cli"]
 
@@ -151,3 +155,93 @@ def test_two_workers_make_the_same_records_as_one(small_text_images, tmp_path):
 
     one, two = records(1), records(2)
     assert one == two and len(one) > 0
+
+
+def test_an_image_smaller_than_two_budgets_is_searched_once_at_the_smaller(small_text_images, tmp_path):
+    config = load_config()
+    config.resolutions = [1024, 1920]  # a 900x700 image: the same frame at both
+    synthesize(config, small_text_images, tmp_path / "run", limit=1)
+    trajectories = list(RunStore(tmp_path / "run").trajectories())
+    assert trajectories and {t.view.resolution for t in trajectories} == {1024}
+
+
+def _claims_hold(t, acuity: int) -> list[str]:
+    """Every claim a thought of `t` makes, checked against its own steps; the claims that fail."""
+    W, H = t.view.width, t.view.height
+    region = cell_box(cell_named(t.task.position), W, H)
+    reads = [s for s in t.steps if s.action == "read"]
+    zooms = [s for s in t.steps if s.action == "zoom"]
+
+    def seen(read):  # (box in frame pixels, reading, magnification) of each line a read step found
+        if read.box is None:
+            return [(d.box, d.label, 1.0) for d in read.detections]
+        zoom = next(z for z in zooms if z.box == read.box)
+        size = tuple(int(v) for v in zoom.observation.split()[1].split("x"))
+        region = zoom_region(read.box, W, H)
+        return [(crop_to_frame(d.box, size, region), d.label, size[0] / (region[2] - region[0]))
+                for d in read.detections]
+
+    failures = []
+    thoughts = [step.thought for step in t.chain] + [t.final_thought]
+    for thought in thoughts:
+        if m := POSITIONED.search(thought):
+            assert m.group(1) == t.task.position, thought
+        if m := re.search(r"There it is (\d+) px tall in this frame, tall enough to read \((\d+) px", thought):
+            height = int(m.group(1))
+            ok = int(m.group(2)) == acuity <= height and any(
+                d.box[3] - d.box[1] == height and _centre(d.box, region) and verify_answer(d.label, t.task.answer).correct
+                for d in reads[0].detections)
+        elif "I find no text in the" in thought:
+            ok = not any(_centre(d.box, region) for d in reads[0].detections)
+        elif m := re.search(r"is (\d+) px tall in this frame and does not read clearly", thought):
+            ok = any(_centre(d.box, region) and d.box[3] - d.box[1] == int(m.group(1)) for d in reads[0].detections)
+        elif m := re.search(r"a text line at \[(\d+), (\d+), (\d+), (\d+)\] in the .* only (\d+) px tall in this frame, "
+                            r"too small to read \(I need about (\d+) px", thought):
+            box, height = tuple(int(v) for v in m.groups()[:4]), int(m.group(5))
+            ok = (int(m.group(6)) == acuity and height == box[3] - box[1] < acuity
+                  and any(d.box == box for d in reads[0].detections))
+        elif m := re.search(r"zoomed region shows a text line at \[(\d+), (\d+), (\d+), (\d+)\], (\d+) px tall in the "
+                            r"zoomed view, still too small", thought):
+            box, height = tuple(int(v) for v in m.groups()[:4]), int(m.group(5))
+            ok = height < acuity and any(b == box and int((b[3] - b[1]) * k) == height
+                                         for r in reads[1:] for b, _, k in seen(r))
+        elif m := re.search(r"In the zoomed view the text is (\d+) px tall and readable: it says \"(.*)\"", thought):
+            height = int(m.group(1))
+            ok = m.group(2) == t.answer and height >= acuity and any(
+                int((b[3] - b[1]) * k) == height and verify_answer(label, t.answer).correct
+                for b, label, k in seen(reads[-1]))
+        else:
+            ok = False  # a thought this check does not know makes claims nobody checked
+        if not ok:
+            failures.append(thought)
+    return failures
+
+
+POSITIONED = re.compile(r"in the (\w+(?: \w+)?) part of the image")  # where a thought says the text is
+
+
+def _centre(box, region) -> bool:
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    return region[0] <= cx < region[2] and region[1] <= cy < region[3]
+
+
+def test_every_thought_of_every_accepted_sample_is_true_of_its_own_steps(scene_run):
+    accepted = [t for t in RunStore(scene_run).trajectories() if t.status == "accepted"]
+    assert any(t.chain for t in accepted) and any(not t.chain for t in accepted)
+    acuity = load_config().ocr.min_read_height
+    assert {t.id: _claims_hold(t, acuity) for t in accepted} == {t.id: [] for t in accepted}
+
+
+def test_images_that_give_no_task_are_counted_with_the_reason(tmp_path):
+    images = tmp_path / "images"
+    write_noise_image(images / "plain.png", (640, 480), seed=5)
+    result = subprocess.run([*CLI, "synthesize", "--images", str(images), "--out", str(tmp_path / "run"),
+                             "--resolutions", "448"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stderr  # nothing was made (docs/cli-contract.md)
+    assert result.stderr.strip().splitlines()[-1] == "mmcof-gen: synthesize: no image gave a task (why: the line above); nothing was made"
+    assert result.stdout.splitlines()[-1] == (
+        "1 image(s) gave no task: no small legible text: the default pipeline asks about text; "
+        "for objects use tasks.kind vlm (1)")
+    stats = run_stats(RunStore(tmp_path / "run"))
+    assert (stats["images"], stats["tasks"]) == (1, 0)
+    assert stats["images_without_tasks"] == {NO_TEXT: 1} and stats["tasks_dropped"] == {}

@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from mmcof_gen import resources
-from mmcof_gen.config import (AgentConfig, ModelsConfig, PipelineConfig, TasksConfig,
-                              TaskSynthesisConfig)
+from mmcof_gen.config import (AgentConfig, ConsistencyConfig, DifficultyConfig, ModelsConfig, PipelineConfig,
+                              TasksConfig, TaskSynthesisConfig, VerifyConfig)
 from mmcof_gen.imaging import file_sha256, frame_size, load_image, make_frame
 from mmcof_gen.models.chat import ChatModelConfig, chat_model
 from mmcof_gen.prompts import Prompts
@@ -206,3 +206,54 @@ def test_a_model_out_of_reach_fails_the_image_and_a_resume_tries_again(image, tm
 def test_task_synthesis_needs_the_vlm_agent():
     with pytest.raises(ValueError, match="tasks.kind vlm synthesises with the model roles: it needs agent.kind vlm"):
         PipelineConfig(tasks=TasksConfig(kind="vlm"))
+
+
+def test_consistency_drops_a_question_the_readers_disagree_on_and_difficulty_one_a_small_model_answers(image, tmp_path):
+    """verify.consistency: 4 answers of the reader and 4 of the second reader on the crop; verify.difficulty: 4 tries
+    of the small model on the whole frame, 2 correct make it too easy."""
+    crop_answers = {  # (model, question) -> answers on the crop, in turn
+        ("scripted-model", SIGN_Q): ["red"] * 4, ("second-model", SIGN_Q): ["red", "red", "green", "red"],
+        ("scripted-model", MUG_Q): ["coffee", "coffee", "CAFE", "coffee"], ("second-model", MUG_Q): ["CAFE"] * 4,
+        ("scripted-model", CAR_Q): ["4"] * 4, ("second-model", CAR_Q): ["4"] * 4,
+    }
+    small_answers = {SIGN_Q: ["red", "red", "green", "red"], CAR_Q: ["4", "3", "5", "3"]}
+    reads = {**READS, CAR_Q: ("4", "3")}  # the reader does not answer the car from the whole frame
+    scripted = script(reads=reads)
+    temperatures = []
+
+    def answer(body: dict) -> Reply:
+        if body["response_format"]["json_schema"]["name"] != "ReaderReply":
+            return scripted(body)
+        question = next(q for q in READS if q in prompt_of(body))
+        whole = images_of(body)[0].size == FRAME
+        if body["model"] == "small-model":
+            assert whole
+            return Reply(json.dumps({"answer": small_answers[question].pop(0)}))
+        if whole:
+            return scripted(body)
+        temperatures.append(body["temperature"])
+        return Reply(json.dumps({"answer": crop_answers[(body["model"], question)].pop(0)}))
+
+    with ScriptedServer(answer) as server:
+        pipeline = config(server)
+        pipeline.models.second_reader = pipeline.models.planner.model_copy(update={"model": "second-model"})
+        pipeline.models.small_reader = pipeline.models.planner.model_copy(update={"model": "small-model"})
+        pipeline.verify = VerifyConfig(consistency=ConsistencyConfig(samples=4, temperature=0.7, min_agreement=0.75),
+                                       difficulty=DifficultyConfig(tries=4, too_easy=2))
+        stats = synthesize(pipeline, image.parent, tmp_path / "run")
+    record, = read_jsonl(tmp_path / "run" / "tasks.jsonl", ImageTasks)
+    assert [(t.question, t.answer, t.agreement, t.easy_tries) for t in record.tasks] == [(CAR_Q, "4", 1.0, (1, 4))]
+    reasons = {r.object: r.reason for r in record.rejected}
+    assert reasons["mug"] == ("readings disagree: 'CAFE' is 5 of 8 answers on the crop at R=448 "
+                              "(agreement 0.62 < verify.consistency.min_agreement 0.75)")
+    assert reasons["red sign"] == ("too easy: the small model answers it from the whole frame at R=448 in 3 of 4 "
+                                   "tries (verify.difficulty.too_easy 2)")
+    assert temperatures == [0.7] * 24 and all(not v for v in crop_answers.values())
+    assert stats["tasks_dropped"] == {"readings disagree": 1, "too easy": 1, "proposer": 1, "not small": 1,
+                                      "the same object as 'blue car' [840, 399, 920, 448]": 1}
+    assert (stats["models"]["second_reader"]["calls"], stats["models"]["small_reader"]["calls"]) == (12, 8)
+
+
+def test_difficulty_needs_a_small_reader():
+    with pytest.raises(ValueError, match="verify.difficulty needs models.small_reader"):
+        PipelineConfig(verify=VerifyConfig(difficulty=DifficultyConfig()))

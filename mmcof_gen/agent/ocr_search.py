@@ -42,6 +42,10 @@ def _centre_in(box: Box, region: Box) -> bool:
     return region[0] <= cx < region[2] and region[1] <= cy < region[3]
 
 
+def _height(hit: TextHit) -> int:
+    return hit.box[3] - hit.box[1]
+
+
 def _detections(hits: list[TextHit]) -> list[Detection]:
     return [Detection(box=h.box, score=round(h.score, 4), label=h.text) for h in hits]
 
@@ -72,10 +76,13 @@ class OcrSearchAgent:
         """One search; `frame_hits` (the whole frame read once per resolution) saves a read per task.
 
         A verified answer is stated as the ground truth spells it (the full-resolution reading): the
-        verifier ignores case, spaces and punctuation, but the sample should say what is written.
+        verifier ignores case, spaces and punctuation, but the sample should say what is written. Each
+        thought states only what this search observed: the height of the text it located (frame pixels, or
+        pixels of the zoomed view) against the reader's acuity (`min_read_height`), and where it was.
         """
         result = SearchResult()
         position, region = self.search_region(task, view)
+        acuity = self.min_read_height
 
         if frame_hits is None:
             hits = self._read(result, frame, None, "read the whole frame")
@@ -84,51 +91,66 @@ class OcrSearchAgent:
             result.steps.append(Step(action="read", arguments={"what": "read the whole frame"},
                                      detections=_detections(hits), observation=f"{len(hits)} text line(s)"))
         in_region = [h for h in hits if _centre_in(h.box, region)]
-        verdict = verify_answer(self._best_reading(in_region), task.answer)
+        best = self._best(in_region)
+        verdict = verify_answer(best.text if best else None, task.answer)
         result.steps[-1].observation += f"; verifier: {verdict.reason}"
         if verdict.correct:
             result.steps.append(Step(action="answer", arguments={"text": task.answer}))
-            result.final_thought = self.prompts.render("think_direct", position=position, answer=task.answer)
+            result.final_thought = self.prompts.render("think_direct", position=position, answer=task.answer,
+                                                       height=_height(best), acuity=acuity)
             result.answer, result.verdict, result.accepted = task.answer, verdict, True
             return result
 
         result.needs_zoom = True
         target = f"the text in the {position} part of the image"
-        candidates = self._too_small(in_region)
+        candidates = [(hit, 1.0) for hit in self._too_small(in_region)]
         result.steps.append(Step(
             action="locate", arguments={"phrase": target}, box=region,
             thought=f"I cannot answer; these objects are missing or unclear: {target}.",
             observation=f"{len(candidates)} text candidate(s) too small to read in the region",
-            detections=_detections(candidates),
+            detections=_detections([hit for hit, _ in candidates]),
         ))
         kept: list[ChainStep] = []
         zooms = 0
+        shown = 0
         while zooms < self.config.max_zooms:
             if not candidates:
                 if kept:
                     break  # the region was searched already and holds nothing more to zoom on
+                if in_region:
+                    thought = self.prompts.render("think_search_unclear", position=position,
+                                                  height=_height(in_region[0]), acuity=acuity)
+                else:
+                    thought = self.prompts.render("think_search_region", position=position)
                 zooms += 1
                 found, scale = self._zoom_and_read(result, frame, region, "read the zoomed region")
                 found = [h for h in found if _centre_in(h.box, region)]
-                kept.append(ChainStep(thought=self.prompts.render("think_search_region", position=position),
-                                      box=region, label=target))
-                verdict = verify_answer(self._best_reading(found, scale), task.answer)
+                kept.append(ChainStep(thought=thought, box=region, label=target))
+                best = self._best(found, scale)
+                verdict = verify_answer(best.text if best else None, task.answer)
                 result.steps[-1].observation += f"; verifier: {verdict.reason}"
                 if verdict.correct:
+                    shown = int(_height(best) * scale)  # floored: on the same side of the acuity as h * scale
                     break
-                candidates = self._too_small(found, scale)
+                candidates = [(hit, scale) for hit in self._too_small(found, scale)]
                 continue
-            candidate = candidates.pop(0)
+            candidate, seen_at = candidates.pop(0)
             box = self._padded(candidate.box, frame.size)
             zooms += 1
             found, scale = self._zoom_and_read(result, frame, box, "read the zoomed candidate")
             over = [h for h in found if _centre_in(h.box, box) or _centre_in(candidate.box, h.box)]
-            verdict = verify_answer(self._best_reading(over, scale), task.answer)
+            best = self._best(over, scale)
+            verdict = verify_answer(best.text if best else None, task.answer)
             result.steps[-1].observation += f"; verifier: {verdict.reason}"
             if verdict.correct:
-                name = "think_refine_target" if kept else "think_zoom_target"
-                kept.append(ChainStep(thought=self.prompts.render(name, position=position, box=list(box)),
-                                      box=box, label=target))
+                shown = int(_height(best) * scale)  # floored: on the same side of the acuity as h * scale
+                if kept:
+                    thought = self.prompts.render("think_refine_target", box=list(candidate.box), acuity=acuity,
+                                                  height=int(_height(candidate) * seen_at))
+                else:
+                    thought = self.prompts.render("think_zoom_target", position=position, box=list(candidate.box),
+                                                  height=_height(candidate), acuity=acuity)
+                kept.append(ChainStep(thought=thought, box=box, label=target))
                 break
 
         if not verdict.correct:
@@ -137,18 +159,19 @@ class OcrSearchAgent:
             return result
         result.chain = kept
         result.answer, result.verdict, result.accepted = task.answer, verdict, True
-        result.final_thought = self.prompts.render("think_answer", answer=task.answer)
+        result.final_thought = self.prompts.render("think_answer", answer=task.answer, height=shown, acuity=acuity)
         result.steps.append(Step(action="answer", arguments={"text": task.answer}))
         return result
 
     def _legible(self, hit: TextHit, crop_scale: float) -> bool:
         """Whether the reader can read this line: tall enough in the image it was shown (frame boxes
         times the crop's magnification)."""
-        return (hit.box[3] - hit.box[1]) * crop_scale >= self.min_read_height
+        return _height(hit) * crop_scale >= self.min_read_height
 
-    def _best_reading(self, hits: list[TextHit], crop_scale: float = 1.0) -> str | None:
+    def _best(self, hits: list[TextHit], crop_scale: float = 1.0) -> TextHit | None:
+        """The most confident legible line: what the reader says."""
         legible = [h for h in hits if self._legible(h, crop_scale)]
-        return max(legible, key=lambda h: h.score).text if legible else None
+        return max(legible, key=lambda h: h.score) if legible else None
 
     def _too_small(self, hits: list[TextHit], crop_scale: float = 1.0) -> list[TextHit]:
         """Text that is there but too small to read: what the search zooms on, most confident first."""

@@ -6,12 +6,17 @@ This is what lets the offline default pipeline make real, verified chains with n
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 
 from PIL import Image
 
+from mmcof_gen.agent.verify import normalize_text
 from mmcof_gen.imaging import iou
 from mmcof_gen.schema import Box
+
+
+UNCLIP = 1.6  # PP-OCR's default growth of a detected text box
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,7 @@ class OcrEngine:
         self.tile_size = tile_size
         self.tile_overlap = tile_overlap
         self.min_score = min_score
+        self._lock = threading.Lock()
         self._engine = RapidOCR(intra_op_num_threads=threads or -1, inter_op_num_threads=threads or -1)
 
     @property
@@ -54,7 +60,8 @@ class OcrEngine:
         return "rapidocr-onnxruntime/PP-OCRv4"
 
     def read(self, image: Image.Image) -> list[TextHit]:
-        """All text lines with score >= min_score, in reading order (top to bottom, left to right)."""
+        """All text lines with score >= min_score, in reading order (top to bottom, left to right); the words
+        of one line that the detector boxed apart are one hit, joined by spaces (`merge_lines`)."""
         width, height = image.size
         hits: list[TextHit] = []
         for top in _tile_starts(height, self.tile_size, self.tile_overlap):
@@ -67,10 +74,29 @@ class OcrEngine:
                            inner[2] and x2 >= right - left - 1, inner[3] and y2 >= bottom - top - 1)
                     if not any(cut):
                         hits.append(TextHit((x1 + left, y1 + top, x2 + left, y2 + top), hit.text, hit.score))
-        return _dedupe(hits)
+        return merge_lines(_dedupe(hits))
 
-    def _read_tile(self, tile: Image.Image) -> list[TextHit]:
-        result, _ = self._engine(tile, use_cls=False)  # its 180-degree classifier flips upright signs
+    def reread(self, image: Image.Image, box: Box, text_height: int, unclip: float) -> str | None:
+        """An independent reading of the line in `box`: its own tight crop (0.3 of a line of margin)
+        scaled so that the line is `text_height` px tall, detected with boxes grown `unclip` times (smaller
+        values split words apart, which keeps their spaces) and read afresh; None when nothing is read."""
+        x1, y1, x2, y2 = box
+        margin = max(2, round((y2 - y1) * 0.3))  # a tighter crop lets the detector box single letters
+        crop = image.crop((max(0, x1 - margin), max(0, y1 - margin), min(image.width, x2 + margin),
+                           min(image.height, y2 + margin)))
+        k = text_height / max(1, y2 - y1)
+        crop = crop.resize((max(1, round(crop.width * k)), max(1, round(crop.height * k))), Image.LANCZOS)
+        hits = merge_lines(self._read_tile(crop, unclip))
+        if not hits:
+            return None
+        return max(hits, key=lambda h: (h.box[2] - h.box[0]) * (h.box[3] - h.box[1])).text
+
+    def _read_tile(self, tile: Image.Image, unclip: float = UNCLIP) -> list[TextHit]:
+        # its 180-degree classifier flips upright signs; the detector settings are given on every call because
+        # RapidOCR keeps those of the last call, under a lock because a Ray actor's threads share this engine
+        with self._lock:
+            result, _ = self._engine(tile, use_cls=False, unclip_ratio=unclip, box_thresh=0.5,
+                                     text_score=self.min_score)
         hits = []
         for quad, text, score in result or []:
             xs, ys = [p[0] for p in quad], [p[1] for p in quad]
@@ -79,6 +105,31 @@ class OcrEngine:
             if float(score) >= self.min_score and box[2] > box[0] and box[3] > box[1] and text.strip():
                 hits.append(TextHit(box, text.strip(), float(score)))
         return hits
+
+
+def merge_lines(hits: list[TextHit]) -> list[TextHit]:
+    """Hits side by side on one line (sharing most of their height, less than a line height apart) as one
+    hit whose text keeps the space between them: PP-OCR's detector often boxes the words of a sign apart
+    (its boxes may overlap), and a word read alone loses the space that separates it from the next one."""
+    lines: list[list[TextHit]] = []
+    for hit in sorted(hits, key=lambda h: (h.box[0], h.box[1])):
+        height = hit.box[3] - hit.box[1]
+        for line in lines if normalize_text(hit.text) else ():  # stray marks join no line
+            if not normalize_text(line[-1].text):
+                continue
+            last = line[-1]
+            last_height = last.box[3] - last.box[1]
+            shared = min(hit.box[3], last.box[3]) - max(hit.box[1], last.box[1])
+            gap = hit.box[0] - last.box[2]
+            if shared >= 0.6 * min(height, last_height) and -0.6 * min(height, last_height) <= gap <= max(height, last_height):
+                line.append(hit)
+                break
+        else:
+            lines.append([hit])
+    merged = [TextHit((min(h.box[0] for h in line), min(h.box[1] for h in line), max(h.box[2] for h in line),
+                       max(h.box[3] for h in line)), " ".join(h.text for h in line), min(h.score for h in line))
+              for line in lines]
+    return sorted(merged, key=lambda h: (h.box[1], h.box[0]))
 
 
 def _dedupe(hits: list[TextHit]) -> list[TextHit]:

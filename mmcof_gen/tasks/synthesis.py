@@ -10,7 +10,11 @@ Per image:
    correct option first);
 4. check it with the reader the search uses, in the frame at the largest R: the reader must answer it
    correctly from the crop of the object (answerable), and must NOT answer it correctly from the whole
-   frame (a question the whole frame answers is trivial: no zoom chain can come of it).
+   frame (a question the whole frame answers is trivial: no zoom chain can come of it);
+5. optionally (`verify`): answerable by agreement instead of one answer: `consistency.samples` answers of the
+   reader on the crop at a temperature, as many of `models.second_reader`, the majority kept only at or above
+   `min_agreement` (the agreement is stored in the task); and not too easy: `models.small_reader` must not
+   answer it from the whole frame in `difficulty.too_easy` of `difficulty.tries` tries (the counts are stored).
 
 Every dropped proposal is kept with its reason (`ImageTasks.rejected`) and every model call with its
 tokens and cost (`ImageTasks.calls`). Ground-truth boxes are in original-image pixels.
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -112,9 +117,13 @@ class TaskWriter:
     """Writes and checks the tasks of one image; the models are the worker's (one set per worker)."""
 
     def __init__(self, writer: ChatModel, reader: ChatModel, detector: Detector | None, prompts: Prompts,
-                 reader_prompts: Prompts, config: PipelineConfig):
+                 reader_prompts: Prompts, config: PipelineConfig, second_reader: ChatModel | None = None,
+                 small_reader: ChatModel | None = None):
         self.writer = writer
         self.reader = reader
+        self.second_reader = second_reader
+        self.small_reader = small_reader
+        self.verify = config.verify
         self.detector = detector
         self.prompts = prompts
         self.reader_prompts = reader_prompts
@@ -245,33 +254,78 @@ class TaskWriter:
             frame_box = clip_box(scale_box(box, frame.width / original_size[0], frame.height / original_size[1]),
                                  frame.width, frame.height)
             where = f"at R={self.resolution}"
-            answer, correct = await self._check(crop_zoom(frame, frame_box), written, options, calls)
-            if not correct:
-                raise Rejected(f"not answerable on the crop {where}: the reader answered {answer!r}, "
-                               f"expected {written.answer!r}")
-            answer, correct = await self._check(frame, written, options, calls)
+            tight = crop_zoom(frame, frame_box)
+            agreement = easy = None
+            if self.verify.consistency is None:
+                answer, correct = await self._check(self.reader, "task_reader", tight, written, options, calls)
+                if not correct:
+                    raise Rejected(f"not answerable on the crop {where}: the reader answered {answer!r}, "
+                                   f"expected {written.answer!r}")
+            else:
+                agreement = await self._agreement(tight, written, options, calls, where)
+            answer, correct = await self._check(self.reader, "task_reader", frame, written, options, calls)
             if correct:
                 raise Rejected(f"trivial: the reader answers it from the whole frame {where} without a zoom "
                                f"({answer!r})")
+            if self.verify.difficulty is not None:
+                easy = await self._difficulty(frame, written, options, calls, where)
         except (Rejected, InvalidBox) as exc:
             return str(exc), calls
         return Task(id=task_id(sha256, written.question), image=rel, image_sha256=sha256, question=written.question,
                     options=options, answer=written.answer, gt_boxes=[box], source=SOURCE,
-                    question_type=written.question_type, position=candidate.position), calls
+                    question_type=written.question_type, position=candidate.position, agreement=agreement,
+                    easy_tries=easy), calls
 
-    async def _check(self, view: Image.Image, written: WrittenQuestion, options: list[str] | None,
-                     calls: list[ModelCall]) -> tuple[str | None, bool]:
-        """The reader's answer from `view` (as option text) and whether it is right."""
+    async def _agreement(self, tight: Image.Image, written: WrittenQuestion, options: list[str] | None,
+                         calls: list[ModelCall], where: str) -> float:
+        """The share of the readers' answers on the crop that give the written answer (verify.consistency);
+        Rejected when their majority is below min_agreement or is another answer."""
+        settings = self.verify.consistency
+        readers = [(self.reader, "task_reader")] + ([(self.second_reader, "second_reader")] if self.second_reader else [])
+        own: list[list[ModelCall]] = [[] for _ in range(settings.samples * len(readers))]
+        jobs = [self._check(model, role, tight, written, options, own[i * settings.samples + k], settings.temperature)
+                for i, (model, role) in enumerate(readers) for k in range(settings.samples)]
+        answers = [answer for answer, _ in await asyncio.gather(*jobs)]
+        calls += [call for job_calls in own for call in job_calls]
+        key, count = Counter(normalize_text(a or "") for a in answers).most_common(1)[0]
+        majority = next(a for a in answers if normalize_text(a or "") == key)
+        agreement = round(count / len(answers), 4)
+        if agreement < settings.min_agreement:
+            raise Rejected(f"readings disagree: {majority!r} is {count} of {len(answers)} answers on the crop {where} "
+                           f"(agreement {agreement:.2f} < verify.consistency.min_agreement {settings.min_agreement:g})")
+        if not verify_answer(majority, written.answer).correct:
+            raise Rejected(f"not answerable on the crop {where}: the readers' majority answer is {majority!r} "
+                           f"({count} of {len(answers)}), expected {written.answer!r}")
+        return agreement
+
+    async def _difficulty(self, frame: Image.Image, written: WrittenQuestion, options: list[str] | None,
+                          calls: list[ModelCall], where: str) -> tuple[int, int]:
+        """(correct, tries) of the small model on the whole frame (verify.difficulty); Rejected when too easy."""
+        settings = self.verify.difficulty
+        own: list[list[ModelCall]] = [[] for _ in range(settings.tries)]
+        results = await asyncio.gather(*(self._check(self.small_reader, "small_reader", frame, written, options,
+                                                     own[k], settings.temperature) for k in range(settings.tries)))
+        calls += [call for job_calls in own for call in job_calls]
+        correct = sum(ok for _, ok in results)
+        if correct >= settings.too_easy:
+            raise Rejected(f"too easy: the small model answers it from the whole frame {where} in {correct} of "
+                           f"{settings.tries} tries (verify.difficulty.too_easy {settings.too_easy})")
+        return correct, settings.tries
+
+    async def _check(self, model: ChatModel, role: str, view: Image.Image, written: WrittenQuestion,
+                     options: list[str] | None, calls: list[ModelCall], temperature: float = 0.0
+                     ) -> tuple[str | None, bool]:
+        """A reader's answer from `view` (as option text) and whether it is right."""
         prompt = self.reader_prompts.render("reader", question_text=question_text(written.question, options))
-        reply = await self._ask(self.reader, "task_reader", prompt, [view], ReaderReply, calls)
+        reply = await self._ask(model, role, prompt, [view], ReaderReply, calls, temperature)
         answer = as_option(reply.answer.strip(), options)
         return answer, verify_answer(answer, written.answer).correct
 
     async def _ask(self, model: ChatModel, role: str, prompt: str, images: list[Image.Image],
-                   schema: type[BaseModel], calls: list[ModelCall]) -> BaseModel:
+                   schema: type[BaseModel], calls: list[ModelCall], temperature: float = 0.0) -> BaseModel:
         try:
             reply, completions = await complete_json(model, [ChatMessage("user", prompt, images)], schema,
-                                                     max_tokens=self.reply_tokens)
+                                                     max_tokens=self.reply_tokens, temperature=temperature)
         except ReplyError as exc:
             calls += [c.as_call(role) for c in exc.completions]
             raise Rejected(f"{role}: {exc}") from None
