@@ -73,15 +73,25 @@ def read_jsonl(path: Path, model: type[Record]) -> Iterator[Record]:
                 raise StoreError(f"{path}:{number} is not a valid {model.__name__} record: {exc}") from None
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write through a temporary file and rename, so readers never see half a file; a failed write (disk
-    full) removes its temporary file. A killed one leaves it: `remove_temporaries` clears it on the re-run."""
+def write_temporary(path: Path, data: bytes) -> Path:
+    """Write `data`, fsync'd, to a temporary file beside `path` and return it; a failed write (disk full)
+    removes it. A killed one leaves it: `remove_temporaries` clears it on the re-run."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with tmp.open("wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write through a temporary file and rename, so readers never see half a file."""
+    tmp = write_temporary(path, data)
+    try:
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 from PIL import Image
 
 from mmcof_gen.imaging import image_sha256, image_to_png_bytes
+from mmcof_gen.store import write_temporary
 
 IMAGES_DIR = "images"
 PNG_LEVEL = 1
@@ -43,12 +44,8 @@ def write_new(path: Path, data: bytes) -> bool:
     """Write `path` atomically unless it exists; True if this call made it. Processes that make the same
     file (the same pixels) at once are safe: the first link wins, the others drop their copy, so every new
     file is counted exactly once."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = write_temporary(path, data)
     try:
-        with tmp.open("wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
         os.link(tmp, path)
         return True
     except FileExistsError:
