@@ -329,3 +329,72 @@ def test_an_unknown_served_model_lists_the_served_names(inputs, tmp_path, server
     assert done.returncode == 2
     assert done.stderr == f"mmcof-gen: --served-model: {URL} does not serve 'nope'; its /v1/models offers: {MODEL}\n"
     assert ServerLog.chats(server_log.requests()) == []
+
+
+class RecordingProxy:
+    """A pass-through HTTP proxy in front of the server that keeps every request body: what the client really
+    sent, before the server fills anything in from the checkpoint's generation config."""
+
+    def __init__(self, target: str):
+        import http.server
+        import threading
+
+        self.bodies: list[dict] = []
+        origin = target.removesuffix("/v1")
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _forward(self, data: bytes | None) -> None:
+                request = urllib.request.Request(origin + self.path, data=data, method=self.command,
+                                                 headers={"Content-Type": "application/json"})
+                try:
+                    with urllib.request.urlopen(request, timeout=300) as reply:
+                        status, body = reply.status, reply.read()
+                except urllib.error.HTTPError as exc:
+                    status, body = exc.code, exc.read()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                self._forward(None)
+
+            def do_POST(self):
+                data = self.rfile.read(int(self.headers["Content-Length"]))
+                if self.path.endswith("/chat/completions"):
+                    proxy.bodies.append(json.loads(data))
+                self._forward(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> RecordingProxy:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_eval_sends_every_decoding_parameter_explicitly(inputs, tmp_path):
+    images, _ = inputs
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text(json.dumps({"image": str(images / "img0.png"), "question": "What colour is the small sign?",
+                                 "options": ["red", "blue"], "answer": "A", "category": "colour"}) + "\n")
+    with RecordingProxy(URL) as proxy:
+        done = subprocess.run([*CLI, "eval", "--bench", bench, "--out", tmp_path / "eval", "--endpoint", proxy.url,
+                               "--served-model", MODEL, "--resolutions", "224"], capture_output=True, text=True,
+                              timeout=600)
+    assert done.returncode == 0, done.stderr
+    episodes = [body for body in proxy.bodies if body["max_tokens"] == 512]  # the image-token probes ask for 1
+    assert episodes and all(body["max_tokens"] == 1 for body in proxy.bodies if body not in episodes)
+    assert {(b["temperature"], b["top_p"], b["repetition_penalty"]) for b in episodes} == {(0.0, 1.0, 1.0)}
+    decoding = json.loads((tmp_path / "eval" / "report.json").read_text())["decoding"]
+    assert (decoding["temperature"], decoding["top_p"], decoding["repetition_penalty"]) == (0.0, 1.0, 1.0)
