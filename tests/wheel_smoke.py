@@ -119,7 +119,11 @@ def main() -> None:
         check([line.split()[0] for line in listing.splitlines()] ==
               ["default", "finetune", "openai-api", "transformers-local", "vllm-qwen2.5-vl"], "pipelines lists 5")
         (work / "empty").mkdir()
-        run([cli, "synthesize", "--images", "empty", "--out", "vllm-run", "--config", "vllm-qwen2.5-vl"], work)
+        stderr = run([cli, "synthesize", "--images", "empty", "--out", "vllm-run", "--config", "vllm-qwen2.5-vl"],
+                     work, expect=1).stderr  # nothing to do, but the config resolved and the run folder opened
+        check(stderr.strip().splitlines()[-1] ==
+              "mmcof-gen: synthesize: no image in empty (searched recursively); nothing was made",
+              "an empty image folder: exit 1, one line")
         manifest = json.loads((work / "vllm-run/manifest.json").read_text())
         check(manifest["config"]["name"] == "vllm-qwen2.5-vl" and
               manifest["config"]["prompts_dir"].endswith("mmcof_gen/resources/prompts/agent"),
