@@ -179,17 +179,35 @@ def test_eval_against_the_endpoint(baseline, inputs, tmp_path, server_log):
                                  "options": ["red", "blue"], "answer": "A", "category": "colour"}) + "\n")
     out = tmp_path / "eval"
     done = subprocess.run([*CLI, "eval", "--bench", bench, "--out", out, "--endpoint", URL, "--served-model", MODEL,
-                           "--resolutions", "224,448", *(["--baseline-no-zoom"] if baseline else [])],
+                           "--resolutions", "224", *(["--baseline-no-zoom"] if baseline else [])],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     modes = ["cof", "no_zoom"] if baseline else ["cof"]
-    assert sorted((r["resolution"], r["mode"]) for r in records) == sorted((r, m) for r in (224, 448) for m in modes)
+    assert sorted((r["resolution"], r["mode"]) for r in records) == sorted((r, m) for r in (224,) for m in modes)
     assert all(r["error"] is None and r["generations"] >= 1 for r in records)
     report = json.loads((out / "report.json").read_text())
     assert {row["mode"] for row in report["rows"]} == set(modes)
     assert (out / "report.png").stat().st_size > 0
     assert set(ServerLog.chats(server_log.requests())) == {200}
+
+
+def test_eval_refuses_a_resolution_the_server_downsizes(inputs, tmp_path, server_log):
+    """The tiny model's processor caps images at 224x224 pixels, so the server shrinks the R=448 frame
+    (504x364, 234 patches of 28 px) to 54 image tokens: eval finds it by its probe and refuses that R."""
+    images, _ = inputs
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text(json.dumps({"image": str(images / "img0.png"), "question": "What colour is the small sign?",
+                                 "options": ["red", "blue"], "answer": "A", "category": "colour"}) + "\n")
+    done = subprocess.run([*CLI, "eval", "--bench", bench, "--out", tmp_path / "eval", "--endpoint", URL,
+                           "--served-model", MODEL, "--resolutions", "224,448"], capture_output=True, text=True,
+                          timeout=600)
+    assert "Traceback" not in done.stderr
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"mmcof-gen: --resolutions 448: openai:{MODEL} turns a 504x364 frame into 54 image tokens, not its 234: "
+        f"the server downsizes it (vLLM: serve with --mm-processor-kwargs '{{\"max_pixels\": 14745600}}'), or drop 448")
+    assert not (tmp_path / "eval" / "results.jsonl").exists()
 
 
 def test_ray_makes_the_same_decisions_as_local(inputs, tmp_path):
