@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mmcof_gen import extras, resources
-from mmcof_gen.config import ConfigError, load_config, valid_resolutions
+from mmcof_gen.config import MAX_SIDE, MIN_SIDE, ConfigError, load_config, valid_resolutions
 from mmcof_gen.store import RunStore, StoreError
 
 try:  # typer >= 0.20 vendors its own click
@@ -55,7 +55,8 @@ Jobs = Annotated[Optional[int], typer.Option(
 
 
 def _resolutions(value: str | None, command: str) -> list[int] | None:
-    """`--resolutions`: every item an integer side between 112 and 3840 (an empty item is a typo, not a default)."""
+    """`--resolutions`: every item an integer side between MIN_SIDE and MAX_SIDE (an empty item is a typo, not a
+    default)."""
     if value is None:
         return None
     parts = value.split(",")
@@ -63,8 +64,8 @@ def _resolutions(value: str | None, command: str) -> list[int] | None:
         problem = "is empty" if not value.strip() else "has an empty item"
     elif not all(part.strip().isdigit() for part in parts):
         problem = "is not a comma-separated list of integers"
-    elif not all(112 <= int(part) <= 3840 for part in parts):
-        problem = "has a side length outside 112 to 3840"
+    elif not all(MIN_SIDE <= int(part) <= MAX_SIDE for part in parts):
+        problem = f"has a side length outside {MIN_SIDE} to {MAX_SIDE}"
     else:
         return valid_resolutions([int(part) for part in parts])
     raise UserError(f"{command}: --resolutions {value!r} {problem}; give pixel budgets like 448,672,1024,1920")

@@ -28,10 +28,13 @@ class ConfigError(ValueError):
     """A config file or flag that cannot be used; the message names the file or field and the fix."""
 
 
+MIN_SIDE, MAX_SIDE = 112, 3840  # the smallest and largest resolution budget R (Qwen's pixel bounds)
+
+
 def valid_resolutions(value: list[int]) -> list[int]:
-    """Resolution budgets R (synthesis and eval): sides between 112 and 3840, sorted, each once."""
-    if not value or any(r < 112 or r > 3840 for r in value):
-        raise ValueError("resolutions must be a non-empty list of side lengths between 112 and 3840")
+    """Resolution budgets R (synthesis and eval): sides between MIN_SIDE and MAX_SIDE, sorted, each once."""
+    if not value or any(r < MIN_SIDE or r > MAX_SIDE for r in value):
+        raise ValueError(f"resolutions must be a non-empty list of side lengths between {MIN_SIDE} and {MAX_SIDE}")
     return sorted(set(value))
 
 
