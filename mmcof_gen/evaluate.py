@@ -250,7 +250,7 @@ def summarize(records: list[EvalRecord], protocol: Protocol = "mmcof") -> list[d
     `comparable`: the row was made as the published numbers were (cof-release at R=3840)."""
     groups: dict[tuple[str, int, str], list[EvalRecord]] = {}
     for record in records:
-        for category in ("all", record.category):
+        for category in dict.fromkeys(("all", record.category)):  # a record of category "all" counts once
             groups.setdefault((record.mode, record.resolution, category), []).append(record)
     rows = []
     for mode, resolution, category in sorted(groups, key=lambda key: (*key[:2], key[2] != "all", key[2])):

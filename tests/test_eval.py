@@ -15,7 +15,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from mmcof_gen import cof_format
-from mmcof_gen.evaluate import TOOL_RESULT_TEXT, EvalSettings, evaluate, evaluate_bench, run_episode
+from mmcof_gen.evaluate import TOOL_RESULT_TEXT, EvalRecord, EvalSettings, evaluate, evaluate_bench, run_episode, summarize
 from mmcof_gen.imaging import crop_zoom, make_frame
 from mmcof_gen.models.chat import ChatModelConfig, chat_model
 from mmcof_gen.scoring import score_by_rules
@@ -426,3 +426,13 @@ def test_a_server_that_downsizes_a_frame_is_refused_for_that_resolution(tmp_path
                                   "server downsizes it (vLLM: serve with --mm-processor-kwargs "
                                   "'{\"max_pixels\": 14745600}'), or drop 448")
     assert not (tmp_path / "capped").exists()
+
+
+def test_summary_counts_a_record_of_category_all_once():
+    """A generic JSONL without categories gives every item category "all": its "all" row has n = the items."""
+    records = [EvalRecord(id=f"r{i}", item=f"q{i}", category=category, resolution=448, mode="cof", correct=i == 0)
+               for i, category in enumerate(["all", "all", "glove"])]
+    rows = {row["category"]: row for row in summarize(records)}
+    assert (rows["all"]["n"], rows["all"]["accuracy"]) == (3, 0.3333)
+    assert (rows["glove"]["n"], rows["glove"]["accuracy"]) == (1, 0.0)
+    assert list(rows) == ["all", "glove"]
