@@ -289,9 +289,9 @@ class HTTPStatusError(Exception):
 class OpenAIChat:
     """Any OpenAI-compatible chat-completions server, with bounded, counted retries.
 
-    Requests are plain aiohttp POSTs of a body made by `request_bytes`: the openai SDK's request building,
-    JSON encoding and response objects cost three times the transport's own CPU per call, and one event
-    loop serves every search of a worker (docs/speed.md, client). Every retry is made here and counted into
+    Requests are plain aiohttp POSTs of a body made by `request_bytes`: with the openai SDK's request building,
+    JSON encoding and response objects a call cost 7x the CPU of the POST itself, and one event loop serves
+    every search of a worker (docs/speed.md, "Model client"). Every retry is made here and counted into
     `Completion.retries` (and thus into the trajectory's provenance). The HTTP session and the concurrency
     semaphore belong to one event loop; a call from another loop (another worker thread, another
     `asyncio.run`) gets its own.
@@ -432,7 +432,7 @@ class OpenAIChat:
 def _env_proxy(url: str) -> str | None:
     """The HTTP(S)_PROXY that applies to `url` (none when NO_PROXY names its host), read once per session: the
     openai SDK's HTTP library honoured these, and aiohttp's own `trust_env` reads them, and .netrc, in a thread
-    on every request (a third of the client's CPU per call)."""
+    on every request (nearly doubling the client's CPU per call)."""
     parts = urllib.parse.urlsplit(url)
     return None if urllib.request.proxy_bypass(parts.hostname or "") else urllib.request.getproxies().get(parts.scheme)
 
