@@ -11,7 +11,8 @@ Clients take turns, `--repeat` rounds, and each one's median is printed with its
 - **bare aiohttp**: the floor. The body's bytes are made once; each call POSTs them on a kept-alive pool of
   64 and reads the reply's text out of its JSON. No retries, no accounting, no validation.
 - **openai SDK**: `AsyncOpenAI.chat.completions.create` with the messages and `response_format` as
-  arguments, on the SDK's default transport with a pool of 64.
+  arguments, on the SDK's default transport with a pool of 64;
+- **SDK + aiohttp**: the same on the SDK's own aiohttp transport (`openai.DefaultAioHttpClient`);
 - **project**: `OpenAIChat.complete(..., json_schema=...)` (models/chat.py) as the agent calls it.
 
 No asserts: the machine is shared and noisy; numbers go to docs/speed.md by hand.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import multiprocessing
 import os
@@ -90,12 +92,12 @@ async def bare_aiohttp(url: str, image: Image.Image, calls: int) -> float:
         return await measured(call, calls)
 
 
-async def openai_sdk(url: str, image: Image.Image, calls: int) -> float:
+async def openai_sdk(url: str, image: Image.Image, calls: int, transport: str = "httpx2") -> float:
     import httpx2
     import openai
 
-    http = openai.DefaultAsyncHttpxClient(limits=httpx2.Limits(max_connections=None,
-                                                               max_keepalive_connections=IN_FLIGHT))
+    pool = httpx2.Limits(max_connections=None, max_keepalive_connections=IN_FLIGHT)
+    http = (openai.DefaultAioHttpClient if transport == "aiohttp" else openai.DefaultAsyncHttpxClient)(limits=pool)
     client = openai.AsyncOpenAI(base_url=url, api_key="EMPTY", max_retries=0, http_client=http)
     sent = OpenAIChat(ChatModelConfig(model=MODEL, base_url=url)).request(messages(image), 128, 0.0, SCHEMA)
 
@@ -133,7 +135,8 @@ async def measured(call, calls: int) -> float:
     return (time.process_time() - start) / calls
 
 
-CLIENTS = {"bare aiohttp": bare_aiohttp, "openai SDK": openai_sdk, "project": project}
+CLIENTS = {"bare aiohttp": bare_aiohttp, "openai SDK": openai_sdk,
+           "SDK + aiohttp": functools.partial(openai_sdk, transport="aiohttp"), "project": project}
 
 
 def main() -> None:
@@ -158,11 +161,11 @@ def main() -> None:
             for name, client in CLIENTS.items():
                 cpu[name].append(asyncio.run(client(url, image, args.calls)))
         floor = statistics.median(cpu["bare aiohttp"])
-        print(f"{'client':<14} {'CPU ms/call (median)':>21} {'runs':>24} {'/ bare aiohttp':>15}")
+        print(f"{'client':<14} {'CPU ms/call (median)':>21} {'/ bare aiohttp':>15}   runs (ms)")
         for name, runs in cpu.items():
             median = statistics.median(runs)
-            print(f"{name:<14} {median * 1e3:>21.3f} {' '.join(f'{r * 1e3:.3f}' for r in runs):>24} "
-                  f"{median / floor:>14.2f}x")
+            print(f"{name:<14} {median * 1e3:>21.3f} {median / floor:>14.2f}x   "
+                  f"{' '.join(f'{r * 1e3:.3f}' for r in runs)}")
         print(f"load average after: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     finally:
         stop.set()
