@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import io
 import json
 from types import SimpleNamespace
@@ -39,6 +40,7 @@ def test_reply_carries_text_tokens_and_cost():
     assert completion.cost_usd == pytest.approx(1000 * 2.0 / 1e6 + 200 * 10.0 / 1e6)
     assert server.requests[0]["max_tokens"] == 64
     assert server.requests[0]["temperature"] == 0.0
+    assert server.headers[0]["content-type"] == "application/json"  # FastAPI servers (vLLM) parse only JSON
 
 
 def test_every_request_carries_its_decoding_parameters_explicitly():
@@ -134,6 +136,44 @@ def test_retry_after_header_sets_the_backoff_up_to_the_cap():
     greedy = SimpleNamespace(response=SimpleNamespace(headers={"retry-after": "3600"}))
     assert model._backoff(0, told) == 3.0
     assert model._backoff(0, greedy) == 10.0
+
+
+def test_the_body_sent_is_the_request_each_image_part_encoded_once():
+    """The bytes on the wire are `request`'s JSON (texts with quotes and accents, images in order, the schema
+    in either structured-output form), built from image parts kept across calls."""
+    frame, crop = Image.new("RGB", (30, 20), (255, 0, 0)), Image.new("RGB", (8, 8), (0, 0, 255))
+    messages = [ChatMessage("system", 'say "ok"'), ChatMessage("user", "où ?", [frame, crop]),
+                ChatMessage("assistant", "{}"), ChatMessage("user", "again", [crop])]
+    for structured in ("response_format", "vllm", "none"):
+        model = OpenAIChat(ChatModelConfig(model="m", structured_output=structured))
+        for schema in (None, Pick.model_json_schema()):
+            assert json.loads(model.request_bytes(messages, 9, 0.5, schema)) == model.request(messages, 9, 0.5, schema)
+    assert json.loads(model.request_bytes([], 9, 0.5, None)) == model.request([], 9, 0.5, None)
+
+
+def test_requests_go_through_the_environment_proxy_unless_no_proxy_names_the_host(monkeypatch):
+    with ScriptedServer([Reply("via proxy")]) as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url.removesuffix("/v1"))
+        monkeypatch.setenv("NO_PROXY", "")
+        config = ChatModelConfig(model="m", base_url="http://model-server.invalid:8000/v1", max_retries=0, timeout=5)
+        assert ask(chat_model(config)).text == "via proxy"
+        monkeypatch.setenv("NO_PROXY", "model-server.invalid")
+        with pytest.raises(ChatError, match=r"^http://model-server\.invalid:8000/v1 \(m\): gave up after 0 retries: "
+                                            r"ClientConnectorDNSError"):
+            ask(chat_model(config))
+    assert len(proxy.requests) == 1
+
+
+def test_a_model_used_by_several_asyncio_runs_leaves_no_open_session(recwarn, caplog):
+    """Evaluation calls `asyncio.run` twice and never `aclose`: each run's session is closed as its loop ends,
+    so nothing logs "Unclosed client session" (or warns of an open connection) when it is collected."""
+    with ScriptedServer([Reply("one"), Reply("two")]) as server:
+        model = chat_model(openai_config(server))
+        assert [ask(model).text, ask(model).text] == ["one", "two"]
+        del model
+        gc.collect()
+    assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []
+    assert [str(w.message) for w in recwarn if issubclass(w.category, ResourceWarning)] == []
 
 
 class Pick(BaseModel):

@@ -20,12 +20,15 @@ import random
 import ssl
 import threading
 import time
+import urllib.parse
+import urllib.request
 import weakref
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol, TypeVar
 
+import pydantic_core
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -155,22 +158,31 @@ def chat_model(config: ChatModelConfig) -> ChatModel:
 # OpenAI-compatible servers
 
 
-_DATA_URLS: dict[int, str] = {}  # id of a live image -> its data URL
+_IMAGE_PARTS: dict[int, bytes] = {}  # id of a live image -> its content part, as JSON
+_URL_START = len(b'{"type":"image_url","image_url":{"url":"')
+
+
+def image_part(image: Image.Image) -> bytes:
+    """The image's content part (`{"type": "image_url", ...}` with its data URL) as JSON bytes.
+
+    Encoded once per image object and kept while the object lives: a frame goes out with most calls of
+    every search on it, a crop with every later call of its conversation, and each request splices these
+    bytes in (`OpenAIChat.request_bytes`) instead of encoding the PNG, base64 and JSON again. Frames and
+    crops are never drawn on once made, so a kept part cannot go stale. Fast compression: the server
+    decodes it at once. Base64 needs no JSON escaping, so the part is written as it is.
+    """
+    part = _IMAGE_PARTS.get(id(image))
+    if part is None:
+        png = base64.b64encode(image_to_png_bytes(image, compress_level=1))
+        part = b'{"type":"image_url","image_url":{"url":"data:image/png;base64,' + png + b'"}}'
+        _IMAGE_PARTS[id(image)] = part
+        weakref.finalize(image, _IMAGE_PARTS.pop, id(image), None)
+    return part
 
 
 def data_url(image: Image.Image) -> str:
-    """The exact pixels as a base64 PNG data URL (lossless: the model sees what the sample stores).
-
-    Encoded once per image object and kept while the object lives: a frame goes out with most calls of
-    every search on it, a crop with every later call of its conversation. Frames and crops are never
-    drawn on once made, so a kept URL cannot go stale. Fast compression: the server decodes it at once.
-    """
-    url = _DATA_URLS.get(id(image))
-    if url is None:
-        url = "data:image/png;base64," + base64.b64encode(image_to_png_bytes(image, compress_level=1)).decode("ascii")
-        _DATA_URLS[id(image)] = url
-        weakref.finalize(image, _DATA_URLS.pop, id(image), None)
-    return url
+    """The exact pixels as a base64 PNG data URL (lossless: the model sees what the sample stores)."""
+    return image_part(image)[_URL_START:-3].decode("ascii")
 
 
 def openai_messages(messages: list[ChatMessage]) -> list[dict]:
@@ -250,19 +262,39 @@ def _retry_after(exc: Exception) -> float | None:
 
 @functools.cache
 def _tls_context() -> ssl.SSLContext:
-    """The HTTP library's default TLS context, made once per process: loading the CA certificates takes about
-    20 ms, which each client (one per worker event loop, and Ray makes a worker per image in flight) paid again."""
+    """The openai SDK's default TLS context (its CA certificates), made once per process: loading them takes
+    about 20 ms, which each client (one per worker event loop, and Ray makes a worker per image in flight) paid
+    again."""
     import httpx2
 
     return httpx2.create_ssl_context()
 
 
+class HTTPStatusError(Exception):
+    """The server answered with an error status; `response` carries its headers (Retry-After), `body` what it
+    said (the `error` object of an OpenAI-style error body, else the body)."""
+
+    def __init__(self, response, raw: bytes):
+        self.response = response
+        self.status_code = response.status
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = raw.decode("utf-8", "replace")
+        self.body = body.get("error", body) if isinstance(body, dict) else body
+        self.message = f"Error code: {self.status_code} - {body}"
+        super().__init__(self.message)
+
+
 class OpenAIChat:
     """Any OpenAI-compatible chat-completions server, with bounded, counted retries.
 
-    The openai client's own retries are off so that every retry is counted into `Completion.retries`
-    (and thus into the trajectory's provenance). The client and the concurrency semaphore belong to
-    one event loop; a call from another loop (another worker thread, another `asyncio.run`) gets its own.
+    Requests are plain aiohttp POSTs of a body made by `request_bytes`: with the openai SDK's request building,
+    JSON encoding and response objects a call cost 7x the CPU of the POST itself, and one event loop serves
+    every search of a worker (docs/speed.md, "Model client"). Every retry is made here and counted into
+    `Completion.retries` (and thus into the trajectory's provenance). The HTTP session and the concurrency
+    semaphore belong to one event loop; a call from another loop (another worker thread, another
+    `asyncio.run`) gets its own.
     """
 
     RETRY_STATUS = {408, 409, 429}
@@ -279,36 +311,38 @@ class OpenAIChat:
                 raise ConfigError(f"model {config.model}: environment variable {config.api_key_env} (api_key_env) "
                                   "is not set; export it with the API key")
             self._api_key = os.environ[config.api_key_env]
-        # the SDK (0.25 s to import) and the TLS context are made as the model is built (a Ray actor starting),
-        # not by the first call of each worker thread at once, all queued on the import lock
-        import openai  # noqa: F401
+        # aiohttp and the TLS context are made as the model is built (a Ray actor starting), not by the first
+        # call of each worker thread at once, all queued on the import lock
+        import aiohttp  # noqa: F401
 
         _tls_context()
+        self._url = config.base_url.rstrip("/") + "/chat/completions"
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._client = None
+        self._session = None
+        self._closer = None
         self._semaphore: asyncio.Semaphore | None = None
 
-    def _bind(self):
+    async def _bind(self):
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
-            import httpx2
-            import openai
+            import aiohttp
 
-            # as many kept-alive connections as requests in flight: past the SDK's 100, every request beyond
-            # would open a new connection and close it after
-            pool = httpx2.Limits(max_connections=None, max_keepalive_connections=self.config.max_concurrency)
-            http = openai.DefaultAsyncHttpxClient(verify=_tls_context(), limits=pool)
-            self._client = openai.AsyncOpenAI(base_url=self.config.base_url, api_key=self._api_key,
-                                              timeout=self.config.timeout, max_retries=0, http_client=http)
+            # as many kept-alive connections as requests in flight; the timeout is per request, retries apart
+            pool = aiohttp.TCPConnector(limit=self.config.max_concurrency, ssl=_tls_context())
+            self._session = aiohttp.ClientSession(
+                connector=pool, timeout=aiohttp.ClientTimeout(total=self.config.timeout), proxy=_env_proxy(self._url),
+                headers={"Authorization": f"Bearer {self._api_key}", "Content-Type": "application/json"})
+            self._closer = _closed_with_loop(self._session)
+            await anext(self._closer)
             self._semaphore = asyncio.Semaphore(self.config.max_concurrency)
             self._loop = loop
-        return self._client, self._semaphore
+        return self._session, self._semaphore
 
     async def aclose(self) -> None:
-        """Close the client of the running loop: its connections belong to that loop (see ImageWorker.close)."""
-        if self._client is not None:
-            await self._client.close()
-            self._loop = self._client = self._semaphore = None
+        """Close the session of the running loop: its connections belong to that loop (see ImageWorker.close)."""
+        if self._closer is not None:
+            await self._closer.aclose()
+            self._loop = self._session = self._closer = self._semaphore = None
 
     def request(self, messages: list[ChatMessage], max_tokens: int, temperature: float,
                 json_schema: dict | None) -> dict:
@@ -322,14 +356,33 @@ class OpenAIChat:
             body["structured_outputs"] = {"json": json_schema}
         return body
 
-    def _retryable(self, exc: Exception) -> bool:
-        import openai
+    def request_bytes(self, messages: list[ChatMessage], max_tokens: int, temperature: float,
+                      json_schema: dict | None) -> bytes:
+        """`request` as the JSON bytes sent: each image part as encoded once (`image_part`), the rest by
+        pydantic's JSON encoder (Rust, a tenth of the standard library's time), all copied once (one join)."""
+        head = self.request([], max_tokens, temperature, json_schema)
+        del head["messages"]
+        pieces = [pydantic_core.to_json(head)[:-1], b',"messages":[']
+        for number, message in enumerate(messages):
+            if number:
+                pieces.append(b",")
+            if not message.images:
+                pieces.append(pydantic_core.to_json({"role": message.role, "content": message.text}))
+                continue
+            pieces += [b'{"role":', pydantic_core.to_json(message.role), b',"content":[']
+            for image in message.images:
+                pieces += [image_part(image), b","]
+            pieces += [pydantic_core.to_json({"type": "text", "text": message.text}), b"]}"]
+        pieces.append(b"]}")
+        return b"".join(pieces)
 
-        if isinstance(exc, openai.APIStatusError):
+    def _retryable(self, exc: Exception) -> bool:
+        import aiohttp
+
+        if isinstance(exc, HTTPStatusError):
             return exc.status_code in self.RETRY_STATUS or exc.status_code >= 500
-        # connection errors, timeouts, and bodies that are cut short or not JSON
-        return isinstance(exc, (openai.APIConnectionError, openai.APIResponseValidationError, json.JSONDecodeError,
-                                NotACompletion))
+        # connection errors, timeouts, and bodies that are cut short, not JSON or not a completion
+        return isinstance(exc, (aiohttp.ClientError, TimeoutError, ValueError))
 
     def _backoff(self, retry: int, exc: Exception) -> float:
         server = _retry_after(exc)
@@ -340,38 +393,58 @@ class OpenAIChat:
 
     async def complete(self, messages: list[ChatMessage], *, max_tokens: int = 512, temperature: float = 0.0,
                        json_schema: dict | None = None) -> Completion:
-        client, semaphore = self._bind()
-        body = self.request(messages, max_tokens, temperature, json_schema)
+        session, semaphore = await self._bind()
+        body = self.request_bytes(messages, max_tokens, temperature, json_schema)
         start = time.perf_counter()
         retries = 0
         async with semaphore:
             while True:
                 await self.limiter.acquire()
                 try:
-                    # the body goes as extra_body, which the SDK sends as it is: given as arguments, every
-                    # message part and the schema would be walked against the SDK's TypedDicts first
-                    # (a fifth of the client's CPU per call at 300 calls/s), to the same JSON
-                    response = await client.chat.completions.create(model=self.config.model, messages=[],
-                                                                    extra_body=body)
+                    async with session.post(self._url, data=body) as answer:
+                        raw = await answer.read()
+                        if answer.status >= 400:
+                            raise HTTPStatusError(answer, raw)
+                    response = pydantic_core.from_json(raw)
                     text = _reply_text(response)
                     break
                 except Exception as exc:
                     if not self._retryable(exc):
-                        raise _refusal(f"{self.config.base_url} ({self.config.model})", exc, body, retries) from None
+                        images = sum(len(message.images) for message in messages)
+                        raise _refusal(f"{self.config.base_url} ({self.config.model})", exc, images, retries) from None
                     if retries >= self.config.max_retries:
                         raise ChatError(f"{self.config.base_url} ({self.config.model}): gave up after {retries} "
                                         f"retries: {_describe(exc)}", retries, transient=True) from None
                     await asyncio.sleep(self._backoff(retries, exc))
                     retries += 1
-        usage = response.usage
-        prompt_tokens = usage.prompt_tokens if usage else 0
-        completion_tokens = usage.completion_tokens if usage else 0
+        usage = response.get("usage") or {}
+        prompt_tokens = usage.get("prompt_tokens") or 0
+        completion_tokens = usage.get("completion_tokens") or 0
         self.limiter.record_tokens(prompt_tokens + completion_tokens)
         cost = (prompt_tokens * self.config.price_input_per_million
                 + completion_tokens * self.config.price_output_per_million) / 1e6
-        return Completion(text=text, model=response.model or self.config.model, prompt_tokens=prompt_tokens,
+        return Completion(text=text, model=response.get("model") or self.config.model, prompt_tokens=prompt_tokens,
                           completion_tokens=completion_tokens, seconds=round(time.perf_counter() - start, 4),
-                          retries=retries, cost_usd=cost, finish_reason=response.choices[0].finish_reason or "")
+                          retries=retries, cost_usd=cost,
+                          finish_reason=response["choices"][0].get("finish_reason") or "")
+
+
+def _env_proxy(url: str) -> str | None:
+    """The HTTP(S)_PROXY that applies to `url` (none when NO_PROXY names its host), read once per session: the
+    openai SDK's HTTP library honoured these, and aiohttp's own `trust_env` reads them, and .netrc, in a thread
+    on every request (nearly doubling the client's CPU per call)."""
+    parts = urllib.parse.urlsplit(url)
+    return None if urllib.request.proxy_bypass(parts.hostname or "") else urllib.request.getproxies().get(parts.scheme)
+
+
+async def _closed_with_loop(session):
+    """Held at its `yield` while the session's loop lives: `asyncio.run` closes its loop's async generators
+    before the loop itself, and so closes the session on its own loop when the caller never calls `aclose`
+    (evaluation's runs); left to the garbage collector, an open session logs "Unclosed client session"."""
+    try:
+        yield
+    finally:
+        await session.close()
 
 
 class NotACompletion(ValueError):
@@ -380,22 +453,21 @@ class NotACompletion(ValueError):
 
 
 def _reply_text(response) -> str:
-    choices = getattr(response, "choices", None)
-    message = getattr(choices[0], "message", None) if isinstance(choices, list) and choices else None
-    content = getattr(message, "content", None)
-    if message is None or not isinstance(content, (str, type(None))):
+    choices = response.get("choices") if isinstance(response, dict) else None
+    first = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
+    message = first.get("message")
+    content = message.get("content") if isinstance(message, dict) else None
+    if not isinstance(message, dict) or not isinstance(content, (str, type(None))):
         raise NotACompletion("the reply is not a chat completion (no choices[0].message with text content)")
     return content or ""
 
 
 def _describe(exc: Exception) -> str:
-    import openai
-
-    if isinstance(exc, openai.APIStatusError):
-        # the server's own message (vLLM: {"error": {"message": ...}}), not the SDK's dump of the whole body
+    if isinstance(exc, HTTPStatusError):
+        # the server's own message (vLLM: {"error": {"message": ...}}), not a dump of the whole body
         said = exc.body.get("message") if isinstance(exc.body, dict) else None
         return f"HTTP {exc.status_code}: {said if isinstance(said, str) else exc.message}"
-    if isinstance(exc, openai.APITimeoutError):
+    if isinstance(exc, TimeoutError):
         return "request timed out"
     return f"{type(exc).__name__}: {exc}"
 
@@ -406,12 +478,10 @@ MAX_TOKENS_LIMIT = "cannot be greater than max_model_len"
 CONTEXT_LIMIT = "maximum context length"
 
 
-def _refusal(where: str, exc: Exception, body: dict, retries: int) -> ChatError:
+def _refusal(where: str, exc: Exception, images: int, retries: int) -> ChatError:
     """The error of a request the server refused for good; a limit of the server names the settings to change."""
     said = _describe(exc)
     if IMAGE_LIMIT in said:
-        images = sum(part.get("type") == "image_url" for message in body["messages"]
-                     if isinstance(message["content"], list) for part in message["content"])
         return ServerLimitError(
             f"{where}: {said}; this request had {images} images: start vllm serve with --limit-mm-per-prompt "
             f"'{{\"image\": {images}}}' or more, or lower agent.max_zooms (a search sends up to max_zooms + 2 "
