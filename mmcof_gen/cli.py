@@ -13,7 +13,8 @@ from rich.console import Console
 from rich.table import Table
 
 from mmcof_gen import extras, resources
-from mmcof_gen.config import MAX_SIDE, MIN_SIDE, ConfigError, load_config, valid_resolutions
+from mmcof_gen.config import MAX_SIDE, MIN_SIDE, load_config, valid_resolutions
+from mmcof_gen.errors import ConfigError
 from mmcof_gen.store import RunStore, StoreError
 
 try:  # typer >= 0.20 vendors its own click

@@ -17,15 +17,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mmcof_gen import resources
+from mmcof_gen.errors import ConfigError
 from mmcof_gen.models.chat import ChatModelConfig
 from mmcof_gen.models.detect import DetectorConfig
 from mmcof_gen.schema import invalid_fields
 
 DEFAULT_CONFIG = resources.PIPELINES / "default.yaml"
-
-
-class ConfigError(ValueError):
-    """A config file or flag that cannot be used; the message names the file or field and the fix."""
 
 
 MIN_SIDE, MAX_SIDE = 112, 3840  # the smallest and largest resolution budget R (Qwen's pixel bounds)

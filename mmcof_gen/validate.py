@@ -23,7 +23,7 @@ from PIL import Image
 from rich.table import Table
 
 from mmcof_gen import cof_format
-from mmcof_gen.config import ConfigError
+from mmcof_gen.errors import ConfigError
 from mmcof_gen.extras import require
 from mmcof_gen.export.budget import TokenBudget
 from mmcof_gen.export.v1 import ZOOMIN

@@ -2,7 +2,8 @@ import pytest
 
 from mmcof_gen import resources
 from mmcof_gen.agent.verify import normalize_text, verify_answer
-from mmcof_gen.config import DEFAULT_CONFIG, ConfigError, load_config
+from mmcof_gen.config import DEFAULT_CONFIG, load_config
+from mmcof_gen.errors import ConfigError
 from mmcof_gen.positions import cell_box, cell_named, cell_of, position_name
 from mmcof_gen.prompts import Prompts
 from mmcof_gen.tasks.synthesis import task_prompts

@@ -15,7 +15,8 @@ import ray
 from PIL import Image, ImageDraw, ImageFont
 
 from mmcof_gen import resources
-from mmcof_gen.config import ConfigError, PipelineConfig, load_config
+from mmcof_gen.config import PipelineConfig, load_config
+from mmcof_gen.errors import ConfigError
 from mmcof_gen.executors.detectors import ActorDetector, DetectorActor
 from mmcof_gen.executors.ray import run_ray
 from mmcof_gen.imaging import make_frame

@@ -10,7 +10,8 @@ import pytest
 from PIL import Image, ImageDraw
 
 from mmcof_gen import resources
-from mmcof_gen.config import ConfigError, PipelineConfig, TasksConfig
+from mmcof_gen.config import PipelineConfig, TasksConfig
+from mmcof_gen.errors import ConfigError
 from mmcof_gen.filtering import contamination_rule
 from mmcof_gen.imaging import file_sha256
 from mmcof_gen.schema import ErrorRecord, ImageTasks

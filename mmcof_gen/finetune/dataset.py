@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 
 from mmcof_gen import cof_format
-from mmcof_gen.config import ConfigError
+from mmcof_gen.errors import ConfigError
 from mmcof_gen.validate import Sample, _records
 
 IGNORE = -100

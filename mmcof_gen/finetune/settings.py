@@ -10,7 +10,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mmcof_gen import resources
-from mmcof_gen.config import ConfigError, pipeline_file
+from mmcof_gen.config import pipeline_file
+from mmcof_gen.errors import ConfigError
 from mmcof_gen.schema import invalid_fields
 
 DEFAULT_FINETUNE_CONFIG = resources.PIPELINES / "finetune.yaml"

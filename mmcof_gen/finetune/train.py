@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 
 from transformers import TrainerCallback
 
-from mmcof_gen.config import ConfigError
+from mmcof_gen.errors import ConfigError
 from mmcof_gen.finetune.settings import FinetuneConfig
 from mmcof_gen.store import write_json_atomic
 

@@ -29,6 +29,7 @@ from typing import Literal, Protocol, TypeVar
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from mmcof_gen.errors import ConfigError
 from mmcof_gen.extras import require
 from mmcof_gen.imaging import image_to_png_bytes
 from mmcof_gen.schema import ModelCall, invalid_fields
@@ -274,8 +275,6 @@ class OpenAIChat:
         self._api_key = "EMPTY"
         if config.api_key_env:
             if not os.environ.get(config.api_key_env):
-                from mmcof_gen.config import ConfigError  # config.py imports this module
-
                 raise ConfigError(f"model {config.model}: environment variable {config.api_key_env} (api_key_env) "
                                   "is not set; export it with the API key")
             self._api_key = os.environ[config.api_key_env]
@@ -457,8 +456,6 @@ class TransformersChat:
             self.processor = AutoProcessor.from_pretrained(config.model)
             self.model = AutoModelForImageTextToText.from_pretrained(config.model, dtype=dtype).to(device).eval()
         except OSError as exc:
-            from mmcof_gen.config import ConfigError  # config.py imports this module
-
             where = "local folder" if Path(config.model).exists() else "hub id (not in the local cache, offline?)"
             raise ConfigError(f"cannot load transformers model {config.model!r} ({where}): "
                               f"{str(exc).splitlines()[0]}; download it with `hf download {config.model}` "

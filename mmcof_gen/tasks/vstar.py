@@ -28,7 +28,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from mmcof_gen import cof_format
-from mmcof_gen.config import ConfigError
+from mmcof_gen.errors import ConfigError
 from mmcof_gen.schema import Box, ErrorRecord, short_hash
 from mmcof_gen.tasks.sources import GivenQuestion, ImageUnit, WorkSource, image_inside
 
