@@ -15,13 +15,12 @@ from mmcof_gen.export import sharegpt
 from mmcof_gen.export.base import ExportFormat
 from mmcof_gen.schema import Trajectory
 
-ZOOMIN = "<|image_zoomin|>"
 V1_SYSTEM_PROMPT = "You are a helpful assistant."
 V1_INSTRUCTION = (resources.prompts("cof") / "v1_instruction.txt").read_text(encoding="utf-8").strip()
 
 
 def zoom_text(thought: str, box) -> str:
-    return f"{thought} <|box_start|>[{', '.join(str(int(v)) for v in box)}]<|box_end|>{ZOOMIN}{cof_format.IMAGE}"
+    return f"{thought} <|box_start|>[{', '.join(str(int(v)) for v in box)}]<|box_end|>{cof_format.ZOOMIN}{cof_format.IMAGE}"
 
 
 def messages(trajectory: Trajectory, system_prompt: str | None) -> list[dict]:
