@@ -59,18 +59,24 @@ def repair_torn_tail(path: Path) -> bool:
     return True
 
 
+def jsonl_lines(path: Path, errors: str = "strict") -> Iterator[tuple[int, str]]:
+    """The one JSONL line reader: each line that is not blank, with its number (from 1) for a message that
+    names `file:line`; the caller parses it and decides what a bad line means."""
+    with path.open(encoding="utf-8", errors=errors) as handle:
+        for number, line in enumerate(handle, 1):
+            if line.strip():
+                yield number, line
+
+
 def read_jsonl(path: Path, model: type[Record]) -> Iterator[Record]:
     """Records of one JSONL file; a line that does not parse names the file and line."""
     if not path.exists():
         return
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                yield model.model_validate_json(line)
-            except ValueError as exc:
-                raise StoreError(f"{path}:{number} is not a valid {model.__name__} record: {exc}") from None
+    for number, line in jsonl_lines(path):
+        try:
+            yield model.model_validate_json(line)
+        except ValueError as exc:
+            raise StoreError(f"{path}:{number} is not a valid {model.__name__} record: {exc}") from None
 
 
 class AtomicFile:

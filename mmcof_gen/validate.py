@@ -27,6 +27,7 @@ from mmcof_gen.errors import ConfigError
 from mmcof_gen.extras import require
 from mmcof_gen.export.budget import TokenBudget
 from mmcof_gen.imaging import crop_zoom, image_sha256, smart_resize, validate_box
+from mmcof_gen.store import jsonl_lines
 
 CHECKS = ("images", "placeholders", "turn_order", "boxes", "frame_size", "token_budget", "recrop")
 EXAMPLES = 5
@@ -88,9 +89,9 @@ def read_records(path: Path) -> Iterator[dict]:
         for batch in pq.ParquetFile(path).iter_batches(batch_size=64):
             yield from batch.to_pylist()
         return
-    text = path.read_text(encoding="utf-8")
     try:
-        data = json.loads(text) if path.suffix == ".json" else [json.loads(line) for line in text.splitlines() if line.strip()]
+        data = (json.loads(path.read_text(encoding="utf-8")) if path.suffix == ".json"
+                else [json.loads(line) for _, line in jsonl_lines(path)])
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path} is not valid JSON{'' if path.suffix == '.json' else ' lines'}: {exc}") from None
     if not isinstance(data, list):

@@ -30,6 +30,7 @@ from pydantic import ValidationError
 from mmcof_gen import cof_format
 from mmcof_gen.errors import ConfigError
 from mmcof_gen.schema import Box, ErrorRecord, short_hash
+from mmcof_gen.store import jsonl_lines
 from mmcof_gen.tasks.sources import GivenQuestion, ImageUnit, WorkSource, image_inside
 
 VSTAR_QUESTIONS = "test_questions.jsonl"
@@ -182,18 +183,15 @@ def split_options(text: str) -> tuple[str, list[str] | None]:
 
 
 def _jsonl_rows(path: Path):
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise BenchError(f"{where}: not valid JSON ({exc.msg}); fix or remove the line") from None
-            if not isinstance(row, dict):
-                raise BenchError(f"{where}: a line must be a JSON object")
-            yield where, row
+    for number, line in jsonl_lines(path):
+        where = f"{path}:{number}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise BenchError(f"{where}: not valid JSON ({exc.msg}); fix or remove the line") from None
+        if not isinstance(row, dict):
+            raise BenchError(f"{where}: a line must be a JSON object")
+        yield where, row
 
 
 def _image_beside(annotation: Path) -> Path | None:
