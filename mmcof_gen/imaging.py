@@ -21,7 +21,7 @@ from PIL import ExifTags, Image
 
 Box = tuple[int, int, int, int]
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp"}
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp")  # matched in lower case; V* tries them in order
 
 # The crop function's constants (docs/format.md); changing any of them breaks comparability with released CoF data.
 _FACTOR = 28

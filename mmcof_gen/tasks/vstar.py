@@ -29,12 +29,12 @@ from pydantic import ValidationError
 
 from mmcof_gen import cof_format
 from mmcof_gen.errors import ConfigError
+from mmcof_gen.imaging import IMAGE_SUFFIXES
 from mmcof_gen.schema import Box, ErrorRecord, short_hash
 from mmcof_gen.store import jsonl_lines
 from mmcof_gen.tasks.sources import GivenQuestion, ImageUnit, WorkSource, image_inside
 
 VSTAR_QUESTIONS = "test_questions.jsonl"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".JPG", ".JPEG", ".PNG")
 _OPTION_LINE = re.compile(r"\(([A-Z])\) (.*)")
 
 
@@ -195,7 +195,9 @@ def _jsonl_rows(path: Path):
 
 
 def _image_beside(annotation: Path) -> Path | None:
-    return next((p for s in IMAGE_SUFFIXES if (p := annotation.with_suffix(s)).is_file()), None)
+    """The image named like the annotation: the first image suffix found, lower case before upper."""
+    suffixes = (*IMAGE_SUFFIXES, *(s.upper() for s in IMAGE_SUFFIXES))
+    return next((p for s in suffixes if (p := annotation.with_suffix(s)).is_file()), None)
 
 
 def _read_annotation(path: Path) -> dict:
