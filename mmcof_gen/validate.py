@@ -23,9 +23,9 @@ from PIL import Image
 from rich.table import Table
 
 from mmcof_gen import cof_format
+from mmcof_gen.budget import TokenBudget
 from mmcof_gen.errors import ConfigError
 from mmcof_gen.extras import require
-from mmcof_gen.export.budget import TokenBudget
 from mmcof_gen.imaging import crop_zoom, image_sha256, smart_resize, validate_box
 from mmcof_gen.store import jsonl_lines
 
