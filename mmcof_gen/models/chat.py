@@ -42,23 +42,17 @@ class ChatMessage:
     images: list[Image.Image] = field(default_factory=list)
 
 
-@dataclass
-class Completion:
+class Completion(ModelCall):
+    """A reply and what its call cost: the fields of `ModelCall` (cost_usd for API models, gpu_seconds for
+    in-process ones), whose role only the caller knows."""
+
+    role: str = ""
     text: str
-    model: str
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    seconds: float = 0.0
-    retries: int = 0
-    cost_usd: float = 0.0      # API models: tokens times the configured prices
-    gpu_seconds: float = 0.0   # in-process models: wall seconds of generate on the accelerator
     finish_reason: str = ""    # API models: "length" when the reply was cut at max_tokens
 
     def as_call(self, role: str) -> ModelCall:
         """What this completion cost, as recorded in the run."""
-        return ModelCall(role=role, model=self.model, prompt_tokens=self.prompt_tokens,
-                         completion_tokens=self.completion_tokens, seconds=self.seconds, retries=self.retries,
-                         cost_usd=self.cost_usd, gpu_seconds=self.gpu_seconds)
+        return ModelCall(role=role, **self.model_dump(include=set(ModelCall.model_fields) - {"role"}))
 
 
 class ChatModel(Protocol):
