@@ -33,7 +33,8 @@ from mmcof_gen.config import AgentConfig, ModelsConfig
 from mmcof_gen.imaging import box_area, clip_box, crop_zoom, overlap_area, scale_box, validate_box
 from mmcof_gen.models.chat import (ChatMessage, ChatModel, ChatModelConfig, Completion, ReplyError, chat_model,
                                    complete_json)
-from mmcof_gen.models.detect import Detector, detector
+from mmcof_gen.models.detect import Detector
+from mmcof_gen.models.detectors import detector
 from mmcof_gen.prompts import Prompts
 from mmcof_gen.schema import Box, ChainStep, Detection, Step, Task, Verdict, View
 
