@@ -57,8 +57,4 @@ class ParquetWriter:
 FORMAT = ExportFormat(
     name="parquet", data_file="mmcof.parquet", messages=sharegpt.messages, record=record,
     llamafactory_name="mmcof",
-    usage=(
-        "`datasets.load_dataset(\"parquet\", data_files=\"<this folder>/mmcof.parquet\")`; images are embedded "
-        "PNGs. LLaMA-Factory reads it too (`dataset_dir: <this folder>`, `dataset: mmcof`, `template: qwen2_vl`, "
-        "`image_max_pixels: {max_pixels}`, `cutoff_len: {cutoff_len}` or more)."),
 )
