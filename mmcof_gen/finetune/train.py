@@ -23,7 +23,7 @@ from transformers import TrainerCallback
 
 from mmcof_gen.errors import ConfigError
 from mmcof_gen.finetune.settings import FinetuneConfig
-from mmcof_gen.store import jsonl_lines, write_json_atomic
+from mmcof_gen.store import jsonl_lines, write_bytes_atomic, write_json_atomic
 
 LOSS_LOG = "loss.jsonl"
 
@@ -173,7 +173,7 @@ class LossLog(TrainerCallback):
         if state.is_world_process_zero and self.path.exists():
             lines = self.path.read_text(encoding="utf-8").splitlines()
             kept = [line for line in lines if line.strip().endswith("}") and json.loads(line)["step"] <= state.global_step]
-            self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+            write_bytes_atomic(self.path, "".join(line + "\n" for line in kept).encode("utf-8"))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs and "loss" in logs:
