@@ -43,7 +43,8 @@ from mmcof_gen.config import PipelineConfig, load_config
 from mmcof_gen.executors.detectors import ActorDetector, DetectorActor
 from mmcof_gen.executors.ray import run_ray
 from mmcof_gen.models.chat import ChatModelConfig
-from mmcof_gen.models.detect import DetectorConfig, detector
+from mmcof_gen.models.detect import DetectorConfig
+from mmcof_gen.models.detectors import detector
 from mmcof_gen.prompts import Prompts
 from mmcof_gen.schema import Provenance, Trajectory
 from mmcof_gen.store import RunStore

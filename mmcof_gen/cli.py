@@ -13,7 +13,8 @@ from rich.console import Console
 from rich.table import Table
 
 from mmcof_gen import extras, resources
-from mmcof_gen.config import MAX_SIDE, MIN_SIDE, ConfigError, load_config, valid_resolutions
+from mmcof_gen.config import MAX_SIDE, MIN_SIDE, load_config, valid_resolutions
+from mmcof_gen.errors import ConfigError
 from mmcof_gen.store import RunStore, StoreError
 
 try:  # typer >= 0.20 vendors its own click
@@ -50,8 +51,16 @@ class SourceKind(str, Enum):
     vstar = "vstar"
 
 
+def _all_cores(jobs: Optional[int]) -> int:
+    """--jobs, or every core this process may use when it is not given."""
+    from mmcof_gen.parallel import default_jobs
+
+    return jobs or default_jobs()
+
+
 Jobs = Annotated[Optional[int], typer.Option(
-    min=1, help="Processes that rebuild frames and crops (default: all cores); the output is the same for any N.")]
+    min=1, callback=_all_cores,
+    help="Processes that rebuild frames and crops (default: all cores); the output is the same for any N.")]
 
 
 def _resolutions(value: str | None, command: str) -> list[int] | None:
@@ -206,14 +215,13 @@ def filter_command(
     contamination, reexecution, duplicate, balance. Prints kept/dropped per rule and writes
     OUT/filter_report.json with the exact reason of every dropped record."""
     from mmcof_gen.filtering import filter_run, report_table
-    from mmcof_gen.parallel import default_jobs
 
     rules = load_config(config).filter
     if exclude:
         rules.exclude_file = exclude
     if balance is not None:
         rules.balance, rules.direct_fraction = True, balance
-    report = filter_run(run_dir, out, rules, overwrite, jobs=jobs or default_jobs())
+    report = filter_run(run_dir, out, rules, overwrite, jobs=jobs)
     Console().print(report_table(report))
     typer.echo(f"kept {report['kept']} of {report['total']}; results in {out} (reasons in {out / 'filter_report.json'})")
     if report["kept"] == 0:
@@ -254,12 +262,11 @@ def export_command(
     """Write the accepted trajectories as training data: frames and crops as content-addressed PNGs, the
     samples, a token budget (cutoff_len, vLLM --limit-mm-per-prompt), export_report.json and a README.md card."""
     from mmcof_gen.export import export
-    from mmcof_gen.parallel import default_jobs
 
     prompt = system_prompt.read_text(encoding="utf-8").removesuffix("\n") if system_prompt else None
     report = export(run_dir, format.value, out, system_prompt=prompt, max_pixels=max_pixels,
                     absolute_paths=absolute_paths, tokenizer=tokenizer, overwrite=overwrite,
-                    jobs=jobs or default_jobs())
+                    jobs=jobs)
     budget = report["token_budget"]
     typer.echo(f"{report['samples']} samples ({report['direct']} direct, {report['zoom']} zoom), "
                f"{report['dropped']} dropped; {out / report['data_file']}")
@@ -313,10 +320,9 @@ def view(
 ) -> None:
     """Write a static HTML report (opens from disk, no server): every trajectory's frame with its boxes,
     crops, chain text and verdict, with filters and paging, and summary plots. Prints the report path."""
-    from mmcof_gen.parallel import default_jobs
     from mmcof_gen.report import write_report
 
-    typer.echo(write_report(run_dir, out or run_dir / "report.html", overwrite, jobs=jobs or default_jobs()))
+    typer.echo(write_report(run_dir, out or run_dir / "report.html", overwrite, jobs=jobs))
 
 
 @app.command()

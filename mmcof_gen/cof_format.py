@@ -17,6 +17,7 @@ SYSTEM_PROMPT = (_PROMPTS / "system.txt").read_text(encoding="utf-8").removesuff
 FORMAT_SUFFIX = "\n" + (_PROMPTS / "format_suffix.txt").read_text(encoding="utf-8").removesuffix("\n")
 TOOL_NAME = "image_zoom_in_tool"
 IMAGE = "<image>"
+ZOOMIN = "<|image_zoomin|>"  # the older single-turn form's zoom marker (export/v1.py); not a Qwen2.5-VL token
 TOOL_RESULT = IMAGE + FORMAT_SUFFIX  # "<image>\n" + the suffix without its leading newline
 MC_INSTRUCTION = "Answer with the option's letter from the given choices directly."
 OPEN_INSTRUCTION = "Answer the question using a single word or phrase."

@@ -17,15 +17,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mmcof_gen import resources
+from mmcof_gen.errors import ConfigError
 from mmcof_gen.models.chat import ChatModelConfig
 from mmcof_gen.models.detect import DetectorConfig
 from mmcof_gen.schema import invalid_fields
 
 DEFAULT_CONFIG = resources.PIPELINES / "default.yaml"
-
-
-class ConfigError(ValueError):
-    """A config file or flag that cannot be used; the message names the file or field and the fix."""
 
 
 MIN_SIDE, MAX_SIDE = 112, 3840  # the smallest and largest resolution budget R (Qwen's pixel bounds)
@@ -258,18 +255,25 @@ def pipeline_file(value: Path | str | None, default: Path = DEFAULT_CONFIG) -> P
                       f"{', '.join(shipped)}")
 
 
+def read_yaml(path: Path):
+    """The one YAML loader of config files (pipelines, fine-tune recipes): an empty file reads as {}, and
+    a file that is not YAML is a ConfigError naming it."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+
+
 def load_config(path: Path | str | None = None) -> PipelineConfig:
     """Read a pipeline YAML (a file or a shipped name). A relative `prompts_dir` is taken relative to the
     YAML file, an absolute one as is; without one the shipped prompts of the agent's kind are used."""
     path = pipeline_file(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = read_yaml(path)
         for section in (data, (data.get("tasks") or {}).get("synthesis") or {}):
             if isinstance(section, dict) and section.get("prompts_dir") is not None:
                 section["prompts_dir"] = (path.parent / section["prompts_dir"]).resolve()
         config = PipelineConfig.model_validate(data)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
     except ValidationError as exc:
         problems = invalid_fields(exc)
         raise ConfigError(f"{path}: {problems}") from None

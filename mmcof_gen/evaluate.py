@@ -34,7 +34,8 @@ from PIL import Image
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from mmcof_gen import cof_format, cof_release, resources
-from mmcof_gen.config import ConfigError, ImagesConfig, valid_resolutions
+from mmcof_gen.config import ImagesConfig, valid_resolutions
+from mmcof_gen.errors import ConfigError
 from mmcof_gen.extras import require
 from mmcof_gen.imaging import (MAX_ZOOM_PIXELS, MIN_PIXELS, crop_zoom, frame_from_image, load_image, make_frame,
                                validate_box)

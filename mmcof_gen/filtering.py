@@ -13,7 +13,6 @@ small on large runs.
 
 from __future__ import annotations
 
-import os
 import random
 import re
 import shutil
@@ -31,7 +30,7 @@ from mmcof_gen.imaging import box_area, scale_box, validate_box, zoom_region
 from mmcof_gen.replay import FrameSource, ReplayError, check_chain, replayed
 from mmcof_gen.schema import ImageTasks, Trajectory
 from mmcof_gen.stats import run_stats
-from mmcof_gen.store import (MANIFEST, TASKS, RunStore, StoreError, claim_out_dir, record_output,
+from mmcof_gen.store import (MANIFEST, TASKS, AtomicFile, RunStore, StoreError, claim_out_dir, record_output,
                              write_json_atomic)
 from mmcof_gen.tasks.exclusion import load_exclusions
 
@@ -300,17 +299,13 @@ def _judged(source: RunStore, rules: list[tuple[str, Rule]], config: FilterConfi
 
 def _write_kept(source: RunStore, out_dir: Path, dropped: dict[int, tuple[str, str, str]]) -> None:
     """Copy the kept records, unchanged, through a temporary file (a killed filter leaves no half file)."""
-    path = out_dir / "trajectories.jsonl"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
-        for position, trajectory in enumerate(source.trajectories()):
-            if position not in dropped:
-                handle.write(trajectory.model_dump_json() + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    for stale in out_dir.glob("trajectories-*.jsonl"):
-        stale.unlink()
-    os.replace(tmp, path)
+    with AtomicFile(out_dir / "trajectories.jsonl") as tmp:
+        with tmp.open("w", encoding="utf-8") as handle:
+            for position, trajectory in enumerate(source.trajectories()):
+                if position not in dropped:
+                    handle.write(trajectory.model_dump_json() + "\n")
+        for stale in out_dir.glob("trajectories-*.jsonl"):
+            stale.unlink()
 
 
 def _copy_tasks(source: RunStore, dst: Path) -> None:
@@ -318,12 +313,10 @@ def _copy_tasks(source: RunStore, dst: Path) -> None:
     paths = source.files(ImageTasks)
     if not paths:
         return
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    with tmp.open("wb") as out:
+    with AtomicFile(dst) as tmp, tmp.open("wb") as out:
         for path in paths:
             with path.open("rb") as handle:
                 shutil.copyfileobj(handle, out)
-    os.replace(tmp, dst)
 
 
 def _report(run_dir: Path, out_dir: Path, config: FilterConfig, total: int,

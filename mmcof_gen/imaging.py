@@ -21,7 +21,7 @@ from PIL import ExifTags, Image
 
 Box = tuple[int, int, int, int]
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp"}
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp")  # matched in lower case; V* tries them in order
 
 # The crop function's constants (docs/format.md); changing any of them breaks comparability with released CoF data.
 _FACTOR = 28
@@ -352,9 +352,14 @@ def box_area(box) -> int:
     return max(0, x2 - x1) * max(0, y2 - y1)
 
 
+def overlap_area(a, b) -> int:
+    """Pixels two boxes share."""
+    return box_area((max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])))
+
+
 def iou(a, b) -> float:
     """Intersection over union of two boxes; 0.0 when they do not overlap or both are empty."""
-    inter = box_area((max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])))
+    inter = overlap_area(a, b)
     union = box_area(a) + box_area(b) - inter
     return inter / union if union > 0 else 0.0
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from mmcof_gen.config import ConfigError
+from mmcof_gen.errors import ConfigError
 
 
 class Prompts:

@@ -24,7 +24,6 @@ import html
 import importlib.util
 import json
 import math
-import os
 import shutil
 from collections import Counter
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ from mmcof_gen.imaging import ImageError, InvalidBox, box_area, crop_zoom, image
 from mmcof_gen.parallel import ordered_map
 from mmcof_gen.schema import Box, ErrorRecord, Trajectory
 from mmcof_gen.stats import run_stats
-from mmcof_gen.store import RunStore, StoreError, claim_out_dir, images_folder, record_output
+from mmcof_gen.store import AtomicFile, RunStore, StoreError, claim_out_dir, images_folder, record_output
 
 FRAME_THUMB = 768  # longest side of a frame thumbnail, in pixels
 CROP_THUMB = 384  # longest side of a crop thumbnail
@@ -127,7 +126,6 @@ INDEX_FIELDS = ("id", "status", "kind", "resolution", "question_type", "image", 
 def _write_cards(files: Path, cards) -> int:
     """The cards in files of CHUNK (`cards-00000.js`, ...), which the page loads as it shows them, and
     `index.js`, the few fields of every card that the page filters on; returns the number of chunk files."""
-    index_tmp = files / f".index.js.{os.getpid()}.tmp"
     chunk: list[dict] = []
     count = 0
 
@@ -137,18 +135,18 @@ def _write_cards(files: Path, cards) -> int:
                     + ");\n")
         chunk, count = [], count + 1
 
-    with index_tmp.open("w", encoding="utf-8") as index:
-        index.write("window.MMCOF_INDEX = [")
-        for number, card in enumerate(cards):
-            index.write(("" if number == 0 else ",") + "\n" + json.dumps([card[k] for k in INDEX_FIELDS],
-                                                                       separators=(",", ":")))
-            chunk.append(card)
-            if len(chunk) == CHUNK:
-                flush()
-        index.write("\n];\n")
-    if chunk:
-        flush()
-    os.replace(index_tmp, files / "index.js")
+    with AtomicFile(files / "index.js") as index_tmp:
+        with index_tmp.open("w", encoding="utf-8") as index:
+            index.write("window.MMCOF_INDEX = [")
+            for number, card in enumerate(cards):
+                index.write(("" if number == 0 else ",") + "\n" + json.dumps([card[k] for k in INDEX_FIELDS],
+                                                                           separators=(",", ":")))
+                chunk.append(card)
+                if len(chunk) == CHUNK:
+                    flush()
+            index.write("\n];\n")
+        if chunk:
+            flush()
     for stale in files.glob("cards-*.js"):  # chunks of an earlier, longer report in the same folder
         if int(stale.stem.removeprefix("cards-")) >= count:
             stale.unlink()
@@ -246,9 +244,8 @@ class FrameAssets:
             return
         thumbnail = image.copy()
         thumbnail.thumbnail((side, side), Image.LANCZOS)
-        tmp = path.with_name(f".{name}.{os.getpid()}.tmp")
-        thumbnail.save(tmp, format="JPEG", quality=JPEG_QUALITY)
-        os.replace(tmp, path)
+        with AtomicFile(path) as tmp:
+            thumbnail.save(tmp, format="JPEG", quality=JPEG_QUALITY)
 
 
 def _frame_views(assets: FrameAssets, job: tuple[str, list]) -> dict:
@@ -395,6 +392,5 @@ def _box_key(box: Box) -> str:
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    with AtomicFile(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")

@@ -59,43 +59,85 @@ def repair_torn_tail(path: Path) -> bool:
     return True
 
 
+def jsonl_lines(path: Path, errors: str = "strict") -> Iterator[tuple[int, str]]:
+    """The one JSONL line reader: each line that is not blank, with its number (from 1) for a message that
+    names `file:line`; the caller parses it and decides what a bad line means."""
+    with path.open(encoding="utf-8", errors=errors) as handle:
+        for number, line in enumerate(handle, 1):
+            if line.strip():
+                yield number, line
+
+
 def read_jsonl(path: Path, model: type[Record]) -> Iterator[Record]:
     """Records of one JSONL file; a line that does not parse names the file and line."""
     if not path.exists():
         return
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                yield model.model_validate_json(line)
-            except ValueError as exc:
-                raise StoreError(f"{path}:{number} is not a valid {model.__name__} record: {exc}") from None
+    for number, line in jsonl_lines(path):
+        try:
+            yield model.model_validate_json(line)
+        except ValueError as exc:
+            raise StoreError(f"{path}:{number} is not a valid {model.__name__} record: {exc}") from None
+
+
+class AtomicFile:
+    """The one way a command writes a file that readers trust: at `tmp` (`.<name>.<pid>.tmp` beside `path`),
+    then `commit` fsyncs it and renames it over `path`, so `path` holds the old content or the new, whole.
+
+    One durability rule for every such file: the data is fsync'd before the rename. A file system may put
+    the rename on disk before the data it names (ext4, xfs), and a power cut would leave an empty or torn
+    file under the final name, which nothing repairs: a resume trusts the manifest, and content-addressed
+    files (export images, report thumbnails) are never rewritten once they exist. The folder is not
+    fsync'd: a lost rename leaves the previous file, which the next run rewrites.
+
+    As a context manager it yields `tmp` and commits on success. A failed write (disk full) removes `tmp`;
+    a killed one leaves it, and `remove_temporaries` clears it on the re-run.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+
+    def sync(self) -> None:
+        with self.tmp.open("r+b") as handle:
+            os.fsync(handle.fileno())
+
+    def commit(self) -> None:
+        try:
+            self.sync()
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            self.discard()
+            raise
+
+    def discard(self) -> None:
+        self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> Path:
+        return self.tmp
+
+    def __exit__(self, kind, value, traceback) -> None:
+        if kind is None:
+            self.commit()
+        else:
+            self.discard()
 
 
 def write_temporary(path: Path, data: bytes) -> Path:
-    """Write `data`, fsync'd, to a temporary file beside `path` and return it; a failed write (disk full)
-    removes it. A killed one leaves it: `remove_temporaries` clears it on the re-run."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """`data` in `path`'s temporary file, fsync'd (see `AtomicFile`), for a caller that links it into place."""
+    file = AtomicFile(path)
     try:
-        with tmp.open("wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        file.tmp.write_bytes(data)
+        file.sync()
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        file.discard()
         raise
-    return tmp
+    return file.tmp
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write through a temporary file and rename, so readers never see half a file."""
-    tmp = write_temporary(path, data)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Replace `path` with `data`, whole or not at all (see `AtomicFile`)."""
+    with AtomicFile(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def write_json_atomic(path: Path, data: dict) -> None:

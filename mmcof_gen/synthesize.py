@@ -16,7 +16,8 @@ from rich.console import Console
 
 from mmcof_gen import __version__
 from mmcof_gen.agent.search import role_models
-from mmcof_gen.config import ConfigError, PipelineConfig
+from mmcof_gen.config import PipelineConfig
+from mmcof_gen.errors import ConfigError
 from mmcof_gen.executors.local import run_local
 from mmcof_gen.imaging import discover_images, file_sha256
 from mmcof_gen.models.chat import ServerLimitError

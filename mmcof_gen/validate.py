@@ -23,17 +23,17 @@ from PIL import Image
 from rich.table import Table
 
 from mmcof_gen import cof_format
-from mmcof_gen.config import ConfigError
+from mmcof_gen.budget import TokenBudget
+from mmcof_gen.errors import ConfigError
 from mmcof_gen.extras import require
-from mmcof_gen.export.budget import TokenBudget
-from mmcof_gen.export.v1 import ZOOMIN
 from mmcof_gen.imaging import crop_zoom, image_sha256, smart_resize, validate_box
+from mmcof_gen.store import jsonl_lines
 
 CHECKS = ("images", "placeholders", "turn_order", "boxes", "frame_size", "token_budget", "recrop")
 EXAMPLES = 5
 DATA_SUFFIXES = (".json", ".jsonl", ".parquet")
 _ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
-_V1_BOX = re.compile(r"<\|box_start\|>\[([^\]]*)\]<\|box_end\|>\s*" + re.escape(ZOOMIN))
+_V1_BOX = re.compile(r"<\|box_start\|>\[([^\]]*)\]<\|box_end\|>\s*" + re.escape(cof_format.ZOOMIN))
 
 
 class Sample:
@@ -76,11 +76,12 @@ def data_files(path: Path) -> list[Path]:
 def read_samples(path: Path, image_root: Path | None = None) -> Iterator[Sample]:
     for data_file in data_files(path):
         base = image_root or data_file.parent
-        for index, raw in enumerate(_records(data_file)):
+        for index, raw in enumerate(read_records(data_file)):
             yield _normalise(raw, f"{data_file.name}#{index}", base)
 
 
-def _records(path: Path) -> Iterator[dict]:
+def read_records(path: Path) -> Iterator[dict]:
+    """The raw records of one data file of an exported dataset (.json list, .jsonl, .parquet), as dicts."""
     if path.suffix == ".parquet":
         require("data", "reading .parquet", ("pyarrow",))
         import pyarrow.parquet as pq
@@ -88,9 +89,9 @@ def _records(path: Path) -> Iterator[dict]:
         for batch in pq.ParquetFile(path).iter_batches(batch_size=64):
             yield from batch.to_pylist()
         return
-    text = path.read_text(encoding="utf-8")
     try:
-        data = json.loads(text) if path.suffix == ".json" else [json.loads(line) for line in text.splitlines() if line.strip()]
+        data = (json.loads(path.read_text(encoding="utf-8")) if path.suffix == ".json"
+                else [json.loads(line) for _, line in jsonl_lines(path)])
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path} is not valid JSON{'' if path.suffix == '.json' else ' lines'}: {exc}") from None
     if not isinstance(data, list):

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 from pydantic import BaseModel
 
-from mmcof_gen.config import ConfigError
+from mmcof_gen.errors import ConfigError
 from mmcof_gen.imaging import image_to_png_bytes
 from mmcof_gen.models.chat import (ChatError, ChatMessage, ChatModelConfig, OpenAIChat, ReplyError, chat_model,
                                    complete_json, endpoint_limiter)

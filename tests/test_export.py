@@ -5,8 +5,8 @@ import pytest
 from PIL import Image
 
 from mmcof_gen import cof_format
+from mmcof_gen.budget import TokenBudget, image_tokens
 from mmcof_gen.export import export
-from mmcof_gen.export.budget import TokenBudget, image_tokens
 from mmcof_gen.export import files as files_module
 from mmcof_gen.imaging import crop_zoom, image_sha256, image_to_png_bytes
 from mmcof_gen.store import StoreError

@@ -15,7 +15,7 @@ from PIL import Image
 from mmcof_gen import resources
 from mmcof_gen import cof_format
 from mmcof_gen.cli import main
-from mmcof_gen.config import ConfigError
+from mmcof_gen.errors import ConfigError
 from mmcof_gen.export import export
 from mmcof_gen.finetune.dataset import IGNORE, ConversationDataset, ConversationEncoder, collator_for, read_dataset
 from mmcof_gen.finetune.llamafactory import emit_llamafactory

@@ -15,12 +15,14 @@ import ray
 from PIL import Image, ImageDraw, ImageFont
 
 from mmcof_gen import resources
-from mmcof_gen.config import ConfigError, PipelineConfig, load_config
+from mmcof_gen.config import PipelineConfig, load_config
+from mmcof_gen.errors import ConfigError
 from mmcof_gen.executors.detectors import ActorDetector, DetectorActor
 from mmcof_gen.executors.ray import run_ray
 from mmcof_gen.imaging import make_frame
 from mmcof_gen.models.chat import ChatModelConfig
-from mmcof_gen.models.detect import DetectorConfig, detector
+from mmcof_gen.models.detect import DetectorConfig
+from mmcof_gen.models.detectors import detector
 from mmcof_gen.prompts import Prompts
 from mmcof_gen.schema import ErrorRecord, ImageTasks, Provenance, Trajectory, trajectory_id
 from mmcof_gen.store import RunStore

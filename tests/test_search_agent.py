@@ -326,7 +326,8 @@ def test_ready_vlm_pipelines_load_with_the_agent_prompts(name):
 
 
 def test_a_configured_detector_plays_locator(tmp_path):
-    from mmcof_gen.models.detect import DetectorConfig, detector
+    from mmcof_gen.models.detect import DetectorConfig
+    from mmcof_gen.models.detectors import detector
     from tests.support.tiny_models import build_tiny_owlv2
 
     owl = detector(DetectorConfig(backend="owlv2", model=str(build_tiny_owlv2(tmp_path / "owl")), box_threshold=0.0,

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from mmcof_gen.config import ConfigError, PipelineConfig
+from mmcof_gen.config import PipelineConfig
+from mmcof_gen.errors import ConfigError
 from mmcof_gen.models.chat import ChatModelConfig
 from mmcof_gen.models.server_info import check_served, check_servers, server_info
 from tests.support.scripted_server import ScriptedServer

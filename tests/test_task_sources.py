@@ -10,9 +10,10 @@ import pytest
 from PIL import Image, ImageDraw
 
 from mmcof_gen import resources
-from mmcof_gen.config import ConfigError, PipelineConfig, TasksConfig
+from mmcof_gen.config import PipelineConfig, TasksConfig
+from mmcof_gen.errors import ConfigError
 from mmcof_gen.filtering import contamination_rule
-from mmcof_gen.imaging import file_sha256
+from mmcof_gen.imaging import discover_images, file_sha256
 from mmcof_gen.schema import ErrorRecord, ImageTasks
 from mmcof_gen.store import read_jsonl
 from mmcof_gen.synthesize import task_source
@@ -90,6 +91,15 @@ def test_vstar_questions_file_pointing_outside_the_folder_is_refused(vstar_dir):
     assert unit.questions[0].boxes == [(100, 200, 130, 221)]  # joined with the per-image JSON
     error, = source.errors
     assert error.stage == "tasks" and error.reason.endswith("image '../outside.jpg' points outside the images folder; refused")
+
+
+def test_vstar_takes_the_images_an_images_folder_takes(vstar_dir):
+    """One list of image suffixes: a .tif or an upper-case .BMP beside an annotation is read, as in a folder."""
+    (vstar_dir / "direct_attributes" / "sa_1.jpg").rename(vstar_dir / "direct_attributes" / "sa_1.tif")
+    (vstar_dir / "relative_position" / "sa_2.jpg").rename(vstar_dir / "relative_position" / "sa_2.BMP")
+    assert is_vstar_folder(vstar_dir)
+    assert [u.rel for u in vstar_source(vstar_dir).units] == ["direct_attributes/sa_1.tif", "relative_position/sa_2.BMP"]
+    assert [p.name for p in discover_images(vstar_dir)] == ["sa_1.tif", "sa_2.BMP"]
 
 
 def test_a_plain_folder_is_not_taken_for_vstar(tmp_path):

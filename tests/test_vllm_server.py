@@ -24,7 +24,8 @@ from rich.console import Console
 
 from mmcof_gen.agent import search
 from mmcof_gen import resources
-from mmcof_gen.config import ConfigError, PipelineConfig, load_config
+from mmcof_gen.config import PipelineConfig, load_config
+from mmcof_gen.errors import ConfigError
 from mmcof_gen.models.chat import ChatMessage, ChatModelConfig, ReplyError, chat_model, complete_json
 from mmcof_gen.store import MANIFEST, RunStore
 from mmcof_gen.synthesize import synthesize

@@ -27,13 +27,14 @@ from PIL import Image
 from pydantic import BaseModel, Field, WithJsonSchema, create_model, field_validator, model_validator
 
 from mmcof_gen.agent.ocr_search import SearchResult
-from mmcof_gen.agent.verify import as_option, box_hint, overlap_area, verify_answer
+from mmcof_gen.agent.verify import as_option, box_hint, verify_answer
 from mmcof_gen.cof_format import question_text
 from mmcof_gen.config import AgentConfig, ModelsConfig
-from mmcof_gen.imaging import box_area, clip_box, crop_zoom, scale_box, validate_box
+from mmcof_gen.imaging import box_area, clip_box, crop_zoom, overlap_area, scale_box, validate_box
 from mmcof_gen.models.chat import (ChatMessage, ChatModel, ChatModelConfig, Completion, ReplyError, chat_model,
                                    complete_json)
-from mmcof_gen.models.detect import Detector, detector
+from mmcof_gen.models.detect import Detector
+from mmcof_gen.models.detectors import detector
 from mmcof_gen.prompts import Prompts
 from mmcof_gen.schema import Box, ChainStep, Detection, Step, Task, Verdict, View
 

@@ -1,11 +1,15 @@
-"""The verifier: compares an answer with the ground truth by rules (an LLM judge can follow later)."""
+"""The verifier's rules: an answer against the ground truth, and a hint about a box against the target.
+
+Open answers the rules reject can go on to an LLM judge (`models.verifier`), asked by the VLM agent
+(agent/search.py).
+"""
 
 from __future__ import annotations
 
 import re
 import unicodedata
 
-from mmcof_gen.imaging import box_area
+from mmcof_gen.imaging import box_area, overlap_area
 from mmcof_gen.schema import Box, Verdict
 
 
@@ -24,11 +28,6 @@ def verify_answer(predicted: str | None, expected: str | None) -> Verdict:
         return Verdict(correct=True, predicted=predicted, expected=expected, reason="matches the ground truth")
     return Verdict(correct=False, predicted=predicted, expected=expected,
                    reason=f"read {predicted!r}, expected {expected!r}")
-
-
-def overlap_area(a: Box, b: Box) -> int:
-    """Pixels two boxes share."""
-    return box_area((max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])))
 
 
 def box_hint(box: Box, target: Box) -> str:

@@ -19,7 +19,8 @@ from collections.abc import Sequence
 import ray
 from PIL import Image
 
-from mmcof_gen.models.detect import DetectorConfig, DetectRequest, detector
+from mmcof_gen.models.detect import DetectorConfig, DetectRequest
+from mmcof_gen.models.detectors import detector
 from mmcof_gen.schema import Detection
 
 

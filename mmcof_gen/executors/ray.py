@@ -40,7 +40,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from mmcof_gen import extras
-from mmcof_gen.config import ConfigError, PipelineConfig
+from mmcof_gen.config import PipelineConfig
+from mmcof_gen.errors import ConfigError
 from mmcof_gen.models.chat import ServerLimitError
 from mmcof_gen.progress import LiveStatus
 from mmcof_gen.prompts import Prompts

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+from mmcof_gen.budget import TokenBudget
 from mmcof_gen.export import parquet, qwen, sharegpt, swift, v1
 from mmcof_gen.export.base import ExportFormat, llamafactory_entry
-from mmcof_gen.export.budget import TokenBudget
 from mmcof_gen.export.card import dataset_card
 from mmcof_gen.export.files import IMAGES_DIR, PNG_LEVEL, ImageFiles, RecordWriter
 from mmcof_gen.extras import require

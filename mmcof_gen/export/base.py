@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from mmcof_gen import resources
 from mmcof_gen.schema import Trajectory
 
 LLAMAFACTORY_TAGS = {"role_tag": "role", "content_tag": "content", "user_tag": "user",
@@ -20,11 +21,14 @@ class ExportFormat:
     """role/content messages with one `<image>` placeholder per image; the str replaces the system prompt"""
     record: Callable[[str, list[dict], list], dict]
     """(sample id, messages, images) -> the record written; images are paths, or PNG bytes for parquet"""
-    usage: str
-    """how a trainer reads it without silent changes, for the dataset card (Markdown; `{max_pixels}` and
-    `{cutoff_len}` are filled from the export's token budget)"""
     llamafactory_name: str | None = None
     """the dataset name in dataset_info.json, for formats LLaMA-Factory reads"""
+
+    @property
+    def usage(self) -> str:
+        """How a trainer reads it without silent changes, for the dataset card: `resources/cards/<name>.md`
+        (Markdown; `{max_pixels}` and `{cutoff_len}` are filled from the export's token budget)."""
+        return (resources.CARDS / f"{self.name}.md").read_text(encoding="utf-8").removesuffix("\n")
 
 
 def llamafactory_entry(file_name: str) -> dict:

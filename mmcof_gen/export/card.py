@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from mmcof_gen.cof_format import ZOOMIN
 from mmcof_gen.export.base import ExportFormat
-from mmcof_gen.export.v1 import ZOOMIN
 
 
 def _table(header: tuple[str, ...], rows: list[tuple]) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 from PIL import Image
 
 from mmcof_gen.imaging import image_sha256, image_to_png_bytes
-from mmcof_gen.store import write_temporary
+from mmcof_gen.store import AtomicFile, write_temporary
 
 IMAGES_DIR = "images"
 PNG_LEVEL = 1
@@ -61,8 +61,8 @@ class RecordWriter:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.lines = self.path.suffix == ".jsonl"
-        self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        self.handle = self.tmp.open("w", encoding="utf-8")
+        self.file = AtomicFile(self.path)
+        self.handle = self.file.tmp.open("w", encoding="utf-8")
         self.count = 0
         if not self.lines:
             self.handle.write("[")
@@ -78,7 +78,5 @@ class RecordWriter:
     def close(self) -> None:
         if not self.lines:
             self.handle.write("\n]\n")
-        self.handle.flush()
-        os.fsync(self.handle.fileno())
         self.handle.close()
-        os.replace(self.tmp, self.path)
+        self.file.commit()

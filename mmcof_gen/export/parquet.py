@@ -4,11 +4,11 @@ moves as one file. Written in row groups, so memory stays bounded on large expor
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from mmcof_gen.export import sharegpt
 from mmcof_gen.export.base import ExportFormat
+from mmcof_gen.store import AtomicFile
 
 ROW_GROUP = 256
 
@@ -30,8 +30,8 @@ class ParquetWriter:
                              "images": [Image()]})
         self.schema = features.arrow_schema  # carries the `datasets` feature types in its metadata
         self.path = Path(path)
-        self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        self.writer = pq.ParquetWriter(self.tmp, self.schema)
+        self.file = AtomicFile(self.path)
+        self.writer = pq.ParquetWriter(self.file.tmp, self.schema)
         self.rows: list[dict] = []
         self.count = 0
 
@@ -51,16 +51,10 @@ class ParquetWriter:
     def close(self) -> None:
         self._flush()
         self.writer.close()
-        with self.tmp.open("rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(self.tmp, self.path)
+        self.file.commit()
 
 
 FORMAT = ExportFormat(
     name="parquet", data_file="mmcof.parquet", messages=sharegpt.messages, record=record,
     llamafactory_name="mmcof",
-    usage=(
-        "`datasets.load_dataset(\"parquet\", data_files=\"<this folder>/mmcof.parquet\")`; images are embedded "
-        "PNGs. LLaMA-Factory reads it too (`dataset_dir: <this folder>`, `dataset: mmcof`, `template: qwen2_vl`, "
-        "`image_max_pixels: {max_pixels}`, `cutoff_len: {cutoff_len}` or more)."),
 )

@@ -21,10 +21,4 @@ def record(sample_id: str, sample_messages: list[dict], images: list) -> dict:
 
 FORMAT = ExportFormat(
     name="qwen", data_file="mmcof_qwen.json", messages=sharegpt.messages, record=record,
-    usage=(
-        "Qwen2.5-VL `qwen-vl-finetune`: register `{{\"annotation_path\": \"<this folder>/mmcof_qwen.json\", "
-        "\"data_path\": \"<this folder>\"}}` in `qwenvl/data/__init__.py` (image paths are relative to `data_path`) "
-        "and train with `--max_pixels {max_pixels}` (a lower one shrinks frames and moves every box) and "
-        "`--model_max_length {cutoff_len}` or more. This format has no system turn: the repo's template adds "
-        "\"You are a helpful assistant.\", so the CoF tool declaration is absent (use sharegpt to keep it)."),
 )

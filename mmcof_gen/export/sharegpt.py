@@ -18,9 +18,4 @@ def record(sample_id: str, sample_messages: list[dict], images: list) -> dict:
 
 FORMAT = ExportFormat(
     name="sharegpt", data_file="mmcof.json", messages=messages, record=record, llamafactory_name="mmcof",
-    usage=(
-        "LLaMA-Factory, in the training YAML: `dataset_dir: <this folder>` (image paths are relative to it), "
-        "`dataset: mmcof`, `template: qwen2_vl`, `image_max_pixels: {max_pixels}` (its default, 768x768, would "
-        "shrink larger frames and move every box) and `cutoff_len: {cutoff_len}` or more (a shorter one cuts "
-        "samples). `mmcof-gen finetune --data <this folder> --emit-llamafactory DIR` writes such a YAML."),
 )

@@ -15,13 +15,12 @@ from mmcof_gen.export import sharegpt
 from mmcof_gen.export.base import ExportFormat
 from mmcof_gen.schema import Trajectory
 
-ZOOMIN = "<|image_zoomin|>"
 V1_SYSTEM_PROMPT = "You are a helpful assistant."
 V1_INSTRUCTION = (resources.prompts("cof") / "v1_instruction.txt").read_text(encoding="utf-8").strip()
 
 
 def zoom_text(thought: str, box) -> str:
-    return f"{thought} <|box_start|>[{', '.join(str(int(v)) for v in box)}]<|box_end|>{ZOOMIN}{cof_format.IMAGE}"
+    return f"{thought} <|box_start|>[{', '.join(str(int(v)) for v in box)}]<|box_end|>{cof_format.ZOOMIN}{cof_format.IMAGE}"
 
 
 def messages(trajectory: Trajectory, system_prompt: str | None) -> list[dict]:
@@ -36,10 +35,4 @@ def messages(trajectory: Trajectory, system_prompt: str | None) -> list[dict]:
 
 FORMAT = ExportFormat(
     name="v1", data_file="mmcof_v1.json", messages=messages, record=sharegpt.record, llamafactory_name="mmcof_v1",
-    usage=("LLaMA-Factory, single-turn v1 form: `dataset_dir: <this folder>`, `dataset: mmcof_v1`, `template: "
-           "qwen2_vl`, `image_max_pixels: {max_pixels}`, `cutoff_len: {cutoff_len}` or more, plus "
-           "`new_special_tokens: <|image_zoomin|>` and `resize_vocab: true` (`<|image_zoomin|>` is not a Qwen2.5-VL "
-           "token; elsewhere: `tokenizer.add_special_tokens({{\"additional_special_tokens\": [\"<|image_zoomin|>\"]}})` "
-           "then `model.resize_token_embeddings(len(tokenizer))`). The crops' `<image>` placeholders are inside the "
-           "assistant turn."),
 )

@@ -30,8 +30,8 @@ import torch
 from PIL import Image
 
 from mmcof_gen import cof_format
-from mmcof_gen.config import ConfigError
-from mmcof_gen.validate import Sample, _records
+from mmcof_gen.errors import ConfigError
+from mmcof_gen.validate import Sample, read_records
 
 IGNORE = -100
 EXAMPLES = 5
@@ -75,7 +75,7 @@ def read_dataset(data_dir: Path) -> list[Sample]:
         columns = {**_DEFAULT_COLUMNS, **entry.get("columns", {})}
         tags = {**_DEFAULT_TAGS, **entry.get("tags", {})}
         roles = {tags[tag]: role for tag, role in _ROLE_OF_TAG.items()}
-        for index, raw in enumerate(_records(data_file)):
+        for index, raw in enumerate(read_records(data_file)):
             messages = [{"role": roles.get(turn.get(tags["role_tag"]), str(turn.get(tags["role_tag"]))),
                          "content": turn.get(tags["content_tag"]) or ""} for turn in raw.get(columns["messages"]) or []]
             if columns["system"] and raw.get(columns["system"]):

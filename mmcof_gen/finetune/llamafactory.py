@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from mmcof_gen.config import ConfigError
+from mmcof_gen.errors import ConfigError
 from mmcof_gen.finetune.settings import FinetuneConfig
 from mmcof_gen.store import write_json_atomic
 

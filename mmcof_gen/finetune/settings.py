@@ -6,11 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mmcof_gen import resources
-from mmcof_gen.config import ConfigError, pipeline_file
+from mmcof_gen.config import pipeline_file, read_yaml
+from mmcof_gen.errors import ConfigError
 from mmcof_gen.schema import invalid_fields
 
 DEFAULT_FINETUNE_CONFIG = resources.PIPELINES / "finetune.yaml"
@@ -51,11 +51,9 @@ def load_finetune_config(path: Path | None = None, **overrides) -> FinetuneConfi
     `overrides` applied."""
     path = pipeline_file(path, DEFAULT_FINETUNE_CONFIG)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = read_yaml(path)
         data |= {key: value for key, value in overrides.items() if value is not None}
         return FinetuneConfig.model_validate(data)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
     except ValidationError as exc:
         problems = invalid_fields(exc)
         raise ConfigError(f"{path} (or a flag): {problems}") from None

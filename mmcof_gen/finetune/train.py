@@ -21,9 +21,9 @@ from urllib.parse import urlparse
 
 from transformers import TrainerCallback
 
-from mmcof_gen.config import ConfigError
+from mmcof_gen.errors import ConfigError
 from mmcof_gen.finetune.settings import FinetuneConfig
-from mmcof_gen.store import write_json_atomic
+from mmcof_gen.store import jsonl_lines, write_bytes_atomic, write_json_atomic
 
 LOSS_LOG = "loss.jsonl"
 
@@ -110,7 +110,7 @@ def finetune(config: FinetuneConfig) -> dict:
         processor.save_pretrained(final)
         if config.merge and config.method == "lora":
             merge_adapter(source, final, out / "merged")
-        losses = [json.loads(line)["loss"] for line in (out / LOSS_LOG).read_text(encoding="utf-8").splitlines()]
+        losses = [json.loads(line)["loss"] for _, line in jsonl_lines(out / LOSS_LOG)]
         report = {
             "model": config.model, "data": str(config.data), "method": config.method, "output": str(final),
             "merged": str(out / "merged") if config.merge and config.method == "lora" else None,
@@ -173,7 +173,7 @@ class LossLog(TrainerCallback):
         if state.is_world_process_zero and self.path.exists():
             lines = self.path.read_text(encoding="utf-8").splitlines()
             kept = [line for line in lines if line.strip().endswith("}") and json.loads(line)["step"] <= state.global_step]
-            self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+            write_bytes_atomic(self.path, "".join(line + "\n" for line in kept).encode("utf-8"))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs and "loss" in logs:
@@ -190,7 +190,7 @@ def plot_loss(log: Path, png: Path) -> str | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    entries = [json.loads(line) for line in Path(log).read_text(encoding="utf-8").splitlines() if line.strip()]
+    entries = [json.loads(line) for _, line in jsonl_lines(Path(log))]
     if not entries:
         return None
     figure, axis = plt.subplots(figsize=(6, 3.5))

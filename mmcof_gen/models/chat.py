@@ -32,6 +32,7 @@ import pydantic_core
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from mmcof_gen.errors import ConfigError
 from mmcof_gen.extras import require
 from mmcof_gen.imaging import image_to_png_bytes
 from mmcof_gen.schema import ModelCall, invalid_fields
@@ -44,23 +45,17 @@ class ChatMessage:
     images: list[Image.Image] = field(default_factory=list)
 
 
-@dataclass
-class Completion:
+class Completion(ModelCall):
+    """A reply and what its call cost: the fields of `ModelCall` (cost_usd for API models, gpu_seconds for
+    in-process ones), whose role only the caller knows."""
+
+    role: str = ""
     text: str
-    model: str
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    seconds: float = 0.0
-    retries: int = 0
-    cost_usd: float = 0.0      # API models: tokens times the configured prices
-    gpu_seconds: float = 0.0   # in-process models: wall seconds of generate on the accelerator
     finish_reason: str = ""    # API models: "length" when the reply was cut at max_tokens
 
     def as_call(self, role: str) -> ModelCall:
         """What this completion cost, as recorded in the run."""
-        return ModelCall(role=role, model=self.model, prompt_tokens=self.prompt_tokens,
-                         completion_tokens=self.completion_tokens, seconds=self.seconds, retries=self.retries,
-                         cost_usd=self.cost_usd, gpu_seconds=self.gpu_seconds)
+        return ModelCall(role=role, **self.model_dump(include=set(ModelCall.model_fields) - {"role"}))
 
 
 class ChatModel(Protocol):
@@ -306,8 +301,6 @@ class OpenAIChat:
         self._api_key = "EMPTY"
         if config.api_key_env:
             if not os.environ.get(config.api_key_env):
-                from mmcof_gen.config import ConfigError  # config.py imports this module
-
                 raise ConfigError(f"model {config.model}: environment variable {config.api_key_env} (api_key_env) "
                                   "is not set; export it with the API key")
             self._api_key = os.environ[config.api_key_env]
@@ -527,8 +520,6 @@ class TransformersChat:
             self.processor = AutoProcessor.from_pretrained(config.model)
             self.model = AutoModelForImageTextToText.from_pretrained(config.model, dtype=dtype).to(device).eval()
         except OSError as exc:
-            from mmcof_gen.config import ConfigError  # config.py imports this module
-
             where = "local folder" if Path(config.model).exists() else "hub id (not in the local cache, offline?)"
             raise ConfigError(f"cannot load transformers model {config.model!r} ({where}): "
                               f"{str(exc).splitlines()[0]}; download it with `hf download {config.model}` "

@@ -20,7 +20,6 @@ from typing import Literal, Protocol
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from mmcof_gen.extras import require
 from mmcof_gen.imaging import InvalidBox, clip_box
 from mmcof_gen.schema import Detection
 
@@ -67,25 +66,6 @@ class Detector(Protocol):
     def detect(self, requests: Sequence[DetectRequest]) -> list[list[Detection]]:
         """Detections per request: boxes in that frame's pixels, labels among its phrases, best first."""
         ...
-
-
-def detector(config: DetectorConfig) -> Detector:
-    """Build the configured backend; heavy imports happen only here."""
-    if config.backend in ("yolo-world", "yoloe"):
-        require("yolo", f"detector {config.backend}")
-    else:
-        require("hf", f"detector {config.backend}", ("torch", "transformers"))
-    if config.backend == "grounding-dino":
-        from mmcof_gen.models.grounding_dino import GroundingDinoDetector
-
-        return GroundingDinoDetector(config)
-    if config.backend == "owlv2":
-        from mmcof_gen.models.owlv2 import Owlv2Detector
-
-        return Owlv2Detector(config)
-    from mmcof_gen.models.yolo_world import YoloDetector
-
-    return YoloDetector(config)
 
 
 def clean_phrases(phrases: Sequence[str]) -> list[str]:
@@ -138,6 +118,31 @@ def finish(boxes, scores, labels: Sequence[str], size: tuple[int, int], config: 
                        torch.tensor([d.score for d in candidates]),
                        torch.tensor([names.index(d.label) for d in candidates]), config.nms_iou)
     return [candidates[i] for i in kept[: config.max_detections].tolist()]
+
+
+class TransformersDetector:
+    """What the transformers backends share: processor and model loaded once (`model_class`, a transformers
+    class name; `example`, a hub id for the error message), requests answered in batches of `detect_batch`."""
+
+    model_class: str
+    example: str
+
+    def __init__(self, config: DetectorConfig):
+        import transformers
+
+        self.config = config
+        self.name = f"{config.backend}:{config.model}"
+        self.processor, self.model = load_pretrained(config, getattr(transformers, self.model_class), self.example)
+
+    def detect(self, requests: Sequence[DetectRequest]) -> list[list[Detection]]:
+        return detect_in_batches(requests, self.config.batch_size, self.detect_batch)
+
+    def forward(self, inputs):
+        """The model on processor outputs, on the configured device, without autograd."""
+        import torch
+
+        with torch.inference_mode():
+            return self.model(**inputs.to(self.config.device))
 
 
 def load_pretrained(config: DetectorConfig, model_class, example: str):

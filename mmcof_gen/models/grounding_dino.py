@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from PIL import Image
 
-from mmcof_gen.models.detect import DetectorConfig, DetectRequest, detect_in_batches, finish, load_pretrained
+from mmcof_gen.models.detect import TransformersDetector, finish
 from mmcof_gen.schema import Detection
 
 
@@ -26,26 +26,14 @@ def prompt(phrases: Sequence[str]) -> str:
     return " ".join(p.lower().rstrip(".") + "." for p in phrases)
 
 
-class GroundingDinoDetector:
-    def __init__(self, config: DetectorConfig):
-        from transformers import AutoModelForZeroShotObjectDetection
-
-        self.config = config
-        self.name = f"grounding-dino:{config.model}"
-        self.processor, self.model = load_pretrained(config, AutoModelForZeroShotObjectDetection,
-                                                     "IDEA-Research/grounding-dino-tiny")
-
-    def detect(self, requests: Sequence[DetectRequest]) -> list[list[Detection]]:
-        return detect_in_batches(requests, self.config.batch_size, self.detect_batch)
+class GroundingDinoDetector(TransformersDetector):
+    model_class = "AutoModelForZeroShotObjectDetection"
+    example = "IDEA-Research/grounding-dino-tiny"
 
     def detect_batch(self, frames: list[Image.Image], phrases: list[list[str]]) -> list[list[Detection]]:
-        import torch
-
         inputs = self.processor(images=frames, text=[prompt(p) for p in phrases], padding=True, truncation=True,
-                                return_tensors="pt").to(self.config.device)
-        with torch.inference_mode():
-            outputs = self.model(**inputs)
-        return self.to_detections(outputs, inputs.input_ids, frames, phrases)
+                                return_tensors="pt")
+        return self.to_detections(self.forward(inputs), inputs.input_ids, frames, phrases)
 
     def to_detections(self, outputs, input_ids, frames: Sequence[Image.Image],
                       phrases: Sequence[Sequence[str]]) -> list[list[Detection]]:

@@ -11,29 +11,17 @@ from collections.abc import Sequence
 
 from PIL import Image
 
-from mmcof_gen.models.detect import DetectorConfig, DetectRequest, detect_in_batches, finish, load_pretrained
+from mmcof_gen.models.detect import TransformersDetector, finish
 from mmcof_gen.schema import Detection
 
 
-class Owlv2Detector:
-    def __init__(self, config: DetectorConfig):
-        from transformers import Owlv2ForObjectDetection
-
-        self.config = config
-        self.name = f"owlv2:{config.model}"
-        self.processor, self.model = load_pretrained(config, Owlv2ForObjectDetection,
-                                                     "google/owlv2-base-patch16-ensemble")
-
-    def detect(self, requests: Sequence[DetectRequest]) -> list[list[Detection]]:
-        return detect_in_batches(requests, self.config.batch_size, self.detect_batch)
+class Owlv2Detector(TransformersDetector):
+    model_class = "Owlv2ForObjectDetection"
+    example = "google/owlv2-base-patch16-ensemble"
 
     def detect_batch(self, frames: list[Image.Image], phrases: list[list[str]]) -> list[list[Detection]]:
-        import torch
-
-        inputs = self.processor(images=frames, text=phrases, truncation=True, return_tensors="pt").to(self.config.device)
-        with torch.inference_mode():
-            outputs = self.model(**inputs)
-        return self.to_detections(outputs, frames, phrases)
+        inputs = self.processor(images=frames, text=phrases, truncation=True, return_tensors="pt")
+        return self.to_detections(self.forward(inputs), frames, phrases)
 
     def to_detections(self, outputs, frames: Sequence[Image.Image],
                       phrases: Sequence[Sequence[str]]) -> list[list[Detection]]:

@@ -15,7 +15,8 @@ import os
 import urllib.error
 import urllib.request
 
-from mmcof_gen.config import ConfigError, PipelineConfig
+from mmcof_gen.config import PipelineConfig
+from mmcof_gen.errors import ConfigError
 from mmcof_gen.models.chat import ChatMessage, ChatModelConfig, IMAGE_LIMIT, openai_messages
 
 TIMEOUT = 10.0  # seconds per question; a server that does not answer in time is asked nothing more

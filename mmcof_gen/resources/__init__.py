@@ -1,6 +1,7 @@
 """Where the files the package reads at run time live: prompt templates (`prompts/`), the ready pipelines
-(`pipelines/`) and the demo's photos (`photos/`). They ship inside the wheel; in a checkout the top-level
-`prompts` and `pipelines` are links to these folders, so there is one copy of each file.
+(`pipelines/`), the demo's photos (`photos/`) and each export format's "How to train" text for the dataset
+card (`cards/`). They ship inside the wheel; in a checkout the top-level `prompts` and `pipelines` are links
+to these folders, so there is one copy of each file.
 
 Installed packages are folders on disk, so the resources are handed out as `Path`s.
 """
@@ -14,6 +15,7 @@ ROOT = Path(str(files(__name__)))
 PROMPTS = ROOT / "prompts"
 PIPELINES = ROOT / "pipelines"
 PHOTOS = ROOT / "photos"
+CARDS = ROOT / "cards"
 
 
 def prompts(kind: str) -> Path:

@@ -27,7 +27,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from mmcof_gen.config import ConfigError, TextTasksConfig
+from mmcof_gen.config import TextTasksConfig
+from mmcof_gen.errors import ConfigError
 from mmcof_gen.positions import cell_of, position_name
 from mmcof_gen.schema import Box, ErrorRecord, invalid_fields, short_hash
 from mmcof_gen.tasks.sources import GivenQuestion, ImageUnit, WorkSource, image_inside

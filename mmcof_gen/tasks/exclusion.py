@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmcof_gen.config import ConfigError
+from mmcof_gen.errors import ConfigError
 from mmcof_gen.extras import require
 from mmcof_gen.imaging import ImageError, discover_images, file_sha256, load_image
 from mmcof_gen.tasks.sources import ImageUnit

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mmcof_gen.imaging import discover_images
 from mmcof_gen.schema import Box, ErrorRecord, invalid_fields, short_hash
+from mmcof_gen.store import jsonl_lines
 
 
 MAX_QUESTION_CHARS = 2000  # far above any real question; a longer one would go into every prompt and record
@@ -80,25 +81,22 @@ def questions_source(images_dir: Path, questions_file: Path) -> WorkSource:
     """Questions grouped by image in file order; bad lines become error records, never a crash."""
     by_image: dict[str, list[GivenQuestion]] = {}
     errors = []
-    with questions_file.open(encoding="utf-8", errors="replace") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            where = f"{questions_file.name}:{number}"
-            try:
-                given = GivenQuestion.model_validate(json.loads(line))
-            except (json.JSONDecodeError, ValidationError) as exc:
-                reason = _problem(exc)
-                errors.append(ErrorRecord(id="q-" + short_hash(line), stage="tasks", image=where,
-                                          reason=f"{where}: not a valid question line: {reason}"))
-                continue
-            path = image_inside(images_dir, given.image)
-            if path is None or not path.is_file():
-                why = "points outside the images folder" if path is None else "does not exist in the images folder"
-                errors.append(ErrorRecord(id="q-" + short_hash(line), stage="tasks", image=given.image[:300],
-                                          reason=f"{where}: image {given.image[:300]!r} {why}; refused"))
-                continue
-            by_image.setdefault(given.image, []).append(given)
+    for number, line in jsonl_lines(questions_file, errors="replace"):
+        where = f"{questions_file.name}:{number}"
+        try:
+            given = GivenQuestion.model_validate(json.loads(line))
+        except (json.JSONDecodeError, ValidationError) as exc:
+            reason = _problem(exc)
+            errors.append(ErrorRecord(id="q-" + short_hash(line), stage="tasks", image=where,
+                                      reason=f"{where}: not a valid question line: {reason}"))
+            continue
+        path = image_inside(images_dir, given.image)
+        if path is None or not path.is_file():
+            why = "points outside the images folder" if path is None else "does not exist in the images folder"
+            errors.append(ErrorRecord(id="q-" + short_hash(line), stage="tasks", image=given.image[:300],
+                                      reason=f"{where}: image {given.image[:300]!r} {why}; refused"))
+            continue
+        by_image.setdefault(given.image, []).append(given)
     units = (ImageUnit(images_dir / rel, rel, questions, f"questions:{questions_file.name}")
              for rel, questions in by_image.items())
     return WorkSource(units, errors)

@@ -28,12 +28,13 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from mmcof_gen import cof_format
-from mmcof_gen.config import ConfigError
+from mmcof_gen.errors import ConfigError
+from mmcof_gen.imaging import IMAGE_SUFFIXES
 from mmcof_gen.schema import Box, ErrorRecord, short_hash
+from mmcof_gen.store import jsonl_lines
 from mmcof_gen.tasks.sources import GivenQuestion, ImageUnit, WorkSource, image_inside
 
 VSTAR_QUESTIONS = "test_questions.jsonl"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".JPG", ".JPEG", ".PNG")
 _OPTION_LINE = re.compile(r"\(([A-Z])\) (.*)")
 
 
@@ -182,22 +183,21 @@ def split_options(text: str) -> tuple[str, list[str] | None]:
 
 
 def _jsonl_rows(path: Path):
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise BenchError(f"{where}: not valid JSON ({exc.msg}); fix or remove the line") from None
-            if not isinstance(row, dict):
-                raise BenchError(f"{where}: a line must be a JSON object")
-            yield where, row
+    for number, line in jsonl_lines(path):
+        where = f"{path}:{number}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise BenchError(f"{where}: not valid JSON ({exc.msg}); fix or remove the line") from None
+        if not isinstance(row, dict):
+            raise BenchError(f"{where}: a line must be a JSON object")
+        yield where, row
 
 
 def _image_beside(annotation: Path) -> Path | None:
-    return next((p for s in IMAGE_SUFFIXES if (p := annotation.with_suffix(s)).is_file()), None)
+    """The image named like the annotation: the first image suffix found, lower case before upper."""
+    suffixes = (*IMAGE_SUFFIXES, *(s.upper() for s in IMAGE_SUFFIXES))
+    return next((p for s in suffixes if (p := annotation.with_suffix(s)).is_file()), None)
 
 
 def _read_annotation(path: Path) -> dict:
