@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import platform
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -44,19 +45,34 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def task_source(config: PipelineConfig, images_dir: Path, questions: Path | None = None, coco: Path | None = None,
-                kind: str = "auto") -> tuple[str, WorkSource]:
-    """Where the tasks come from, and the units screened against `tasks.exclude` and for near-duplicates.
+@dataclass(frozen=True)
+class RunInputs:
+    """What a synthesis reads besides the config and the images folder: a questions file or COCO annotations
+    (at most one), or the folder itself as `kind` says (auto, folder or vstar); and at most how many images."""
 
-    kind `auto`: `questions` or `coco` when given, `vstar` when `images_dir` is in the V*-bench layout, else
-    `folder` (bare images: tasks are synthesised, by OCR or by the model roles as `tasks.kind` says).
-    """
-    if kind == "auto":
-        kind = "questions" if questions else "coco" if coco else "vstar" if is_vstar_folder(images_dir) else "folder"
+    questions: Path | None = None
+    coco: Path | None = None
+    kind: str = "auto"
+    limit: int | None = None
+
+    def source_kind(self, images_dir: Path) -> str:
+        """The one place the source kind is decided. auto: `questions` or `coco` when given, `vstar` when
+        `images_dir` is in the V*-bench layout, else `folder` (bare images: tasks are synthesised, by OCR or
+        by the model roles as `tasks.kind` says)."""
+        if self.kind != "auto":
+            return self.kind
+        return ("questions" if self.questions else "coco" if self.coco
+                else "vstar" if is_vstar_folder(images_dir) else "folder")
+
+
+def task_source(config: PipelineConfig, images_dir: Path, inputs: RunInputs = RunInputs()) -> tuple[str, WorkSource]:
+    """Where the tasks come from (its kind, and the source), the units screened against `tasks.exclude` and
+    for near-duplicates."""
+    kind = inputs.source_kind(images_dir)
     if kind == "questions":
-        source = questions_source(images_dir, questions)
+        source = questions_source(images_dir, inputs.questions)
     elif kind == "coco":
-        source = coco_source(images_dir, coco, config.tasks)
+        source = coco_source(images_dir, inputs.coco, config.tasks)
     elif kind == "vstar":
         source = vstar_source(images_dir)
     else:
@@ -70,17 +86,8 @@ def task_source(config: PipelineConfig, images_dir: Path, questions: Path | None
     return kind, source
 
 
-def synthesize(
-    config: PipelineConfig,
-    images_dir: Path,
-    out_dir: Path,
-    questions: Path | None = None,
-    limit: int | None = None,
-    console: Console | None = None,
-    coco: Path | None = None,
-    source_kind: str = "auto",
-    relocated: bool = False,
-) -> dict:
+def synthesize(config: PipelineConfig, images_dir: Path, out_dir: Path, inputs: RunInputs = RunInputs(), *,
+               relocated: bool = False, console: Console | None = None) -> dict:
     """Run (or resume) a synthesis into `out_dir`; returns the run's stats. `relocated`: the run's images
     folder moved to `images_dir` (checked against the image hashes the run recorded)."""
     console = console or Console(stderr=True)
@@ -94,7 +101,8 @@ def synthesize(
         models = {**models, "task_writer": writer.name}
     fingerprint = config.fingerprint() + "-" + Prompts.combined_hash(hashes)
     provenance = Provenance(package_version=__version__, config_hash=fingerprint, models=models, prompts=hashes)
-    source_kind, source = task_source(config, images_dir, questions, coco, source_kind)
+    source_kind, source = task_source(config, images_dir, inputs)
+    questions, coco = inputs.questions, inputs.coco
     servers = agent.check_servers(config)  # before any record is written
     manifest = {
         "tool": "mmcof-gen", "config": config.model_dump(mode="json"), "prompts": hashes,
@@ -107,7 +115,7 @@ def synthesize(
         "servers": servers,
     }
     store = RunStore.open(out_dir, fingerprint, manifest, relocated)
-    units = itertools.islice(source.units, limit) if limit else source.units
+    units = itertools.islice(source.units, inputs.limit) if inputs.limit else source.units
     status = LiveStatus(console)  # the number of images is known once the source has streamed them all
     sink = RecordSink(store, status)
     with status:

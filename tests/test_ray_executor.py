@@ -25,7 +25,7 @@ from mmcof_gen.models.detect import DetectorConfig, detector
 from mmcof_gen.prompts import Prompts
 from mmcof_gen.schema import ErrorRecord, ImageTasks, Provenance, Trajectory, trajectory_id
 from mmcof_gen.store import RunStore
-from mmcof_gen.synthesize import synthesize
+from mmcof_gen.synthesize import RunInputs, synthesize
 from mmcof_gen.tasks.sources import ImageUnit, questions_source
 from mmcof_gen.worker import WorkerFactory
 from tests.support.scripted_server import Reply, ScriptedServer
@@ -92,8 +92,8 @@ def test_ray_and_local_make_the_same_ids_and_the_same_accepted_records(text_imag
 
 def test_a_run_resumes_across_executors_with_every_record_once(text_images, local_run, tmp_path):
     out = tmp_path / "run"
-    synthesize(offline_config("local"), text_images, out, limit=1)
-    synthesize(offline_config("ray", workers=2), text_images, out, limit=2)
+    synthesize(offline_config("local"), text_images, out, RunInputs(limit=1))
+    synthesize(offline_config("ray", workers=2), text_images, out, RunInputs(limit=2))
     stats = synthesize(offline_config("local"), text_images, out)
     store = RunStore(out)
     ids = [t.id for t in store.trajectories()] + [e.id for e in store.errors()]

@@ -27,7 +27,7 @@ from mmcof_gen import resources
 from mmcof_gen.config import ConfigError, PipelineConfig, load_config
 from mmcof_gen.models.chat import ChatMessage, ChatModelConfig, ReplyError, chat_model, complete_json
 from mmcof_gen.store import MANIFEST, RunStore
-from mmcof_gen.synthesize import synthesize
+from mmcof_gen.synthesize import RunInputs, synthesize
 
 URL = os.environ.get("MMCOF_VLLM_URL", "")
 MODEL = os.environ.get("MMCOF_VLLM_MODEL", "")
@@ -106,7 +106,7 @@ def pipeline(structured: str = "response_format", **agent) -> PipelineConfig:
 
 
 def run(config: PipelineConfig, images: Path, out: Path, **kwargs) -> dict:
-    return synthesize(config, images, out, console=Console(file=io.StringIO()), **kwargs)
+    return synthesize(config, images, out, RunInputs(**kwargs), console=Console(file=io.StringIO()))
 
 
 def all_calls(store: RunStore) -> list:
