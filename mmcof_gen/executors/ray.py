@@ -26,8 +26,8 @@ Exactly once, with several writers:
 - two copies of one image (the same bytes at two paths make the same ids): an `IdLedger` actor gives
   each id to the first image that claims it, and an actor writes a record only when its image holds the id.
 
-Configuration reaches the actors as the `PipelineConfig` object itself (constructor arguments), never
-through environment variables.
+Configuration reaches the actors as the `PipelineConfig` object itself, inside the `WorkerFactory` (a
+constructor argument), never through environment variables.
 """
 
 from __future__ import annotations
