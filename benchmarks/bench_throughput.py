@@ -42,6 +42,7 @@ from mmcof_gen import resources
 from mmcof_gen.config import PipelineConfig, load_config
 from mmcof_gen.executors.detectors import ActorDetector, DetectorActor
 from mmcof_gen.executors.ray import run_ray
+from mmcof_gen.executors.sink import RecordSink
 from mmcof_gen.models.chat import ChatModelConfig
 from mmcof_gen.models.detect import DetectorConfig
 from mmcof_gen.models.detectors import detector
@@ -52,7 +53,7 @@ from mmcof_gen.synthesize import synthesize
 from mmcof_gen.tasks.sources import GivenQuestion, ImageUnit
 from tests.support.scripted_server import Reply, ScriptedServer
 from tests.support.tiny_models import build_tiny_owlv2
-from mmcof_gen.worker import ImageWorker
+from mmcof_gen.worker import ImageWorker, Resumed, WorkerFactory
 
 DELAY = 0.2
 CALLS_PER_TASK = 5
@@ -135,18 +136,18 @@ def concurrency(url: str, folder: Path, levels: list[int], rounds: int) -> None:
         count = max(8, rounds * in_flight)
         records, clock = [], Clock()
         run_dir = folder / f"run-{in_flight}"  # the actors write their shards there, as in a real run
-        RunStore.open(run_dir, "bench", {})
-        run_ray((unit(path, [i]) for i in range(count)), config, prompts, provenance, run_dir, records.append,
-                records.append, {}, set(), clock)
+        sink = RecordSink(RunStore.open(run_dir, "bench", {}), clock)
+        sink.write = sink.written = records.append  # the actors wrote them; the benchmark only collects
+        run_ray((unit(path, [i]) for i in range(count)), WorkerFactory(config, prompts, provenance), sink)
         check(records, count)
         rate, overhead, steady = clock.overheads(in_flight, model)
         first = first or rate
         calls = [call.seconds for r in records if isinstance(r, Trajectory) for step in r.steps for call in step.calls]
 
         with ImageWorker(config, prompts, provenance) as worker:
-            list(worker.process(unit(path, [-1]), None, set()))  # warm-up: the client and its connection
+            list(worker.process(unit(path, [-1]), Resumed()))  # warm-up: the client and its connection
             start = time.perf_counter()
-            records = list(worker.process(unit(path, range(in_flight)), None, set()))
+            records = list(worker.process(unit(path, range(in_flight)), Resumed()))
             baseline = time.perf_counter() - start
         check(records, in_flight)
         print(f"{in_flight:>9}  {count:>5}  {rate:>7.2f}  {rate / first:>7.1f}x  {overhead:>13.1%}  {steady:>12.1%}  "

@@ -117,31 +117,20 @@ def synthesize(
 ) -> None:
     """Search each image for the regions its questions depend on and write verified chains."""
     from mmcof_gen.stats import no_task_line
-    from mmcof_gen.synthesize import synthesize as run
+    from mmcof_gen.synthesize import RunInputs, synthesize as run
 
-    pipeline = load_config(config)
-    overrides = {"resolutions": _resolutions(resolutions, "synthesize")}
-    pipeline = pipeline.model_validate({**pipeline.model_dump(), **{k: v for k, v in overrides.items() if v}})
-    if executor:
-        pipeline.executor.kind = executor.value
+    pipeline = load_config(config, {
+        "resolutions": _resolutions(resolutions, "synthesize"), "executor.kind": executor.value if executor else None,
+        "executor.workers": workers, "executor.address": ray_address, "executor.max_in_flight": max_in_flight,
+        "tasks.exclude": exclude.resolve() if exclude else None})
     if (ray_address or max_in_flight) and pipeline.executor.kind != "ray":
         raise UserError("synthesize: --ray-address and --max-in-flight need --executor ray")
-    if workers:
-        pipeline.executor.workers = workers
-    if ray_address:
-        pipeline.executor.address = ray_address
-    if max_in_flight:
-        pipeline.executor.max_in_flight = max_in_flight
     if questions and coco:
         raise UserError("synthesize: pass either --questions or --coco, not both")
     if (questions or coco) and source != SourceKind.auto:
         raise UserError(f"synthesize: --source {source.value} is for --images without --questions or --coco")
-    if exclude:
-        pipeline.tasks.exclude = exclude.resolve()
     extras.require_pipeline(pipeline)
-    kind = "questions" if questions else "coco" if coco else source.value
-    stats = run(pipeline, images, out, questions=questions, limit=limit, coco=coco, source_kind=kind,
-                relocated=relocated)
+    stats = run(pipeline, images, out, RunInputs(questions, coco, source.value, limit), relocated=relocated)
     typer.echo(f"{stats['accepted']} accepted ({stats['direct']} direct, {stats['zoom']} zoom), "
                f"{stats['rejected']} rejected, {_errors(stats)}; results in {out}")
     if stats["images_without_tasks"]:
@@ -216,11 +205,8 @@ def filter_command(
     OUT/filter_report.json with the exact reason of every dropped record."""
     from mmcof_gen.filtering import filter_run, report_table
 
-    rules = load_config(config).filter
-    if exclude:
-        rules.exclude_file = exclude
-    if balance is not None:
-        rules.balance, rules.direct_fraction = True, balance
+    rules = load_config(config, {"filter.exclude_file": exclude, "filter.balance": True if balance is not None else None,
+                                 "filter.direct_fraction": balance}).filter
     report = filter_run(run_dir, out, rules, overwrite, jobs=jobs)
     Console().print(report_table(report))
     typer.echo(f"kept {report['kept']} of {report['total']}; results in {out} (reasons in {out / 'filter_report.json'})")

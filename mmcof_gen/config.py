@@ -264,15 +264,27 @@ def read_yaml(path: Path):
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
 
 
-def load_config(path: Path | str | None = None) -> PipelineConfig:
-    """Read a pipeline YAML (a file or a shipped name). A relative `prompts_dir` is taken relative to the
-    YAML file, an absolute one as is; without one the shipped prompts of the agent's kind are used."""
+def load_config(path: Path | str | None = None, overrides: dict[str, object] | None = None) -> PipelineConfig:
+    """Read a pipeline YAML (a file or a shipped name) with `overrides` (dotted field -> value, e.g. the CLI's
+    {"executor.workers": 4}; None: not given) merged in, then validated once, file and flags together.
+    A relative `prompts_dir` is taken relative to the YAML file, an absolute one as is; without one the
+    shipped prompts of the agent's kind are used."""
     path = pipeline_file(path)
     try:
         data = read_yaml(path)
         for section in (data, (data.get("tasks") or {}).get("synthesis") or {}):
             if isinstance(section, dict) and section.get("prompts_dir") is not None:
                 section["prompts_dir"] = (path.parent / section["prompts_dir"]).resolve()
+        for dotted, value in (overrides or {}).items():
+            if value is None:
+                continue
+            *sections, name = dotted.split(".")
+            section = data
+            for key in sections:
+                if section.get(key) is None:
+                    section[key] = {}
+                section = section[key]
+            section[name] = value
         config = PipelineConfig.model_validate(data)
     except ValidationError as exc:
         problems = invalid_fields(exc)

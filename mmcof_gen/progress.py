@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterable, Iterator
 
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -21,8 +22,9 @@ from mmcof_gen.schema import ErrorRecord, ImageTasks, Trajectory
 class LiveStatus:
     """Counts records and images in flight; shown as one refreshing line while a run goes on.
 
-    Thread-safe: the local executor writes from its worker threads. `images` (when known) is the number of
-    images this invocation will visit; it turns the cost per finished image into a projected cost.
+    Thread-safe: the local executor writes from its worker threads. `images` is the number of images this
+    invocation visits, known once the source has given the last (`counted`): the folder is never walked
+    twice. It turns the cost per finished image into a projected cost.
     """
 
     def __init__(self, console: Console, resumed: int = 0, images: int | None = None):
@@ -50,6 +52,15 @@ class LiveStatus:
             self._progress.console.print(self.summary())
 
     # -- events --------------------------------------------------------------------------------------
+    def counted(self, units: Iterable) -> Iterator:
+        """`units` as they stream; their number becomes the total once the last has been given."""
+        count = 0
+        for unit in units:
+            count += 1
+            yield unit
+        self.images = count
+        self._refresh()
+
     def record(self, record: Trajectory | ErrorRecord | ImageTasks) -> None:
         with self._lock:
             if isinstance(record, Trajectory):

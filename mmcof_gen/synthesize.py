@@ -8,23 +8,23 @@ from __future__ import annotations
 
 import itertools
 import platform
-import threading
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
 from rich.console import Console
 
 from mmcof_gen import __version__
-from mmcof_gen.agent.search import role_models
+from mmcof_gen.agent import agent_class
 from mmcof_gen.config import PipelineConfig
 from mmcof_gen.errors import ConfigError
 from mmcof_gen.executors.local import run_local
-from mmcof_gen.imaging import discover_images, file_sha256
+from mmcof_gen.executors.sink import RecordSink
+from mmcof_gen.imaging import file_sha256
 from mmcof_gen.models.chat import ServerLimitError
-from mmcof_gen.models.server_info import check_servers
 from mmcof_gen.progress import LiveStatus
 from mmcof_gen.prompts import Prompts
-from mmcof_gen.schema import ErrorRecord, Provenance, Trajectory
+from mmcof_gen.schema import Provenance
 from mmcof_gen.stats import run_stats
 from mmcof_gen.store import RunStore, unwritable
 from mmcof_gen.tasks.coco import coco_source
@@ -32,11 +32,7 @@ from mmcof_gen.tasks.exclusion import load_exclusions, screen
 from mmcof_gen.tasks.sources import WorkSource, folder_source, questions_source
 from mmcof_gen.tasks.synthesis import task_prompts
 from mmcof_gen.tasks.vstar import is_vstar_folder, vstar_source
-from mmcof_gen.worker import ImageWorker, Record
-
-OCR_MODEL = "rapidocr-onnxruntime/PP-OCRv4"
-MODELS = {"planner": "template", "summariser": "template", "locator": OCR_MODEL, "reader": OCR_MODEL,
-          "verifier": "rules"}
+from mmcof_gen.worker import WorkerFactory
 
 
 def package_versions() -> dict[str, str]:
@@ -50,19 +46,34 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def task_source(config: PipelineConfig, images_dir: Path, questions: Path | None = None, coco: Path | None = None,
-                kind: str = "auto") -> tuple[str, WorkSource]:
-    """Where the tasks come from, and the units screened against `tasks.exclude` and for near-duplicates.
+@dataclass(frozen=True)
+class RunInputs:
+    """What a synthesis reads besides the config and the images folder: a questions file or COCO annotations
+    (at most one), or the folder itself as `kind` says (auto, folder or vstar); and at most how many images."""
 
-    kind `auto`: `questions` or `coco` when given, `vstar` when `images_dir` is in the V*-bench layout, else
-    `folder` (bare images: tasks are synthesised, by OCR or by the model roles as `tasks.kind` says).
-    """
-    if kind == "auto":
-        kind = "questions" if questions else "coco" if coco else "vstar" if is_vstar_folder(images_dir) else "folder"
+    questions: Path | None = None
+    coco: Path | None = None
+    kind: str = "auto"
+    limit: int | None = None
+
+    def source_kind(self, images_dir: Path) -> str:
+        """The one place the source kind is decided. auto: `questions` or `coco` when given, `vstar` when
+        `images_dir` is in the V*-bench layout, else `folder` (bare images: tasks are synthesised, by OCR or
+        by the model roles as `tasks.kind` says)."""
+        if self.kind != "auto":
+            return self.kind
+        return ("questions" if self.questions else "coco" if self.coco
+                else "vstar" if is_vstar_folder(images_dir) else "folder")
+
+
+def task_source(config: PipelineConfig, images_dir: Path, inputs: RunInputs = RunInputs()) -> tuple[str, WorkSource]:
+    """Where the tasks come from (its kind, and the source), the units screened against `tasks.exclude` and
+    for near-duplicates."""
+    kind = inputs.source_kind(images_dir)
     if kind == "questions":
-        source = questions_source(images_dir, questions)
+        source = questions_source(images_dir, inputs.questions)
     elif kind == "coco":
-        source = coco_source(images_dir, coco, config.tasks)
+        source = coco_source(images_dir, inputs.coco, config.tasks)
     elif kind == "vstar":
         source = vstar_source(images_dir)
     else:
@@ -76,31 +87,24 @@ def task_source(config: PipelineConfig, images_dir: Path, questions: Path | None
     return kind, source
 
 
-def synthesize(
-    config: PipelineConfig,
-    images_dir: Path,
-    out_dir: Path,
-    questions: Path | None = None,
-    limit: int | None = None,
-    console: Console | None = None,
-    coco: Path | None = None,
-    source_kind: str = "auto",
-    relocated: bool = False,
-) -> dict:
+def synthesize(config: PipelineConfig, images_dir: Path, out_dir: Path, inputs: RunInputs = RunInputs(), *,
+               relocated: bool = False, console: Console | None = None) -> dict:
     """Run (or resume) a synthesis into `out_dir`; returns the run's stats. `relocated`: the run's images
     folder moved to `images_dir` (checked against the image hashes the run recorded)."""
     console = console or Console(stderr=True)
     prompts = Prompts(config.prompts_dir)
     # the task prompts (text questions, or the vlm task writer's) are hashed whichever agent searches
     hashes = {**prompts.hashes, **{f"tasks/{name}": digest for name, digest in task_prompts(config).hashes.items()}}
-    models = MODELS if config.agent.kind == "ocr" else role_models(config.models)
+    agent = agent_class(config)
+    models = agent.models(config)
     if config.tasks.kind == "vlm":
         writer = config.models.task_writer or config.models.planner
         models = {**models, "task_writer": writer.name}
     fingerprint = config.fingerprint() + "-" + Prompts.combined_hash(hashes)
     provenance = Provenance(package_version=__version__, config_hash=fingerprint, models=models, prompts=hashes)
-    source_kind, source = task_source(config, images_dir, questions, coco, source_kind)
-    servers = check_servers(config) if config.agent.kind == "vlm" else {}  # before any record is written
+    source_kind, source = task_source(config, images_dir, inputs)
+    questions, coco = inputs.questions, inputs.coco
+    servers = agent.check_servers(config)  # before any record is written
     manifest = {
         "tool": "mmcof-gen", "config": config.model_dump(mode="json"), "prompts": hashes,
         "models": models, "versions": package_versions(),
@@ -112,39 +116,18 @@ def synthesize(
         "servers": servers,
     }
     store = RunStore.open(out_dir, fingerprint, manifest, relocated)
-    done = store.done_ids()
-    cached = {item.image: item for item in store.image_tasks()}
-    units = itertools.islice(source.units, limit) if limit else source.units
-
-    images = sum(1 for _ in itertools.islice(discover_images(images_dir), limit)) if source_kind == "folder" else limit
-    writing = threading.Lock()
-    with LiveStatus(console, resumed=len(done), images=images) as status:
-
-        def write(record: Record) -> None:
-            with writing:  # worker threads call this; two copies of one image make the same ids
-                if isinstance(record, (Trajectory, ErrorRecord)):
-                    if record.id in done:  # exactly once, whatever an executor retried
-                        return
-                    done.add(record.id)
-                store.append(record)
-                status.record(record)
-
-        def written(record: Record) -> None:
-            """A record a Ray actor wrote to its shard (it made sure of exactly once)."""
-            with writing:
-                done.add(record.id)
-                status.record(record)
-
+    units = itertools.islice(source.units, inputs.limit) if inputs.limit else source.units
+    status = LiveStatus(console)  # the number of images is known once the source has streamed them all
+    sink = RecordSink(store, status)
+    with status:
         try:
             for error in source.errors:
-                write(error)
+                sink.write(error)
             if config.executor.kind == "ray":
-                from mmcof_gen.executors.ray import run_ray  # Ray is the optional [ray] extra
-
-                run_ray(units, config, prompts, provenance, out_dir, write, written, cached, done, status)
+                from mmcof_gen.executors.ray import run_ray as run  # Ray is the optional [ray] extra
             else:
-                run_local(units, lambda: ImageWorker(config, prompts, provenance), write, cached, done,
-                          workers=config.executor.workers, status=status)
+                run = run_local
+            run(status.counted(units), WorkerFactory(config, prompts, provenance), sink)
             stats = run_stats(store)
             store.write_manifest({**store.manifest(), "counts": stats})
         except OSError as exc:

@@ -3,38 +3,66 @@
 A worker yields records as it finishes them (task list, trajectories, errors); the executor writes
 them, so a killed run loses at most the search in progress.
 
-A vlm worker runs every search on one event loop of its own, in a thread of its own: `process` may be
-called from several threads at once (a Ray agent actor works on many images), and all their searches
-share the loop and its model clients, so one worker keeps many requests in flight to the server.
+A worker runs every search of its agent (agent/base.py) on one event loop of its own, in a thread of its
+own. An agent that waits on model servers has all its searches in flight at once: `process` may be called
+from several threads at once (a Ray agent actor works on many images), and all their searches share the
+loop and its model clients, so one worker keeps many requests in flight to the server. A CPU-bound agent's
+searches run one at a time, in order.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import threading
 from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from PIL import Image
 
-from mmcof_gen.agent.ocr_search import OcrSearchAgent, SearchResult
-from mmcof_gen.agent.search import Roles, VlmSearchAgent
+from mmcof_gen.agent import build_agent
+from mmcof_gen.agent.base import SearchResult
 from mmcof_gen.config import PipelineConfig
-from mmcof_gen.imaging import (ImageError, file_sha256, frame_size, image_sha256, image_size, load_image, make_frame,
-                               validate_box)
+from mmcof_gen.imaging import ImageError, file_sha256, frame_size, image_sha256, image_size, load_image, make_frame
 from mmcof_gen.models.chat import ServerLimitError, chat_model
 from mmcof_gen.models.detect import Detector
 from mmcof_gen.models.ocr import OcrEngine
 from mmcof_gen.prompts import Prompts
-from mmcof_gen.schema import (ErrorRecord, ImageTasks, Provenance, Task, Trajectory, View, short_hash, task_id,
-                              trajectory_id)
+from mmcof_gen.schema import ErrorRecord, ImageTasks, Provenance, Task, Trajectory, View, short_hash, trajectory_id
 from mmcof_gen.tasks.sources import ImageUnit
 from mmcof_gen.tasks.synthesis import TaskWriter, task_prompts
 from mmcof_gen.tasks.text_questions import synthesize_text_tasks, word_gaps
 
 Record = ImageTasks | Trajectory | ErrorRecord
+
+
+class Resume(Protocol):
+    """What is already done for an image: the executor's sink (executors/sink.py), or a snapshot (`Resumed`)."""
+
+    def tasks(self, image: str) -> ImageTasks | None:
+        """The image's task list from an earlier run (used when the image's bytes are the same)."""
+        ...
+
+    def done(self, record_id: str) -> bool:
+        """Whether a search's record is written already (this run or an earlier one)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Resumed:
+    """A `Resume` fixed when the image is sent (the Ray driver's, to an actor); empty: nothing done."""
+
+    image_tasks: ImageTasks | None = None
+    ids: frozenset[str] = frozenset()
+
+    def tasks(self, image: str) -> ImageTasks | None:
+        return self.image_tasks
+
+    def done(self, record_id: str) -> bool:
+        return record_id in self.ids
 
 
 def image_error_id(rel: str) -> str:
@@ -49,8 +77,22 @@ def truth_size(width: int, height: int, max_pixels: int) -> tuple[int, int]:
     return max(1, math.floor(width * scale)), max(1, math.floor(height * scale))
 
 
+@dataclass(frozen=True)
+class WorkerFactory:
+    """What every worker of a run is built from, in this process or in a Ray actor (it travels pickled);
+    the executors read their settings from its config."""
+
+    config: PipelineConfig
+    prompts: Prompts
+    provenance: Provenance
+
+    def __call__(self, shared_detector: Detector | None = None) -> ImageWorker:
+        return ImageWorker(self.config, self.prompts, self.provenance, shared_detector)
+
+
 class ImageWorker:
-    """Holds the models (one set per local worker thread or Ray actor) and turns images into records."""
+    """Holds the models (one set per local worker thread or Ray actor: the agent's, the OCR engine and the task
+    writer, each built once) and turns images into records."""
 
     def __init__(self, config: PipelineConfig, prompts: Prompts, provenance: Provenance,
                  shared_detector: Detector | None = None):
@@ -62,13 +104,10 @@ class ImageWorker:
         self.task_prompts = task_prompts(config)
         self._parts: dict[str, Any] = {}  # built on first use (`_built`)
         self._building = threading.Lock()
-        if config.agent.kind == "vlm":
-            self.agent = VlmSearchAgent(Roles.build(config.models, shared_detector), prompts, config.agent)
-            self.loop = asyncio.new_event_loop()
-            self._loop_thread = threading.Thread(target=self.loop.run_forever, name="mmcof-agent-loop", daemon=True)
-            self._loop_thread.start()
-        else:
-            self.agent = OcrSearchAgent(self.engine, prompts, config.agent, config.ocr.min_read_height)
+        self.agent = build_agent(config, prompts, lambda: self.engine, shared_detector)
+        self.loop = asyncio.new_event_loop()
+        self._loop_thread = threading.Thread(target=self.loop.run_forever, name="mmcof-agent-loop", daemon=True)
+        self._loop_thread.start()
 
     def __enter__(self) -> ImageWorker:
         return self
@@ -77,17 +116,16 @@ class ImageWorker:
         self.close()
 
     def close(self) -> None:
-        """Close the chat clients on this worker's event loop, then the loop (a vlm worker; an ocr one holds
-        neither). Left to the garbage collector, connections are closed on whatever loop runs then, or never:
-        "Event loop is closed" tracebacks and unclosed-resource warnings at shutdown. Closing twice is harmless."""
-        if self.config.agent.kind != "vlm" or self.loop.is_closed():
+        """Close the agent's and the task writer's chat clients on this worker's event loop, then the loop. Left
+        to the garbage collector, connections are closed on whatever loop runs then, or never: "Event loop is
+        closed" tracebacks and unclosed-resource warnings at shutdown. Closing twice is harmless."""
+        if self.loop.is_closed():
             return
-        roles = self.agent.roles
-        models = {roles.planner, roles.reader, roles.locator, roles.judge, roles.summariser} - {None}
-        if "task_writer" in self._parts:  # built: its writer may be a model of its own
-            models |= {self.task_writer.writer, self.task_writer.second_reader, self.task_writer.small_reader} - {None}
-        for model in models:
-            self._on_loop(model.aclose()).result()
+        self._on_loop(self.agent.aclose()).result()
+        if "task_writer" in self._parts:  # built: its writer may be a model of its own (closing one twice is harmless)
+            writer = self.task_writer
+            for model in {writer.writer, writer.second_reader, writer.small_reader} - {None}:
+                self._on_loop(model.aclose()).result()
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._loop_thread.join()
         self.loop.close()
@@ -104,12 +142,13 @@ class ImageWorker:
 
     @property
     def engine(self) -> OcrEngine:
-        """Built on first use: the vlm agent needs OCR only to synthesise text tasks for bare folders."""
+        """Built on first use: the OCR agent's locator and reader; a vlm worker needs it only to synthesise text
+        tasks for bare folders."""
         ocr, executor = self.config.ocr, self.config.executor
         return self._built("engine", lambda: OcrEngine(ocr.tile_size, ocr.tile_overlap, ocr.min_score,
                                                        executor.ocr_threads_per_worker()))
 
-    def process(self, unit: ImageUnit, cached: ImageTasks | None, done: set[str]) -> Iterator[Record]:
+    def process(self, unit: ImageUnit, resume: Resume) -> Iterator[Record]:
         if unit.skipped is not None:
             yield ErrorRecord(id="skip-" + short_hash(unit.rel), stage="skipped", image=unit.rel,
                               reason=f"skipped: {unit.skipped}")
@@ -118,6 +157,7 @@ class ImageWorker:
         try:
             sha = file_sha256(unit.path)
             width, height = image_size(unit.path, max_pixels)
+            cached = resume.tasks(unit.rel)
             if cached is not None and cached.image_sha256 == sha:
                 tasks = cached.tasks
             else:
@@ -130,56 +170,47 @@ class ImageWorker:
         except (ImageError, OSError) as exc:
             yield ErrorRecord(id=image_error_id(unit.rel), stage="image", image=unit.rel, reason=_reason(exc))
             return
-        if self.config.agent.kind == "vlm":
-            yield from self._vlm_trajectories(unit, tasks, width, height, done)
-            return
+        yield from self._trajectories(unit, tasks, width, height, resume)
 
-        for resolution, pending, frame in self._frames(unit, tasks, done):
-            try:
-                if isinstance(frame, Exception):
-                    raise frame
-                frame_hits = self.engine.read(frame)
-            except (ImageError, OSError) as exc:
-                for task in pending:
-                    yield self._error(task, resolution, exc)
-                continue
-            view = _view(frame, resolution, width, height)
-            for task in pending:
-                try:
-                    yield self._trajectory(task, view, self.agent.run(task, frame, view, frame_hits))
-                except Exception as exc:  # one bad sample never ends the run: it becomes an error record
-                    yield self._error(task, resolution, exc)
-
-    def _vlm_trajectories(self, unit: ImageUnit, tasks: list[Task], width: int, height: int,
-                          done: set[str]) -> Iterator[Record]:
-        """Every pending (task, R) of the image searched concurrently on this worker's event loop; each
-        record comes out as soon as its search finishes."""
-        searches: dict[Future, tuple[Task, View]] = {}
-        for resolution, pending, frame in self._frames(unit, tasks, done):
-            if isinstance(frame, Exception):
-                for task in pending:
-                    yield self._error(task, resolution, frame)
-                continue
-            view = _view(frame, resolution, width, height)
-            for task in pending:
-                searches[self._on_loop(self.agent.run(task, frame, view))] = (task, view)
+    def _trajectories(self, unit: ImageUnit, tasks: list[Task], width: int, height: int,
+                      resume: Resume) -> Iterator[Record]:
+        """Every pending (task, R) of the image searched on this worker's event loop, each record out as soon as
+        its search finishes (in the order they were started, when several finish together). A CPU-bound agent
+        has one search in flight, so its records come in order; any other has them all."""
+        window = 1 if self.agent.cpu_bound else math.inf
+        searches: dict[Future, tuple[int, Task, View]] = {}
+        order = itertools.count()
         try:
-            while searches:
-                finished, _ = wait(searches, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    task, view = searches.pop(future)
-                    try:
-                        yield self._trajectory(task, view, future.result())
-                    except ServerLimitError:  # every other search would hit it too: the run stops
-                        raise
-                    except Exception as exc:  # a failed model call (retries spent) becomes an error record
-                        yield self._error(task, view.resolution, exc)
+            for resolution, pending, frame in self._frames(unit, tasks, resume):
+                yield from self._finished(searches, window)
+                if isinstance(frame, Exception):
+                    for task in pending:
+                        yield self._error(task, resolution, frame)
+                    continue
+                view = _view(frame, resolution, width, height)
+                for task in pending:
+                    yield from self._finished(searches, window)
+                    searches[self._on_loop(self.agent.run(task, frame, view))] = (next(order), task, view)
+            yield from self._finished(searches, 1)
         finally:
             for future in searches:  # the caller stopped early (its run failed): no search goes on without it
                 future.cancel()
 
+    def _finished(self, searches: dict[Future, tuple[int, Task, View]], window: float) -> Iterator[Record]:
+        """The records of finished searches, until fewer than `window` are in flight."""
+        while len(searches) >= window:
+            finished, _ = wait(searches, return_when=FIRST_COMPLETED)
+            for future in sorted(finished, key=lambda future: searches[future][0]):
+                _, task, view = searches.pop(future)
+                try:
+                    yield self._trajectory(task, view, future.result())
+                except ServerLimitError:  # every other search would hit it too: the run stops
+                    raise
+                except Exception as exc:  # one bad sample never ends the run: it becomes an error record
+                    yield self._error(task, view.resolution, exc)
+
     def _frames(self, unit: ImageUnit, tasks: list[Task],
-                done: set[str]) -> Iterator[tuple[int, list[Task], Image.Image | Exception]]:
+                resume: Resume) -> Iterator[tuple[int, list[Task], Image.Image | Exception]]:
         """Each resolution with tasks still to do: its working frame, or why the frame could not be made.
 
         An image smaller than several budgets R has the same frame at each of them (same size, same pixels):
@@ -193,7 +224,7 @@ class ImageWorker:
             if size in sizes:
                 continue
             sizes.add(size)
-            pending = [t for t in tasks if trajectory_id(t.id, resolution) not in done]
+            pending = [t for t in tasks if not resume.done(trajectory_id(t.id, resolution))]
             if not pending:
                 continue
             try:
@@ -242,20 +273,7 @@ class ImageWorker:
                 lambda hit, line_height, unclip: self.engine.reread(image, hit.box, line_height, unclip),
                 lambda hit: word_gaps(image, hit.box))
             return record, []
-        tasks: dict[str, Task] = {}
-        problems = []
-        for given in unit.questions:
-            tid = task_id(sha, given.question)
-            try:
-                boxes = [validate_box(box, width, height) for box in given.boxes]
-            except ValueError as exc:
-                problems.append(ErrorRecord(id="q-" + tid, stage="tasks", image=unit.rel, task_id=tid,
-                                            reason=f"bbox of question {given.question[:80]!r}: {exc}"))
-                continue
-            tasks[tid] = Task(id=tid, image=unit.rel, image_sha256=sha, question=given.question, options=given.options,
-                              answer=given.answer, gt_boxes=boxes, source=unit.source,
-                              question_type=given.question_type, position=given.position)
-        record.tasks = list(tasks.values())
+        record.tasks, problems = unit.given_tasks(sha, width, height)
         return record, problems
 
     def _trajectory(self, task: Task, view: View, result: SearchResult) -> Trajectory:

@@ -19,6 +19,7 @@ from mmcof_gen.config import PipelineConfig, load_config
 from mmcof_gen.errors import ConfigError
 from mmcof_gen.executors.detectors import ActorDetector, DetectorActor
 from mmcof_gen.executors.ray import run_ray
+from mmcof_gen.executors.sink import RecordSink
 from mmcof_gen.imaging import make_frame
 from mmcof_gen.models.chat import ChatModelConfig
 from mmcof_gen.models.detect import DetectorConfig
@@ -26,8 +27,9 @@ from mmcof_gen.models.detectors import detector
 from mmcof_gen.prompts import Prompts
 from mmcof_gen.schema import ErrorRecord, ImageTasks, Provenance, Trajectory, trajectory_id
 from mmcof_gen.store import RunStore
-from mmcof_gen.synthesize import synthesize
+from mmcof_gen.synthesize import RunInputs, synthesize
 from mmcof_gen.tasks.sources import ImageUnit, questions_source
+from mmcof_gen.worker import WorkerFactory
 from tests.support.scripted_server import Reply, ScriptedServer
 from tests.support.tiny_models import build_tiny_owlv2
 
@@ -92,8 +94,8 @@ def test_ray_and_local_make_the_same_ids_and_the_same_accepted_records(text_imag
 
 def test_a_run_resumes_across_executors_with_every_record_once(text_images, local_run, tmp_path):
     out = tmp_path / "run"
-    synthesize(offline_config("local"), text_images, out, limit=1)
-    synthesize(offline_config("ray", workers=2), text_images, out, limit=2)
+    synthesize(offline_config("local"), text_images, out, RunInputs(limit=1))
+    synthesize(offline_config("ray", workers=2), text_images, out, RunInputs(limit=2))
     stats = synthesize(offline_config("local"), text_images, out)
     store = RunStore(out)
     ids = [t.id for t in store.trajectories()] + [e.id for e in store.errors()]
@@ -131,12 +133,15 @@ def test_images_are_pulled_from_the_source_only_as_slots_free_up(tmp_path):
             outstanding.append(pulled[0] - finished[0])
             yield ImageUnit(tmp_path / f"{index}.jpg", f"{index}.jpg", skipped="on the exclusion list")
 
-    def written(record):
-        finished[0] += 1
+    class Counting(RecordSink):
+        def written(self, record):
+            finished[0] += 1
+            super().written(record)
 
-    RunStore.open(tmp_path / "run", "x", {})
-    run_ray(stream(), config, Prompts(config.prompts_dir), Provenance(package_version="0", config_hash="x"),
-            tmp_path / "run", written, written, cached={}, done=set())
+        write = written
+
+    run_ray(stream(), WorkerFactory(config, Prompts(config.prompts_dir), Provenance(package_version="0", config_hash="x")),
+            Counting(RunStore.open(tmp_path / "run", "x", {})))
     assert finished[0] == 2000 and max(outstanding) == 9  # 8 in flight, and the one just pulled for a free slot
     assert len(list(RunStore(tmp_path / "run").errors())) == 2000
 
@@ -169,17 +174,15 @@ def run_records(config: PipelineConfig, images: Path, questions: Path, run_dir: 
     store = RunStore.open(run_dir, "x", {})
     records = []
 
-    def written(record):
-        records.append(record)
-        if on_record:
-            on_record(record)
+    class Recording(RecordSink):
+        def _count(self, record):
+            records.append(record)
+            if on_record:
+                on_record(record)
 
-    def write(record):
-        store.append(record)
-        written(record)
-
-    run_ray(questions_source(images, questions).units, config, Prompts(config.prompts_dir),
-            Provenance(package_version="0", config_hash="x"), run_dir, write, written, cached={}, done=set())
+    run_ray(questions_source(images, questions).units,
+            WorkerFactory(config, Prompts(config.prompts_dir), Provenance(package_version="0", config_hash="x")),
+            Recording(store))
     store.close()
     return records
 

@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import gc
-import io
 import json
-import re
 import subprocess
 import sys
-import warnings
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 import pytest
 import yaml
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 from mmcof_gen import resources
 from mmcof_gen import cof_format
@@ -26,23 +19,14 @@ from mmcof_gen.agent.verify import as_option, box_hint
 from mmcof_gen.config import AgentConfig, PipelineConfig
 from mmcof_gen.imaging import crop_zoom, frame_from_image, image_sha256
 from mmcof_gen.models.chat import ChatError, ChatModelConfig, chat_model
-from mmcof_gen.models.ocr import OcrEngine
 from mmcof_gen.prompts import Prompts
 from mmcof_gen.schema import Provenance, Task, Trajectory, View
-from mmcof_gen.tasks.sources import GivenQuestion, ImageUnit, folder_source
 from tests.support.scripted_server import Reply, ScriptedServer
-from mmcof_gen.worker import ImageWorker
+from tests.support.sign_model import action, frame_box, picture, scripted_model, sent_images
 
 PROMPTS = Prompts(resources.prompts("agent"))
 EVIDENCE = [300, 200, 340, 230]   # frame pixels of the red sign
 ZOOM = [260, 170, 380, 260]       # a coarser box around it
-
-
-def picture() -> Image.Image:
-    """448x336 noise (so that every crop has distinct pixels) with a red sign at EVIDENCE."""
-    pixels = np.random.default_rng(0).integers(0, 255, (336, 448, 3), dtype=np.uint8)
-    pixels[200:230, 300:340] = (220, 20, 20)
-    return Image.fromarray(pixels)
 
 
 def make_view(frame: Image.Image, original: Image.Image) -> View:
@@ -64,10 +48,6 @@ def by_schema(replies: dict[str, list[Reply]]):
     return answer
 
 
-def action(**fields) -> Reply:
-    return Reply(json.dumps(fields))
-
-
 def run_agent(server: ScriptedServer, config: AgentConfig | None = None, summariser: bool = False, detector=None):
     model = ChatModelConfig(base_url=server.url, model="scripted-model", backoff_seconds=0.01,
                             max_backoff_seconds=0.05, max_retries=2, timeout=5)
@@ -82,12 +62,6 @@ def run_agent(server: ScriptedServer, config: AgentConfig | None = None, summari
                             needs_zoom=result.needs_zoom, provenance=Provenance(package_version="0", config_hash="x"),
                             status="accepted" if result.accepted else "rejected", reason=result.reason)
     return trajectory, frame
-
-
-def sent_images(body: dict) -> list[Image.Image]:
-    parts = [p for m in body["messages"] if isinstance(m["content"], list) for p in m["content"]]
-    return [Image.open(io.BytesIO(base64.b64decode(p["image_url"]["url"].split(",", 1)[1]))).convert("RGB")
-            for p in parts if p["type"] == "image_url"]
 
 
 FULL_CHAIN = {
@@ -254,34 +228,6 @@ def test_transformers_backend_plays_the_planner_role(tmp_path):
     assert len(planner) == 2 and all(c.model == tiny.model and 1 <= c.completion_tokens <= 16 for c in planner)
 
 
-def frame_box(width: int, height: int) -> list[int]:
-    """The sign of the 896x672 test image, (600, 400, 680, 460), in a width x height frame."""
-    sx, sy = width / 896, height / 672
-    return [round(600 * sx), round(400 * sy), round(680 * sx), round(460 * sy)]
-
-
-def scripted_model():
-    """A stand-in VLM for the CLI run: zooms on the sign, reads it from a crop, and faults once (429)."""
-    state = {"requests": 0}
-
-    def answer(body: dict) -> Reply:
-        state["requests"] += 1
-        if state["requests"] == 1:
-            return Reply(status=429, headers={"Retry-After": "0.01"})
-        name = body["response_format"]["json_schema"]["name"]
-        text = json.dumps(body["messages"])
-        size = re.search(r"image of (\d+)x(\d+) pixels", text)
-        if name == "ReaderReply":
-            image = sent_images(body)[0]
-            return Reply(json.dumps({"answer": "red" if image.width < 200 else "blue"}))
-        if name == "Targets":
-            return Reply('{"missing": ["the sign"]}')
-        box = frame_box(int(size.group(1)), int(size.group(2)))
-        steps = sum(m["role"] == "assistant" for m in body["messages"])
-        return action(thought="Look there.", action=["zoom", "read"][min(steps, 1)], box=box)
-    return answer
-
-
 def test_synthesize_cli_runs_the_vlm_pipeline_against_a_server(tmp_path):
     images = tmp_path / "images"
     images.mkdir()
@@ -340,88 +286,3 @@ def test_a_configured_detector_plays_locator(tmp_path):
     assert [c.role for c in locate.calls] == ["planner"]  # the detector answered, no locator call
     assert locate.detections == owl.detect([(frame, ["the small sign"])])[0]
     assert len(locate.detections) == 3
-
-
-def test_a_closed_worker_is_collected_without_unclosed_connections_or_loop(tmp_path):
-    """A worker owns an event loop and chat clients; collected after close(), nothing is left open or scheduled on
-    a dead loop (dropped unclosed: unclosed-transport and -loop warnings, or "Event loop is closed" tracebacks when
-    another loop ran the clients' cleanup)."""
-    gc.collect()  # what earlier tests left unclosed is collected now, not below
-    picture().resize((896, 672), Image.NEAREST).save(tmp_path / "sign.png")
-    unit = ImageUnit(tmp_path / "sign.png", "sign.png", [GivenQuestion(
-        image="sign.png", question="What colour is the small sign?", answer="red", bbox=[600, 400, 680, 460])], "q")
-    with ScriptedServer(scripted_model()) as server:
-        config = PipelineConfig.model_validate({
-            "resolutions": [448], "prompts_dir": resources.prompts("agent"), "agent": {"kind": "vlm"},
-            "models": {"planner": {"base_url": server.url, "model": "scripted-model", "backoff_seconds": 0.01}}})
-        workers = [ImageWorker(config, PROMPTS, Provenance(package_version="0", config_hash="x"))]
-        with workers[0] as worker:
-            records = list(worker.process(unit, None, set()))
-        del worker
-    assert [r.status for r in records if isinstance(r, Trajectory)] == ["accepted"]
-
-    problems = []
-
-    async def collect_while_another_loop_runs() -> None:
-        asyncio.get_running_loop().set_exception_handler(lambda loop, context: problems.append(context))
-        workers.clear()
-        gc.collect()
-        await asyncio.sleep(0.05)  # whatever the collection scheduled on this loop runs now
-
-    hook, sys.unraisablehook = sys.unraisablehook, problems.append
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", ResourceWarning)
-            asyncio.run(collect_while_another_loop_runs())
-            gc.collect()
-    finally:
-        sys.unraisablehook = hook
-    assert problems == []
-    assert [str(w.message) for w in caught if w.category is ResourceWarning] == []
-
-
-def test_one_worker_serves_images_from_several_threads_and_builds_its_ocr_engine_once(tmp_path, monkeypatch):
-    """A Ray agent actor calls `process` from a thread per image: the searches share the worker's event loop, the
-    OCR engine (text tasks of bare images) is built once, and the records are those of one image at a time."""
-    built = []
-
-    class CountedEngine(OcrEngine):
-        def __init__(self, *args):
-            built.append(args)
-            super().__init__(*args)
-
-    monkeypatch.setattr("mmcof_gen.worker.OcrEngine", CountedEngine)
-    (tmp_path / "images").mkdir()
-    for index, text in enumerate(["GATE 7", "CAFE 9", "EXIT 42B", "BUS 12"]):
-        image = Image.new("RGB", (900, 700), (120, 140, 160))
-        draw = ImageDraw.Draw(image)
-        draw.rectangle((40, 580, 360, 650), fill=(255, 255, 255))
-        draw.text((52, 588), text, fill=(0, 0, 0), font=ImageFont.load_default(size=44))
-        image.save(tmp_path / "images" / f"img{index}.png")
-    units = list(folder_source(tmp_path / "images").units)
-
-    def unsure(body: dict) -> Reply:
-        name = body["response_format"]["json_schema"]["name"]
-        if name == "ReaderReply":
-            return Reply('{"answer": "unsure"}')
-        if name == "Targets":
-            return Reply('{"missing": ["the text"]}')
-        return action(thought="Done.", action="answer", answer="unsure")
-
-    with ScriptedServer(unsure) as server:
-        config = PipelineConfig.model_validate({
-            "resolutions": [448], "prompts_dir": resources.prompts("agent"), "agent": {"kind": "vlm"},
-            "models": {"planner": {"base_url": server.url, "model": "scripted-model"}}})
-        provenance = Provenance(package_version="0", config_hash="x")
-        with ImageWorker(config, PROMPTS, provenance) as worker, ThreadPoolExecutor(4) as threads:
-            together = list(threads.map(lambda unit: list(worker.process(unit, None, set())), units))
-        assert len(built) == 1
-        with ImageWorker(config, PROMPTS, provenance) as worker:
-            alone = [list(worker.process(unit, None, set())) for unit in units]
-
-    def outcome(records: list) -> list:
-        return sorted((r.id, getattr(r, "status", None)) for r in records)
-
-    assert [outcome(records) for records in together] == [outcome(records) for records in alone]
-    searched = [(len(records[0].tasks), sum(isinstance(r, Trajectory) for r in records)) for records in together]
-    assert all(tasks == trajectories for tasks, trajectories in searched) and sum(t for t, _ in searched) >= 3

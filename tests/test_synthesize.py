@@ -21,7 +21,7 @@ from mmcof_gen.positions import cell_box, cell_named
 from mmcof_gen.scenes import generate_scenes
 from mmcof_gen.stats import NO_TEXT, run_stats
 from mmcof_gen.store import RunStore
-from mmcof_gen.synthesize import synthesize
+from mmcof_gen.synthesize import RunInputs, synthesize
 from tests.support.runs import write_noise_image
 
 CLI = [sys.executable, "-m", "mmcof_gen.cli"]
@@ -160,7 +160,7 @@ def test_two_workers_make_the_same_records_as_one(small_text_images, tmp_path):
 def test_an_image_smaller_than_two_budgets_is_searched_once_at_the_smaller(small_text_images, tmp_path):
     config = load_config()
     config.resolutions = [1024, 1920]  # a 900x700 image: the same frame at both
-    synthesize(config, small_text_images, tmp_path / "run", limit=1)
+    synthesize(config, small_text_images, tmp_path / "run", RunInputs(limit=1))
     trajectories = list(RunStore(tmp_path / "run").trajectories())
     assert trajectories and {t.view.resolution for t in trajectories} == {1024}
 

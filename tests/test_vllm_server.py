@@ -28,7 +28,7 @@ from mmcof_gen.config import PipelineConfig, load_config
 from mmcof_gen.errors import ConfigError
 from mmcof_gen.models.chat import ChatMessage, ChatModelConfig, ReplyError, chat_model, complete_json
 from mmcof_gen.store import MANIFEST, RunStore
-from mmcof_gen.synthesize import synthesize
+from mmcof_gen.synthesize import RunInputs, synthesize
 
 URL = os.environ.get("MMCOF_VLLM_URL", "")
 MODEL = os.environ.get("MMCOF_VLLM_MODEL", "")
@@ -107,7 +107,7 @@ def pipeline(structured: str = "response_format", **agent) -> PipelineConfig:
 
 
 def run(config: PipelineConfig, images: Path, out: Path, **kwargs) -> dict:
-    return synthesize(config, images, out, console=Console(file=io.StringIO()), **kwargs)
+    return synthesize(config, images, out, RunInputs(**kwargs), console=Console(file=io.StringIO()))
 
 
 def all_calls(store: RunStore) -> list:
@@ -263,7 +263,7 @@ def always_zoom(monkeypatch) -> None:
 
 def test_too_many_images_in_the_run_stops_it_at_the_first_refusal(inputs, tmp_path, server_log, monkeypatch):
     images, questions = inputs
-    monkeypatch.setattr("mmcof_gen.synthesize.check_servers", lambda config: {})  # a server that does not say
+    monkeypatch.setattr("mmcof_gen.agent.search.check_servers", lambda config: {})  # a server that does not say
     always_zoom(monkeypatch)
     config = pipeline(max_zooms=IMAGE_LIMIT, max_steps=IMAGE_LIMIT + 3)
     with pytest.raises(ConfigError) as stopped:
@@ -305,7 +305,7 @@ def test_reply_tokens_over_max_model_len_is_found_before_the_run(inputs, tmp_pat
 
 def test_max_tokens_over_max_model_len_stops_the_run(inputs, tmp_path, server_log, monkeypatch):
     images, questions = inputs
-    monkeypatch.setattr("mmcof_gen.synthesize.check_servers", lambda config: {})
+    monkeypatch.setattr("mmcof_gen.agent.search.check_servers", lambda config: {})
     with pytest.raises(ConfigError) as stopped:
         run(pipeline(reply_tokens=5000), images, tmp_path / "run", questions=questions)
     message = str(stopped.value)

@@ -10,31 +10,20 @@ in the chain, coarse to fine.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from typing import ClassVar
 
 from PIL import Image
 
+from mmcof_gen.agent.base import SearchResult
 from mmcof_gen.agent.verify import verify_answer
-from mmcof_gen.config import AgentConfig
+from mmcof_gen.config import AgentConfig, PipelineConfig
 from mmcof_gen.imaging import clip_box, crop_to_frame, crop_zoom, scale_box, zoom_region
 from mmcof_gen.models.ocr import OcrEngine, TextHit
 from mmcof_gen.positions import cell_box, cell_named, cell_of, position_name
 from mmcof_gen.prompts import Prompts
-from mmcof_gen.schema import Box, ChainStep, Detection, Step, Task, Verdict, View
+from mmcof_gen.schema import Box, ChainStep, Detection, Step, Task, View
 
-
-@dataclass
-class SearchResult:
-    """What one search at one resolution produced; the caller wraps it into a Trajectory."""
-
-    steps: list[Step] = field(default_factory=list)
-    chain: list[ChainStep] = field(default_factory=list)
-    final_thought: str = ""
-    answer: str | None = None
-    verdict: Verdict | None = None
-    needs_zoom: bool = False
-    accepted: bool = False
-    reason: str | None = None
+OCR_MODEL = "rapidocr-onnxruntime/PP-OCRv4"
 
 
 def _centre_in(box: Box, region: Box) -> bool:
@@ -51,13 +40,33 @@ def _detections(hits: list[TextHit]) -> list[Detection]:
 
 
 class OcrSearchAgent:
-    """Locator and reader: one OCR engine. Planner and summariser: the templates in `prompts`."""
+    """Locator and reader: one OCR engine. Planner and summariser: the templates in `prompts`. A `SearchAgent`
+    (agent/base.py) that computes in this process: its searches run one at a time."""
+
+    cpu_bound: ClassVar[bool] = True
 
     def __init__(self, engine: OcrEngine, prompts: Prompts, config: AgentConfig, min_read_height: int = 20):
         self.engine = engine
         self.prompts = prompts
         self.config = config
         self.min_read_height = min_read_height
+        self._frame_read: tuple[Image.Image, list[TextHit]] | None = None  # the last frame read whole, its hits
+
+    @staticmethod
+    def models(config: PipelineConfig) -> dict[str, str]:
+        return {"planner": "template", "summariser": "template", "locator": OCR_MODEL, "reader": OCR_MODEL,
+                "verifier": "rules"}
+
+    @staticmethod
+    def check_servers(config: PipelineConfig) -> dict[str, dict]:
+        return {}  # no model server
+
+    @staticmethod
+    def detector(config: PipelineConfig) -> None:
+        return None  # OCR locates
+
+    async def aclose(self) -> None:
+        """Nothing to release: the engine belongs to the worker."""
 
     def search_region(self, task: Task, view: View) -> tuple[str, Box]:
         """What the question points to, in frame pixels: its grid cell, or else the cell of its
@@ -72,8 +81,9 @@ class OcrSearchAgent:
             raise ValueError("the OCR agent needs a question with a position or a ground-truth box")
         return position_name(cell), cell_box(cell, view.width, view.height)
 
-    def run(self, task: Task, frame: Image.Image, view: View, frame_hits: list[TextHit] | None = None) -> SearchResult:
-        """One search; `frame_hits` (the whole frame read once per resolution) saves a read per task.
+    async def run(self, task: Task, frame: Image.Image, view: View) -> SearchResult:
+        """One search. The whole frame is read once for all the tasks searched on it in a row (the worker
+        passes one frame object per resolution), which saves a read per task.
 
         A verified answer is stated as the ground truth spells it (the full-resolution reading): the
         verifier ignores case, spaces and punctuation, but the sample should say what is written. Each
@@ -84,12 +94,11 @@ class OcrSearchAgent:
         position, region = self.search_region(task, view)
         acuity = self.min_read_height
 
-        if frame_hits is None:
-            hits = self._read(result, frame, None, "read the whole frame")
-        else:
-            hits = frame_hits
-            result.steps.append(Step(action="read", arguments={"what": "read the whole frame"},
-                                     detections=_detections(hits), observation=f"{len(hits)} text line(s)"))
+        if self._frame_read is None or self._frame_read[0] is not frame:
+            self._frame_read = frame, self.engine.read(frame)
+        hits = self._frame_read[1]
+        result.steps.append(Step(action="read", arguments={"what": "read the whole frame"},
+                                 detections=_detections(hits), observation=f"{len(hits)} text line(s)"))
         in_region = [h for h in hits if _centre_in(h.box, region)]
         best = self._best(in_region)
         verdict = verify_answer(best.text if best else None, task.answer)

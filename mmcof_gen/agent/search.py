@@ -21,35 +21,27 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Annotated, Literal
+from typing import ClassVar, Literal
 
 from PIL import Image
-from pydantic import BaseModel, Field, WithJsonSchema, create_model, field_validator, model_validator
+from pydantic import BaseModel, Field, create_model, field_validator, model_validator
 
-from mmcof_gen.agent.ocr_search import SearchResult
+from mmcof_gen.agent.base import SearchResult
 from mmcof_gen.agent.verify import as_option, box_hint, verify_answer
 from mmcof_gen.cof_format import question_text
-from mmcof_gen.config import AgentConfig, ModelsConfig
+from mmcof_gen.config import AgentConfig, ModelsConfig, PipelineConfig
 from mmcof_gen.imaging import box_area, clip_box, crop_zoom, overlap_area, scale_box, validate_box
 from mmcof_gen.models.chat import (ChatMessage, ChatModel, ChatModelConfig, Completion, ReplyError, chat_model,
                                    complete_json)
-from mmcof_gen.models.detect import Detector
+from mmcof_gen.models.detect import Detector, DetectorConfig
 from mmcof_gen.models.detectors import detector
+from mmcof_gen.models.replies import BoxValues, Phrase, ReaderReply, Thought
+from mmcof_gen.models.server_info import check_servers
 from mmcof_gen.prompts import Prompts
 from mmcof_gen.schema import Box, ChainStep, Detection, Step, Task, Verdict, View
 
 # ------------------------------------------------------------------------------------------ replies
-# Every string, list and number of a reply schema is bounded: a server that decodes to the schema (vLLM's
-# structured outputs) otherwise lets a model that never closes a string run on to max_tokens, and the cut
-# reply is not JSON. The bounds are far above what a useful reply holds, and a planner action filled to
-# every bound (about 450 characters) still fits the default agent.reply_tokens of 512.
-
-Phrase = Annotated[str, Field(max_length=60)]
-Thought = Annotated[str, Field(max_length=200)]
-# Asked for as 4 integer pixels (what the prompts say); validated leniently, so that a wrong box becomes an
-# observation the planner can correct (imaging.validate_box) rather than a malformed reply.
-BoxValues = Annotated[list[int | float], WithJsonSchema({
-    "type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 99999}, "minItems": 4, "maxItems": 4})]
+# Bounded like every reply schema (models/replies.py).
 
 
 class Targets(BaseModel):
@@ -73,10 +65,6 @@ class PlannerAction(BaseModel):
         if missing:
             raise ValueError(f"action {self.action} needs {', '.join(missing)}")
         return self
-
-
-class ReaderReply(BaseModel):
-    answer: Phrase
 
 
 class LocateReply(BaseModel):
@@ -201,13 +189,33 @@ class Search:
 
 
 class VlmSearchAgent:
-    """One search per (task, view), async so that a worker runs the searches of an image concurrently."""
+    """One search per (task, view), async so that a worker runs the searches of an image concurrently. A
+    `SearchAgent` (agent/base.py) that waits on model servers."""
+
+    cpu_bound: ClassVar[bool] = False
 
     def __init__(self, roles: Roles, prompts: Prompts, config: AgentConfig):
         self.roles = roles
         self.prompts = prompts
         self.config = config
         self._detector_lock = threading.Lock()
+
+    @staticmethod
+    def models(config: PipelineConfig) -> dict[str, str]:
+        return role_models(config.models)
+
+    @staticmethod
+    def check_servers(config: PipelineConfig) -> dict[str, dict]:
+        return check_servers(config)
+
+    @staticmethod
+    def detector(config: PipelineConfig) -> DetectorConfig | None:
+        return config.models.detector
+
+    async def aclose(self) -> None:
+        roles = self.roles
+        for model in {roles.planner, roles.reader, roles.locator, roles.judge, roles.summariser} - {None}:
+            await model.aclose()
 
     async def run(self, task: Task, frame: Image.Image, view: View) -> SearchResult:
         target = None

@@ -1,4 +1,5 @@
-"""The local executor: worker threads in this process, each with its own models.
+"""The local executor: worker threads in this process, each with its own models (executors/sink.py has the
+contract).
 
 Images are pulled from the stream only as threads free up (at most two per thread in flight), so
 memory stays flat on any folder size. OCR inference releases the GIL, so threads do run in parallel.
@@ -7,32 +8,23 @@ memory stays flat on any folder size. OCR inference releases the GIL, so threads
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
-from mmcof_gen.progress import LiveStatus
-from mmcof_gen.schema import ImageTasks
+from mmcof_gen.executors.sink import RecordSink
 from mmcof_gen.tasks.sources import ImageUnit
-from mmcof_gen.worker import ImageWorker, Record
+from mmcof_gen.worker import ImageWorker, WorkerFactory
 
 
-def run_local(
-    units: Iterable[ImageUnit],
-    make_worker: Callable[[], ImageWorker],
-    write: Callable[[Record], None],
-    cached: dict[str, ImageTasks],
-    done: set[str],
-    workers: int = 1,
-    status: LiveStatus | None = None,
-) -> None:
-    """Process every unit, handing each record to `write` as soon as it exists."""
+def run_local(units: Iterable[ImageUnit], make_worker: WorkerFactory, sink: RecordSink) -> None:
+    """Process every unit on `executor.workers` threads, handing each record to `sink` as soon as it exists."""
+    workers = make_worker.config.executor.workers
+
     def process(worker: ImageWorker, unit: ImageUnit) -> None:
-        if status:
-            status.image_started()
-        for record in worker.process(unit, cached.get(unit.rel), done):
-            write(record)
-        if status:
-            status.image_finished()
+        sink.image_started()
+        for record in worker.process(unit, sink):
+            sink.write(record)
+        sink.image_finished()
 
     if workers == 1:
         with make_worker() as worker:

@@ -1,4 +1,5 @@
-"""The Ray executor: the same `ImageWorker` as the local executor, in agent actors across a cluster.
+"""The Ray executor: the same `ImageWorker` as the local executor, in agent actors across a cluster (the
+contract: executors/sink.py).
 
     driver (this process) ──► at most max_in_flight images ──► AgentActor x workers ──locate──► DetectorActor x n
     streams units from the source,     what each wrote            threads, one ImageWorker     batches requests
@@ -10,8 +11,8 @@ readers take every shard), then streams them to the driver, which only counts th
 must be on a filesystem every node mounts at the same path (as the images already must be).
 
 Exactly once, with several writers:
-- a resumed run: the driver passes each image the ids already done, from every shard (ids are
-  deterministic, so a run started local resumes with Ray and vice versa);
+- a resumed run: the driver passes each image the ids already done (`worker.Resumed`, from the sink, which
+  read every shard; ids are deterministic, so a run started local resumes with Ray and vice versa);
 - a dead actor: the driver noted where the actor's shard ended when it sent the image, and reads back
   what was appended for that image since: records the actor wrote but did not live to stream count as
   done, and the image is sent once more for the rest. Before every send the driver waits until the actor
@@ -25,8 +26,8 @@ Exactly once, with several writers:
 - two copies of one image (the same bytes at two paths make the same ids): an `IdLedger` actor gives
   each id to the first image that claims it, and an actor writes a record only when its image holds the id.
 
-Configuration reaches the actors as the `PipelineConfig` object itself (constructor arguments), never
-through environment variables.
+Configuration reaches the actors as the `PipelineConfig` object itself, inside the `WorkerFactory` (a
+constructor argument), never through environment variables.
 """
 
 from __future__ import annotations
@@ -36,19 +37,19 @@ import fcntl
 import math
 import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
 from mmcof_gen import extras
+from mmcof_gen.agent import agent_class
 from mmcof_gen.config import PipelineConfig
 from mmcof_gen.errors import ConfigError
+from mmcof_gen.executors.sink import RecordSink
 from mmcof_gen.models.chat import ServerLimitError
-from mmcof_gen.progress import LiveStatus
-from mmcof_gen.prompts import Prompts
-from mmcof_gen.schema import ErrorRecord, ImageTasks, Provenance, Trajectory, trajectory_id
+from mmcof_gen.schema import ErrorRecord, ImageTasks, Trajectory, trajectory_id
 from mmcof_gen.store import RunStore
 from mmcof_gen.tasks.sources import ImageUnit
-from mmcof_gen.worker import ImageWorker, Record, image_error_id
+from mmcof_gen.worker import Record, Resumed, WorkerFactory, image_error_id
 
 try:
     import ray
@@ -75,12 +76,12 @@ class AgentActor:
     one event loop of its `ImageWorker`, sharing its model clients. Writes what it makes to its own shard
     of the run folder."""
 
-    def __init__(self, config: PipelineConfig, prompts: Prompts, provenance: Provenance, detectors: list[str],
-                 run_dir: Path, shard: str, ledger: str):
+    def __init__(self, make_worker: WorkerFactory, detectors: list[str], run_dir: Path, shard: str, ledger: str):
         """`detectors`, `ledger`: names of actors, looked up here (Ray warns that a restart may fail when
         constructor arguments live in the object store, as passed handles do)."""
-        shared = ActorDetector([ray.get_actor(name) for name in detectors], _detector_name(config)) if detectors else None
-        self._worker = ImageWorker(config, prompts, provenance, shared_detector=shared)
+        shared = (ActorDetector([ray.get_actor(name) for name in detectors], _detector_name(make_worker.config))
+                  if detectors else None)
+        self._worker = make_worker(shared_detector=shared)
         self._store = RunStore.open_shard(run_dir, shard)
         self._ledger = ray.get_actor(ledger)
         self._life = secrets.token_hex(4)
@@ -92,11 +93,11 @@ class AgentActor:
         only once rebuilt). In a group of its own, so the question never waits behind the images."""
         return self._life
 
-    def process(self, unit: ImageUnit, cached: ImageTasks | None, done: set[str]):
+    def process(self, unit: ImageUnit, resume: Resumed):
         """This life of the actor, then the records of one image, each written to this actor's shard and then
         streamed (a Ray generator)."""
         yield self._life
-        for record in self._worker.process(unit, cached, done):
+        for record in self._worker.process(unit, resume):
             if isinstance(record, (Trajectory, ErrorRecord)) and not ray.get(
                     self._ledger.claim.remote(unit.rel, record.id)):
                 continue  # a copy of this image (the same bytes at another path) has it
@@ -104,35 +105,27 @@ class AgentActor:
             yield record
 
 
-def run_ray(
-    units: Iterable[ImageUnit],
-    config: PipelineConfig,
-    prompts: Prompts,
-    provenance: Provenance,
-    run_dir: Path,
-    write: Callable[[Record], None],
-    written: Callable[[Record], None],
-    cached: dict[str, ImageTasks],
-    done: set[str],
-    status: LiveStatus | None = None,
-) -> None:
-    """Process every unit on Ray actors that write to their shards of `run_dir` (opened by the caller).
+def run_ray(units: Iterable[ImageUnit], make_worker: WorkerFactory, sink: RecordSink) -> None:
+    """Process every unit on Ray actors that write to their shards of the sink's run folder.
 
-    `written` is told of every record an actor wrote, as it arrives; `write` is given the records the
-    driver makes itself (an image whose actor died twice). Joins the cluster at `executor.address`, or
-    starts a local Ray with one CPU per actor (and stops it at the end) unless this process is already
+    The sink is told of every record an actor wrote, as it arrives (`written`), and given the records the
+    driver makes itself (`write`: an image whose actor died twice). Joins the cluster at `executor.address`,
+    or starts a local Ray with one CPU per actor (and stops it at the end) unless this process is already
     connected.
     """
     if ray is None:
         raise extras.missing("ray", "executor ray (or use --executor local)")
+    config = make_worker.config
+    run_dir = sink.run_dir
     settings = config.executor
-    detecting = config.agent.kind == "vlm" and config.models.detector is not None
+    agent = agent_class(config)
+    detecting = agent.detector(config) is not None
     detector_names = [f"mmcof-detector-{index}" for index in range(settings.detector_actors if detecting else 0)]
     started = _connect(settings.address, settings.workers + len(detector_names))
     run = secrets.token_hex(3)  # tells the actors of this run apart in `ray list actors`
-    in_flight = settings.max_in_flight or (2 if config.agent.kind == "ocr" else 8) * settings.workers
-    # an OCR worker is CPU-bound: it takes one image at a time, the next ones wait queued in the actor
-    concurrency = 1 if config.agent.kind == "ocr" else math.ceil(in_flight / settings.workers)
+    in_flight = settings.max_in_flight or (2 if agent.cpu_bound else 8) * settings.workers
+    # a CPU-bound worker (OCR) takes one image at a time, the next ones wait queued in the actor
+    concurrency = 1 if agent.cpu_bound else math.ceil(in_flight / settings.workers)
     shards = [f"w{index}" for index in range(settings.workers)]
     actors = []  # every actor of this run, killed at the end
     try:
@@ -145,13 +138,12 @@ def run_ray(
         agents = [ray.remote(concurrency_groups={"control": 1})(AgentActor).options(
             name=f"mmcof-agent-{index}-{run}", num_cpus=1, max_concurrency=concurrency,
             max_restarts=settings.max_restarts, max_task_retries=0,
-        ).remote(config, prompts, provenance, [f"{name}-{run}" for name in detector_names], Path(run_dir).resolve(),
-                 shard, f"mmcof-ledger-{run}")
+        ).remote(make_worker, [f"{name}-{run}" for name in detector_names], Path(run_dir).resolve(), shard,
+                 f"mmcof-ledger-{run}")
             for index, shard in enumerate(shards)]
         actors += agents
         _wait_until_built(actors[1:])  # the ledger holds nothing that could fail to build
-        driver = _Driver(agents, shards, Path(run_dir), write, written, cached, done, config.resolutions, status,
-                         settings.restart_timeout_s)
+        driver = _Driver(agents, shards, sink, config.resolutions, settings.restart_timeout_s)
         asyncio.run(driver.run(units, in_flight))
     finally:
         for actor in actors:
@@ -166,22 +158,17 @@ def run_ray(
 class _Driver:
     """Streams units to the least busy agent actor, at most `in_flight` at once, and counts what they write."""
 
-    def __init__(self, agents: list, shards: list[str], run_dir: Path, write: Callable[[Record], None],
-                 written: Callable[[Record], None], cached: dict[str, ImageTasks], done: set[str],
-                 resolutions: list[int], status: LiveStatus | None, restart_timeout: float):
+    def __init__(self, agents: list, shards: list[str], sink: RecordSink, resolutions: list[int],
+                 restart_timeout: float):
         self.agents = agents
         self.alive = set(range(len(agents)))  # less those found dead for good
         self.lives = [""] * len(agents)  # each agent's life that last answered `ready`
         self.restart_timeout = restart_timeout
         self.shard_names = shards
-        self.shards = [RunStore(run_dir, shard) for shard in shards]
+        self.shards = [RunStore(sink.run_dir, shard) for shard in shards]
         self.load = [0] * len(agents)
-        self.write = write
-        self.written = written
-        self.cached = cached
-        self.done = done
+        self.sink = sink
         self.resolutions = resolutions
-        self.status = status
 
     async def run(self, units: Iterable[ImageUnit], in_flight: int) -> None:
         running: set[asyncio.Task] = set()
@@ -197,20 +184,19 @@ class _Driver:
     async def _image(self, unit: ImageUnit) -> None:
         """One image, sent to a live actor; if that actor dies while it holds the image, what it wrote is kept
         and the image sent again for the rest. A second death on the image ends it (transient: a resume retries)."""
-        if self.status:
-            self.status.image_started()
-        image = _Image(self.cached.get(unit.rel), self.written)
+        self.sink.image_started()
+        image = _Image(self.sink.tasks(unit.rel), self.sink)
         deaths = 0
         while True:
             index = await self._live_agent()
             if index is None:
-                self.write(_died(unit.rel, "every Ray agent actor is dead (restarts spent)"))
+                self.sink.write(_died(unit.rel, "every Ray agent actor is dead (restarts spent)"))
                 break
             shard = self.shards[index]
             sizes = shard.sizes()
             life = self.lives[index]
             try:
-                async for ref in self.agents[index].process.remote(unit, image.tasks, self._done(image)):
+                async for ref in self.agents[index].process.remote(unit, Resumed(image.tasks, self._done(image))):
                     record = await ref
                     if isinstance(record, str):
                         life = record  # the life that works on the image (it may have restarted since `ready`)
@@ -225,19 +211,18 @@ class _Driver:
                         image.take(record)
                 deaths += 1
                 if deaths == 2:
-                    self.write(_died(unit.rel, f"worker died twice on this image: {type(exc).__name__}"))
+                    self.sink.write(_died(unit.rel, f"worker died twice on this image: {type(exc).__name__}"))
                     break
             except RayTaskError as exc:  # an exception that escaped the worker: this image fails, the run goes on
                 cause = exc.cause or exc
                 if isinstance(cause, ServerLimitError):  # unless every request would hit it: the run stops
                     raise cause from None
-                self.write(ErrorRecord(id=image_error_id(unit.rel), stage="image", image=unit.rel,
+                self.sink.write(ErrorRecord(id=image_error_id(unit.rel), stage="image", image=unit.rel,
                                        reason=f"{type(cause).__name__}: {cause}"))
                 break
             finally:
                 self.load[index] -= 1
-        if self.status:
-            self.status.image_finished()
+        self.sink.image_finished()
 
     async def _live_agent(self) -> int | None:
         """The least busy agent actor that answers, its load counted for the caller (counted before the question,
@@ -269,28 +254,28 @@ class _Driver:
             except (RayActorError, TimeoutError):  # dead for good, or not back within the timeout
                 return False
 
-    def _done(self, image: _Image) -> set[str]:
+    def _done(self, image: _Image) -> frozenset[str]:
         """What the actor must not do again: the image's searches done in earlier runs (known only once its
         task list is) and every record written for it in this one."""
         if image.tasks is None:
-            return set(image.ids)
+            return frozenset(image.ids)
         ids = (trajectory_id(task.id, resolution) for task in image.tasks.tasks for resolution in self.resolutions)
-        return {id_ for id_ in ids if id_ in self.done} | image.ids
+        return self.sink.done_among(ids) | image.ids
 
 
 class _Image:
     """What the driver knows of one image in flight: its task list and the ids written for it."""
 
-    def __init__(self, tasks: ImageTasks | None, written: Callable[[Record], None]):
+    def __init__(self, tasks: ImageTasks | None, sink: RecordSink):
         self.tasks = tasks
         self.ids: set[str] = set()
-        self._written = written
+        self._sink = sink
 
     def take(self, record: Record) -> None:
         if isinstance(record, ImageTasks):
             self.tasks = record
         self.ids.add(record.id)
-        self._written(record)
+        self._sink.written(record)
 
 
 def _life_lock(run_dir: Path, shard: str, life: str) -> Path:

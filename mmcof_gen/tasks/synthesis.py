@@ -35,13 +35,13 @@ from PIL import Image
 from pydantic import BaseModel, Field, model_validator
 
 from mmcof_gen import resources
-from mmcof_gen.agent.search import BoxValues, Phrase, ReaderReply
 from mmcof_gen.agent.verify import as_option, normalize_text, verify_answer
 from mmcof_gen.cof_format import question_text
 from mmcof_gen.config import PipelineConfig, QuestionType
 from mmcof_gen.imaging import InvalidBox, box_area, clip_box, crop_zoom, frame_from_image, iou, scale_box, validate_box
 from mmcof_gen.models.chat import ChatMessage, ChatModel, ReplyError, complete_json
 from mmcof_gen.models.detect import Detector
+from mmcof_gen.models.replies import BoxValues, Phrase, ReaderReply
 from mmcof_gen.positions import cell_of, position_name
 from mmcof_gen.prompts import Prompts
 from mmcof_gen.schema import Box, ModelCall, RejectedTask, Task, short_hash, task_id
@@ -51,7 +51,7 @@ SOURCE = "vlm-synthesis"
 # ------------------------------------------------------------------------------------------ replies
 
 
-class ProposedObject(BaseModel):  # bounded like the agent's replies (agent/search.py)
+class ProposedObject(BaseModel):  # bounded like every reply schema (models/replies.py)
     name: str = Field(min_length=1, max_length=80)
     box: BoxValues
 
