@@ -58,6 +58,9 @@ def _all_cores(jobs: Optional[int]) -> int:
     return jobs or default_jobs()
 
 
+Pipeline = Annotated[Optional[str], typer.Option(
+    help="Pipeline YAML file, or the name of a shipped pipeline (`mmcof-gen pipelines`; default: default); "
+         "filter takes its `filter:` section.")]
 Jobs = Annotated[Optional[int], typer.Option(
     min=1, callback=_all_cores,
     help="Processes that rebuild frames and crops (default: all cores); the output is the same for any N.")]
@@ -85,8 +88,7 @@ def synthesize(
     images: Annotated[Path, typer.Option(help="Folder of images (searched recursively).", exists=True,
                                          file_okay=False, dir_okay=True, readable=True)],
     out: Annotated[Path, typer.Option(help="Run folder; re-running the same command resumes it.")] = Path("outputs/run"),
-    config: Annotated[Optional[str], typer.Option(
-        help="Pipeline YAML file, or the name of a shipped pipeline (`mmcof-gen pipelines`; default: default).")] = None,
+    config: Pipeline = None,
     questions: Annotated[Optional[Path], typer.Option(
         help="JSONL of questions (image, question, options?, answer?, bbox?); image paths relative to --images.",
         exists=True, dir_okay=False)] = None,
@@ -188,8 +190,7 @@ def filter_command(
     run_dir: Annotated[Path, typer.Argument(help="A run folder (synthesize) or a filtered folder.",
                                             exists=True, file_okay=False)],
     out: Annotated[Path, typer.Option(help="New folder for the kept trajectories (same layout as a run).")],
-    config: Annotated[Optional[str], typer.Option(
-        help="Pipeline YAML (file or shipped name) whose `filter:` section sets the rules (default: default).")] = None,
+    config: Pipeline = None,
     exclude: Annotated[Optional[Path], typer.Option(
         help="Contamination list (one image sha256, file name or stem per line); overrides filter.exclude_file.",
         exists=True, dir_okay=False)] = None,
