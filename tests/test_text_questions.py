@@ -1,10 +1,15 @@
+import json
+
+import pytest
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from mmcof_gen.config import DEFAULT_CONFIG, TextTasksConfig, load_config
-from mmcof_gen.models.ocr import TextHit, merge_lines
+from mmcof_gen.models.ocr import OcrEngine, TextHit, merge_lines
+from mmcof_gen.scenes import generate_scenes
 from mmcof_gen.schema import RejectedTask
 from mmcof_gen.tasks.synthesis import task_prompts
 from mmcof_gen.tasks.text_questions import Gap, synthesize_text_tasks, word_gaps
+from mmcof_gen.worker import truth_size
 
 PROMPTS = task_prompts(load_config(DEFAULT_CONFIG))
 
@@ -175,3 +180,40 @@ def test_word_gaps_sees_the_space_of_a_small_sign_whose_tilted_edge_crosses_the_
         left, _, right, _ = draw.textbbox((10, 9), text, font=font)
         word = draw.textbbox((10, 9), text.split()[0], font=font)[2]
         assert all(40 + word < gap.x < 40 + word + font.getlength(" ") + 4 for gap in gaps)
+
+
+@pytest.fixture(scope="module")
+def demo_scenes(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("demo")
+    generate_scenes(folder, count=6, seed=0)  # the scenes `make demo` makes
+    return folder, json.loads((folder / "scenes.json").read_text())["scenes"]
+
+
+def test_the_demo_scenes_ground_truth_is_each_signs_text_exactly_spaces_included(demo_scenes):
+    """Each sign of the demo scenes, read as the default reads it (the 1536-px tile around it at truth size, the
+    two rereads, the word gaps): a kept answer is the generator's text exactly, e.g. "WEST 4" and "BANK Z7",
+    which every reading spells without their space."""
+    folder, scenes = demo_scenes
+    config = load_config(DEFAULT_CONFIG)
+    engine = OcrEngine(threads=1)
+    kept, dropped = {}, {}
+    for scene in scenes:
+        image = Image.open(folder / scene["file"]).convert("RGB")
+        size = truth_size(*image.size, config.images.truth_max_pixels)
+        image = image.resize(size, Image.LANCZOS) if image.size != size else image
+        k = size[0] / scene["width"]
+        for sign in scene["signs"]:
+            x1, y1, x2, y2 = (round(v * k) for v in sign["box"])
+            left, top = max(0, min((x1 + x2) // 2 - 768, size[0] - 1536)), max(0, min((y1 + y2) // 2 - 768, size[1] - 1536))
+            hits = [TextHit((h.box[0] + left, h.box[1] + top, h.box[2] + left, h.box[3] + top), h.text, h.score)
+                    for h in engine.read(image.crop((left, top, left + 1536, top + 1536)))]
+            hits = [h for h in hits if x1 <= (h.box[0] + h.box[2]) / 2 <= x2 and y1 <= (h.box[1] + h.box[3]) / 2 <= y2]
+            tasks, rejected = synthesize_text_tasks(
+                hits, size, (scene["width"], scene["height"]), scene["file"], "sha", PROMPTS, config.tasks,
+                lambda hit, line_height, unclip: engine.reread(image, hit.box, line_height, unclip),
+                lambda hit: word_gaps(image, hit.box))
+            kept.update({sign["text"]: t.answer for t in tasks})
+            dropped.update({sign["text"]: r.reason for r in rejected})
+    assert all(answer == text for text, answer in kept.items()), kept
+    assert {"WEST 4", "BANK Z7", "BANK 64", "FERRY 84"} <= set(kept), dropped
+    assert len(kept) >= 16, dropped

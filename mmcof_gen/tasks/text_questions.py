@@ -2,10 +2,11 @@
 
 A text makes a question when it is read confidently, is small relative to the image, and is the only
 text in its grid cell, so "the small text in the bottom left part" names it without giving it away.
-Its ground truth is kept only when two independent readings of the line agree exactly, spaces and
-digits included (`READINGS`), their letters and digits are those of the whole-image reading, and the
-line's pixels show as many word gaps as the reading has spaces (`word_gaps`); a disagreement drops the
-question with the readings as the reason.
+Its ground truth is kept only when two independent readings of the line from its own tight crop
+(`READINGS`) have the letters and digits of the whole-image reading, and its spaces are those the line's
+pixels show (`word_gaps`): as both rereads spell them, or placed at the pixels' gaps between the letters
+both rereads locate on either side (`placed`); otherwise the question is dropped with the readings as the
+reason. PP-OCR drops spaces, so its spelling alone is never trusted with them.
 """
 
 from __future__ import annotations
