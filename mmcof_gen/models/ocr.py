@@ -85,7 +85,8 @@ class OcrEngine:
         `image` pixels, from the recogniser's per-letter positions); None when nothing is read."""
         x1, y1, x2, y2 = box
         margin = max(2, round((y2 - y1) * 0.3))  # a tighter crop lets the detector box single letters
-        region = (max(0, x1 - margin), max(0, y1 - margin), min(image.width, x2 + margin), min(image.height, y2 + margin))
+        region = (max(0, x1 - margin), max(0, y1 - margin),
+                  min(image.width, x2 + margin), min(image.height, y2 + margin))
         crop = image.crop(region)
         k = text_height / max(1, y2 - y1)
         crop = crop.resize((max(1, round(crop.width * k)), max(1, round(crop.height * k))), Image.LANCZOS)

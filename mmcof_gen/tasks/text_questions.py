@@ -161,7 +161,8 @@ def synthesize_text_tasks(
         elif all(gap.certain for gap in seen) and (spaced := placed(first, seen)) and spaced == placed(second, seen):
             answer = spaced  # the pixels show where the words part, both readings which letters lie between
         else:
-            shown = str(len(seen)) if all(gap.certain for gap in seen) else f"{sum(g.certain for g in seen)} to {len(seen)}"
+            certain = sum(gap.certain for gap in seen)
+            shown = str(len(seen)) if certain == len(seen) else f"{certain} to {len(seen)}"
             reason = (f"readings disagree: {text_a!r} (line {height_a} px tall) vs {text_b!r} ({height_b} px), "
                       f"its pixels {shown} word gap(s)")
         if reason:
