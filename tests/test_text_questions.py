@@ -162,6 +162,11 @@ def test_word_gaps_counts_the_spaces_the_pixels_show_and_none_when_letters_merge
     assert _counted(word_gaps(*_line("TRACK 11"))) == (0, 2)
     assert word_gaps(*_line("TOWER J5", blur=6)) is None
     assert word_gaps(Image.new("RGB", (100, 40), (200, 200, 200)), (0, 0, 100, 40)) is None  # no contrast
+    image, (x1, y1, x2, y2) = _line("ZONE Z3")
+    font = ImageFont.load_default(size=40)
+    assert _counted(word_gaps(image, (x1, y1, x2, y2))) == (1, 1)
+    part = (40 + round(font.getlength("ZONE ")) - 6, y1, x2, y2)  # OCR boxed only "Z3": the line goes on
+    assert word_gaps(image, part) is None
 
 
 def test_word_gaps_sees_the_space_of_a_small_sign_whose_tilted_edge_crosses_the_box():

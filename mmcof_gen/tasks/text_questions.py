@@ -47,27 +47,34 @@ class Gap(NamedTuple):
 
 def word_gaps(image: Image.Image, box) -> list[Gap] | None:
     """The word gaps the line's own pixels show: runs of blank columns between its letters at least WORD_GAP
-    of the ink height wide. Letters are the dark connected pieces of the box that are neither wide (a plate's
-    edge, tilted or not, or a rule: wider than half the box), tall (a post) nor cut by the box, nor specks.
-    None when the letters cannot be told apart (fewer blank runs than half the ink's width in ink heights,
-    e.g. text too blurred, or letters joined to the plate's edge) or there is no contrast. PP-OCR drops
-    spaces, also wide ones: this finds them without it (on the demo scenes: the one space of each of the
-    12 two-word signs, also of those every reading spelled "WEST4", "BANKZ7", "BANK64")."""
-    x0 = box[0]
-    grey = np.asarray(image.crop(tuple(box)).convert("L"), dtype=np.float32)
-    low, high = np.percentile(grey, 5), np.percentile(grey, 95)
+    of the ink height wide. Letters are the dark connected pieces in the box's rows that are neither wide (a
+    plate's edge, tilted or not, or a rule: wider than half the box), tall (a post) nor cut by those rows,
+    nor specks. None when the letters cannot be told apart (fewer blank runs than half the ink's width in ink
+    heights, e.g. text too blurred, or letters joined to the plate's edge), when a letter-sized piece lies
+    just past the box (it holds only part of the line: OCR found "Z3" of "ZONE Z3"), or there is no
+    contrast. PP-OCR drops spaces, also wide ones: this finds them without it (on the demo scenes: the one
+    space of each of the 12 two-word signs, also of those every reading spelled "WEST4", "BANKZ7")."""
+    x1, y1, x2, y2 = box
+    left, right = max(0, x1 - (y2 - y1)), min(image.width, x2 + (y2 - y1))
+    grey = np.asarray(image.crop((left, y1, right, y2)).convert("L"), dtype=np.float32)
+    low, high = np.percentile(grey[:, x1 - left:x2 - left], 5), np.percentile(grey[:, x1 - left:x2 - left], 95)
     if high - low < 40:
         return None
     ink = (grey < (low + high) / 2).astype(np.uint8)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(ink, connectivity=8)
     rows, cols = ink.shape
-    pieces = [k for k in range(1, count) if stats[k, 2] <= 0.5 * cols and stats[k, 3] <= 0.9 * rows
+    pieces = [k for k in range(1, count) if stats[k, 2] <= 0.5 * (x2 - x1) and stats[k, 3] <= 0.9 * rows
               and stats[k, 0] > 0 and stats[k, 1] > 0 and stats[k, 0] + stats[k, 2] < cols
               and stats[k, 1] + stats[k, 3] < rows]
-    if not pieces:
+    inside = [k for k in pieces if left + stats[k, 0] < x2 and left + stats[k, 0] + stats[k, 2] > x1]
+    if not inside:
         return None
-    ink_height = float(stats[pieces, 3].max())
-    letters = [k for k in pieces if stats[k, 3] >= 0.3 * ink_height or stats[k, 4] >= 0.1 * ink_height ** 2]
+    ink_height = float(stats[inside, 3].max())
+    for k in set(pieces) - set(inside):  # a letter-sized piece just past the box: the line goes on
+        x, width = left + stats[k, 0], stats[k, 2]
+        if stats[k, 3] >= 0.6 * ink_height and max(x1 - x - width, x - x2) <= 0.6 * ink_height:
+            return None
+    letters = [k for k in inside if stats[k, 3] >= 0.3 * ink_height or stats[k, 4] >= 0.1 * ink_height ** 2]
     filled_columns = np.isin(labels, letters).any(axis=0)
     columns = np.flatnonzero(filled_columns)
     if len(columns) < 2:
@@ -77,7 +84,7 @@ def word_gaps(image: Image.Image, box) -> list[Gap] | None:
     widths = [len(run) for run in np.split(filled, edges)]  # ink, blank, ink, ..., ink
     if (len(widths) - 1) / 2 < (columns[-1] - columns[0]) / ink_height / 2:
         return None
-    gaps, at = [], x0 + columns[0]
+    gaps, at = [], left + columns[0]
     for k, width in enumerate(widths):
         if k % 2 and width >= WORD_GAP * ink_height:
             gaps.append(Gap(at + width / 2, min(widths[k - 1], widths[k + 1]) >= NARROW * ink_height))
