@@ -109,12 +109,12 @@ class OcrEngine:
             xs, ys = [p[0] for p in quad], [p[1] for p in quad]
             box = (max(0, math.floor(min(xs))), max(0, math.floor(min(ys))),
                    min(tile.width, math.ceil(max(xs))), min(tile.height, math.ceil(max(ys))))
-            placed = ()
-            if found and found[0]:  # each letter's box (a quad) and the letter, spaces included
-                placed = tuple((letter, sum(p[0] for p in quad) / 4) for quad, letter in zip(found[0], found[1])
-                               if letter.strip())
+            located = ()
+            if found and found[0]:  # each letter's box (four corners) and the letter, spaces included
+                located = tuple((letter, sum(p[0] for p in corners) / 4)
+                                for corners, letter in zip(found[0], found[1]) if letter.strip())
             if float(score) >= self.min_score and box[2] > box[0] and box[3] > box[1] and text.strip():
-                hits.append(TextHit(box, text.strip(), float(score), placed))
+                hits.append(TextHit(box, text.strip(), float(score), located))
         return hits
 
 
@@ -134,7 +134,7 @@ def merge_lines(hits: list[TextHit]) -> list[TextHit]:
             gap = hit.box[0] - last.box[2]
             if shared >= 0.6 * min(height, last_height) and -0.6 * min(height, last_height) <= gap <= max(height, last_height):
                 hit = _without_repeats(hit, last, 0.5 * min(height, last_height))
-                if hit.text:  # all its letters repeat the previous box's
+                if hit.text:  # empty when every letter repeats one of the previous box
                     line.append(hit)
                 break
         else:
