@@ -257,3 +257,23 @@ def test_consistency_drops_a_question_the_readers_disagree_on_and_difficulty_one
 def test_difficulty_needs_a_small_reader():
     with pytest.raises(ValueError, match="verify.difficulty needs models.small_reader"):
         PipelineConfig(verify=VerifyConfig(difficulty=DifficultyConfig()))
+
+
+def test_the_vllm_pipelines_commented_synthesis_and_verify_example_loads(tmp_path):
+    """vllm-qwen2.5-vl.yaml shows tasks.kind vlm with verify.consistency and verify.difficulty as comments: with
+    them uncommented it is a valid pipeline with those checks and their second and small readers."""
+    from mmcof_gen.config import load_config
+
+    text = (resources.PIPELINES / "vllm-qwen2.5-vl.yaml").read_text()
+    example = text[text.index("# tasks:"):text.index("agent:")]
+    text = text.replace(example, "".join(line[2:] + "\n" for line in example.splitlines()))
+    for role in ("second_reader", "small_reader"):
+        text = text.replace(f"  # {role}:", f"  {role}:")
+    (tmp_path / "p.yaml").write_text(text)
+    config = load_config(tmp_path / "p.yaml")
+    assert config.tasks.kind == "vlm" and str(config.tasks.exclude) == "vstar_bench"
+    assert config.verify == VerifyConfig(consistency=ConsistencyConfig(samples=8, temperature=0.7, min_agreement=0.75),
+                                         difficulty=DifficultyConfig(tries=4, too_easy=2))
+    assert (config.models.second_reader.model, config.models.second_reader.base_url) == (
+        "OpenGVLab/InternVL3-8B", "http://localhost:8001/v1")
+    assert config.models.small_reader.structured_output == config.models.planner.structured_output

@@ -1,20 +1,35 @@
+import json
+
+import pytest
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from mmcof_gen.config import DEFAULT_CONFIG, TextTasksConfig, load_config
-from mmcof_gen.models.ocr import TextHit, merge_lines
+from mmcof_gen.models.ocr import OcrEngine, TextHit, merge_lines
+from mmcof_gen.scenes import generate_scenes
 from mmcof_gen.schema import RejectedTask
 from mmcof_gen.tasks.synthesis import task_prompts
-from mmcof_gen.tasks.text_questions import synthesize_text_tasks, word_gaps
+from mmcof_gen.tasks.text_questions import Gap, synthesize_text_tasks, word_gaps
+from mmcof_gen.worker import truth_size
 
 PROMPTS = task_prompts(load_config(DEFAULT_CONFIG))
 
 
-def _synthesize(hits, read_again, size=(3000, 2000), original=(6000, 4000), gaps=lambda hit: (hit.text.count(" "),) * 2):
+def _reading(text: str, box=(0, 0, 100, 30)) -> TextHit:
+    """A reread of `text` whose letters, spaces included, are 10 px apart from x = 5 (a space 10 px wide)."""
+    return TextHit(box, text, 0.99, tuple((c, 5 + 10 * k) for k, c in enumerate(text) if c != " "))
+
+
+def _gaps(hit: TextHit) -> list[Gap]:
+    """A certain word gap where each space of the hit's text is (as `_reading` places its letters)."""
+    return [Gap(5 + 10 * k, True) for k, c in enumerate(hit.text) if c == " "]
+
+
+def _synthesize(hits, read_again, size=(3000, 2000), original=(6000, 4000), gaps=_gaps):
     return synthesize_text_tasks(hits, size, original, "a.jpg", "sha", PROMPTS, TextTasksConfig(), read_again, gaps)
 
 
 def _tasks(hits, size=(3000, 2000), original=(6000, 4000)):
-    tasks, rejected = _synthesize(hits, lambda hit, height, unclip: hit.text, size, original)
+    tasks, rejected = _synthesize(hits, lambda hit, height, unclip: _reading(hit.text), size, original)
     assert rejected == []
     return tasks
 
@@ -51,15 +66,15 @@ def test_ground_truth_is_the_tight_crop_reading_when_a_second_reading_agrees_els
 
     def read_again(hit, height, unclip):
         seen.append((hit.text, height, unclip))
-        return readings[(height, unclip)][hit.text]
+        return _reading(readings[(height, unclip)][hit.text])
 
     hits = [TextHit((200, 1700, 300, 1730), "GATE85", 0.97), TextHit((2200, 100, 2300, 130), "WEST23", 0.98)]
-    tasks, rejected = _synthesize(hits, read_again, gaps=lambda hit: (1, 1))
+    tasks, rejected = _synthesize(hits, read_again, gaps=lambda hit: [Gap(45, hit.text == "GATE85")])
     assert [(t.answer, t.position) for t in tasks] == [("GATE 85", "bottom left")]
     assert rejected == [RejectedTask(
         object="WEST23", box=(4400, 200, 4600, 260),
         question="What does the small text in the top right part of the image say?",
-        reason="readings disagree: 'WEST 23' (line 64 px tall) vs 'WEST23' (44 px)")]
+        reason="readings disagree: 'WEST 23' (line 64 px tall) vs 'WEST23' (44 px), its pixels 0 to 1 word gap(s)")]
     assert seen == [("GATE85", 64, 0.9), ("GATE85", 44, 1.2), ("WEST23", 64, 0.9), ("WEST23", 44, 1.2)]
 
 
@@ -76,13 +91,50 @@ def test_words_boxed_apart_on_one_line_are_one_hit_with_their_space():
 def test_a_reading_whose_spaces_the_pixels_do_not_show_is_dropped():
     hits = [TextHit((200, 1700, 300, 1730), "GATE85", 0.97), TextHit((2200, 100, 2300, 130), "TOWERJ5", 0.98),
             TextHit((200, 100, 400, 130), "PLATFORM 54", 0.96)]
-    tasks, rejected = _synthesize(hits, lambda hit, height, unclip: {"PLATFORM 54": "PLATFORM5 54"}.get(hit.text, hit.text),
-                                  gaps=lambda hit: {"GATE85": (1, 2), "TOWERJ5": None}.get(hit.text, (1, 1)))
+    reread = {"PLATFORM 54": "PLATFORM5 54"}
+    tasks, rejected = _synthesize(hits, lambda hit, height, unclip: _reading(reread.get(hit.text, hit.text)),
+                                  gaps=lambda hit: {"GATE85": [Gap(45, True), Gap(55, False)], "TOWERJ5": None}.get(hit.text))
     assert tasks == []
     assert [r.reason for r in rejected] == [
-        "readings disagree: 'GATE85' has 0 space(s), its pixels 1 to 2 word gap(s)",
+        "readings disagree: 'GATE85' (line 64 px tall) vs 'GATE85' (44 px), its pixels 1 to 2 word gap(s)",
         "readings disagree: the letters of 'TOWERJ5' cannot be told apart in its pixels",
         "readings disagree: 'PLATFORM5 54' (line 64 and 44 px tall) vs 'PLATFORM 54' (whole image)"]
+
+
+def test_the_space_goes_where_the_pixels_show_a_word_gap_and_both_readings_put_their_letters_apart():
+    """Every reading spelled "WEST4" (PP-OCR drops spaces), or both put the space before the wrong letter: the
+    pixels' certain gap, placed between the letters the rereads locate on each side of it, decides."""
+    hits = [TextHit((200, 1700, 300, 1730), "WEST4", 0.97), TextHit((2200, 100, 2400, 130), "PLATFORM54", 0.98),
+            TextHit((200, 100, 300, 130), "BANKZ7", 0.96)]
+    reread = {(64, "WEST4"): "WEST4", (64, "PLATFORM54"): "PLATFORM5 4", (64, "BANKZ7"): "BANKZ7",
+              (44, "WEST4"): "WEST4", (44, "PLATFORM54"): "PLATFORM5 4", (44, "BANKZ7"): "B ANKZ7"}
+    gaps = {"WEST4": [Gap(42, True)], "PLATFORM54": [Gap(82, True)], "BANKZ7": [Gap(42, True)]}
+    tasks, rejected = _synthesize(hits, lambda hit, height, unclip: _reading(reread[height, hit.text]),
+                                  gaps=lambda hit: gaps[hit.text])
+    assert [t.answer for t in tasks] == ["WEST 4", "PLATFORM 54"]
+    assert [r.reason for r in rejected] == [  # the 44-px reading puts the letters elsewhere: "BANK Z7" vs "BAN KZ7"
+        "readings disagree: 'BANKZ7' (line 64 px tall) vs 'B ANKZ7' (44 px), its pixels 1 word gap(s)"]
+
+
+def test_rereads_without_letter_positions_keep_no_answer_the_pixels_contradict():
+    hits = [TextHit((200, 1700, 300, 1730), "WEST4", 0.97)]
+    tasks, rejected = _synthesize(hits, lambda hit, height, unclip: TextHit((0, 0, 50, 30), "WEST4", 0.99),
+                                  gaps=lambda hit: [Gap(42, True)])
+    assert tasks == [] and [r.reason for r in rejected] == [
+        "readings disagree: 'WEST4' (line 64 px tall) vs 'WEST4' (44 px), its pixels 1 word gap(s)"]
+
+
+def test_overlapping_reread_boxes_keep_each_letter_once():
+    """Tight boxes of a reread overlap ("S", "STA", "ATION", "Z4"): a letter the box before already holds at
+    about the same x is dropped, so the line's letters are the sign's (its spaces come from the pixels)."""
+    def hit(x1, x2, letters):
+        return TextHit((x1, 18, x2, 80), "".join(c for c, _ in letters), 0.99, tuple(letters))
+    hits = [hit(22, 70, [("S", 46)]), hit(48, 164, [("S", 58), ("T", 84), ("A", 136)]),
+            hit(138, 355, [("A", 150), ("T", 183), ("I", 221), ("O", 254), ("N", 313)]),
+            hit(356, 450, [("Z", 381), ("4", 421)]), hit(460, 480, [("S", 470)])]
+    line, = merge_lines(hits)
+    assert line.text == "S TA TION Z4 S" and line.box == (22, 18, 480, 80)
+    assert "".join(c for c, _ in line.letters) == "STATIONZ4S"
 
 
 def _line(text: str, size: int = 40, blur: float = 0) -> tuple[Image.Image, tuple]:
@@ -98,11 +150,75 @@ def _line(text: str, size: int = 40, blur: float = 0) -> tuple[Image.Image, tupl
     return image, (x1 - margin, y1 - margin, x2 + margin, y2 + margin)
 
 
+def _counted(gaps):
+    return None if gaps is None else (sum(gap.certain for gap in gaps), len(gaps))
+
+
 def test_word_gaps_counts_the_spaces_the_pixels_show_and_none_when_letters_merge():
-    assert word_gaps(*_line("GATE 85")) == (1, 1)
-    assert word_gaps(*_line("GATE85")) == (0, 0)
-    assert word_gaps(*_line("AISLE F9 EAST")) == (2, 2)
-    assert word_gaps(*_line("BUS 12")) == (0, 1)  # the blank sides of a "1" look like word gaps
-    assert word_gaps(*_line("TRACK 11")) == (0, 2)
+    assert _counted(word_gaps(*_line("GATE 85"))) == (1, 1)
+    assert _counted(word_gaps(*_line("GATE85"))) == (0, 0)
+    assert _counted(word_gaps(*_line("AISLE F9 EAST"))) == (2, 2)
+    assert _counted(word_gaps(*_line("BUS 12"))) == (0, 1)  # the blank sides of a "1" look like word gaps
+    assert _counted(word_gaps(*_line("TRACK 11"))) == (0, 2)
     assert word_gaps(*_line("TOWER J5", blur=6)) is None
     assert word_gaps(Image.new("RGB", (100, 40), (200, 200, 200)), (0, 0, 100, 40)) is None  # no contrast
+    image, (x1, y1, x2, y2) = _line("ZONE Z3")
+    font = ImageFont.load_default(size=40)
+    assert _counted(word_gaps(image, (x1, y1, x2, y2))) == (1, 1)
+    part = (40 + round(font.getlength("ZONE ")) - 6, y1, x2, y2)  # OCR boxed only "Z3": the line goes on
+    assert word_gaps(image, part) is None
+
+
+def test_word_gaps_sees_the_space_of_a_small_sign_whose_tilted_edge_crosses_the_box():
+    """A 14-px "WEST 4" on a plate turned 1.8 degrees, boxed with its border as OCR boxes it: the edges run
+    through the box's columns, yet the gap between "T" and "4" is found, at its place."""
+    font = ImageFont.load_default(size=19)
+    for text, spaces in (("WEST 4", [1.0]), ("BANK Z7", [1.0]), ("WEST4", [])):
+        plate = Image.new("RGB", (110, 34), (240, 240, 230))
+        draw = ImageDraw.Draw(plate)
+        draw.rectangle((0, 0, 109, 33), outline=(70, 70, 75), width=2)
+        draw.text((10, 9), text, fill=(20, 40, 90), font=font)
+        image = Image.new("RGB", (200, 80), (120, 100, 90))
+        image.paste(plate.rotate(-1.8, resample=Image.BICUBIC, expand=True, fillcolor=(120, 100, 90)), (40, 20))
+        gaps = word_gaps(image, (42, 20, 154, 58))
+        assert [gap.certain for gap in gaps] == [True] * len(spaces)
+        left, _, right, _ = draw.textbbox((10, 9), text, font=font)
+        word = draw.textbbox((10, 9), text.split()[0], font=font)[2]
+        assert all(40 + word < gap.x < 40 + word + font.getlength(" ") + 4 for gap in gaps)
+
+
+@pytest.fixture(scope="module")
+def demo_scenes(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("demo")
+    generate_scenes(folder, count=6, seed=0)  # the scenes `make demo` makes
+    return folder, json.loads((folder / "scenes.json").read_text())["scenes"]
+
+
+def test_the_demo_scenes_ground_truth_is_each_signs_text_exactly_spaces_included(demo_scenes):
+    """Each sign of the demo scenes, read as the default reads it (the 1536-px tile around it at truth size, the
+    two rereads, the word gaps): a kept answer is the generator's text exactly, e.g. "WEST 4" and "BANK Z7",
+    which every reading spells without their space."""
+    folder, scenes = demo_scenes
+    config = load_config(DEFAULT_CONFIG)
+    engine = OcrEngine(threads=1)
+    kept, dropped = {}, {}
+    for scene in scenes:
+        image = Image.open(folder / scene["file"]).convert("RGB")
+        size = truth_size(*image.size, config.images.truth_max_pixels)
+        image = image.resize(size, Image.LANCZOS) if image.size != size else image
+        k = size[0] / scene["width"]
+        for sign in scene["signs"]:
+            x1, y1, x2, y2 = (round(v * k) for v in sign["box"])
+            left, top = max(0, min((x1 + x2) // 2 - 768, size[0] - 1536)), max(0, min((y1 + y2) // 2 - 768, size[1] - 1536))
+            hits = [TextHit((h.box[0] + left, h.box[1] + top, h.box[2] + left, h.box[3] + top), h.text, h.score)
+                    for h in engine.read(image.crop((left, top, left + 1536, top + 1536)))]
+            hits = [h for h in hits if x1 <= (h.box[0] + h.box[2]) / 2 <= x2 and y1 <= (h.box[1] + h.box[3]) / 2 <= y2]
+            tasks, rejected = synthesize_text_tasks(
+                hits, size, (scene["width"], scene["height"]), scene["file"], "sha", PROMPTS, config.tasks,
+                lambda hit, line_height, unclip: engine.reread(image, hit.box, line_height, unclip),
+                lambda hit: word_gaps(image, hit.box))
+            kept.update({sign["text"]: t.answer for t in tasks})
+            dropped.update({sign["text"]: r.reason for r in rejected})
+    assert all(answer == text for text, answer in kept.items()), kept
+    assert {"WEST 4", "BANK Z7", "BANK 64", "FERRY 84"} <= set(kept), dropped
+    assert len(kept) >= 16, dropped

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from mmcof_gen.agent.verify import normalize_text
-from mmcof_gen.imaging import iou
+from mmcof_gen.imaging import crop_to_frame, iou
 from mmcof_gen.schema import Box
 
 
@@ -21,11 +21,13 @@ UNCLIP = 1.6  # PP-OCR's default growth of a detected text box
 
 @dataclass(frozen=True)
 class TextHit:
-    """One line of text found in an image: its box in that image's pixels, the reading and its score."""
+    """One line of text found in an image: its box in that image's pixels, the reading and its score; a reread
+    line (`OcrEngine.reread`) also has each letter with the x of its centre in that image's pixels."""
 
     box: Box
     text: str
     score: float
+    letters: tuple[tuple[str, float], ...] = ()
 
 
 def _tile_starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -76,34 +78,43 @@ class OcrEngine:
                         hits.append(TextHit((x1 + left, y1 + top, x2 + left, y2 + top), hit.text, hit.score))
         return merge_lines(_dedupe(hits))
 
-    def reread(self, image: Image.Image, box: Box, text_height: int, unclip: float) -> str | None:
+    def reread(self, image: Image.Image, box: Box, text_height: int, unclip: float) -> TextHit | None:
         """An independent reading of the line in `box`: its own tight crop (0.3 of a line of margin)
         scaled so that the line is `text_height` px tall, detected with boxes grown `unclip` times (smaller
-        values split words apart, which keeps their spaces) and read afresh; None when nothing is read."""
+        values split words apart, which keeps their spaces) and read afresh, with where each letter is (in
+        `image` pixels, from the recogniser's per-letter positions); None when nothing is read."""
         x1, y1, x2, y2 = box
         margin = max(2, round((y2 - y1) * 0.3))  # a tighter crop lets the detector box single letters
-        crop = image.crop((max(0, x1 - margin), max(0, y1 - margin), min(image.width, x2 + margin),
-                           min(image.height, y2 + margin)))
+        region = (max(0, x1 - margin), max(0, y1 - margin),
+                  min(image.width, x2 + margin), min(image.height, y2 + margin))
+        crop = image.crop(region)
         k = text_height / max(1, y2 - y1)
         crop = crop.resize((max(1, round(crop.width * k)), max(1, round(crop.height * k))), Image.LANCZOS)
-        hits = merge_lines(self._read_tile(crop, unclip))
+        hits = merge_lines(self._read_tile(crop, unclip, letters=True))
         if not hits:
             return None
-        return max(hits, key=lambda h: (h.box[2] - h.box[0]) * (h.box[3] - h.box[1])).text
+        hit = max(hits, key=lambda h: (h.box[2] - h.box[0]) * (h.box[3] - h.box[1]))
+        kx = (region[2] - region[0]) / crop.width
+        return TextHit(crop_to_frame(hit.box, crop.size, region), hit.text, hit.score,
+                       tuple((letter, region[0] + x * kx) for letter, x in hit.letters))
 
-    def _read_tile(self, tile: Image.Image, unclip: float = UNCLIP) -> list[TextHit]:
+    def _read_tile(self, tile: Image.Image, unclip: float = UNCLIP, letters: bool = False) -> list[TextHit]:
         # its 180-degree classifier flips upright signs; the detector settings are given on every call because
         # RapidOCR keeps those of the last call, under a lock because a Ray actor's threads share this engine
         with self._lock:
             result, _ = self._engine(tile, use_cls=False, unclip_ratio=unclip, box_thresh=0.5,
-                                     text_score=self.min_score)
+                                     text_score=self.min_score, return_word_box=letters)
         hits = []
-        for quad, text, score in result or []:
+        for quad, text, score, *found in result or []:
             xs, ys = [p[0] for p in quad], [p[1] for p in quad]
             box = (max(0, math.floor(min(xs))), max(0, math.floor(min(ys))),
                    min(tile.width, math.ceil(max(xs))), min(tile.height, math.ceil(max(ys))))
+            located = ()
+            if found and found[0]:  # each letter's box (four corners) and the letter, spaces included
+                located = tuple((letter, sum(p[0] for p in corners) / 4)
+                                for corners, letter in zip(found[0], found[1]) if letter.strip())
             if float(score) >= self.min_score and box[2] > box[0] and box[3] > box[1] and text.strip():
-                hits.append(TextHit(box, text.strip(), float(score)))
+                hits.append(TextHit(box, text.strip(), float(score), located))
         return hits
 
 
@@ -122,14 +133,27 @@ def merge_lines(hits: list[TextHit]) -> list[TextHit]:
             shared = min(hit.box[3], last.box[3]) - max(hit.box[1], last.box[1])
             gap = hit.box[0] - last.box[2]
             if shared >= 0.6 * min(height, last_height) and -0.6 * min(height, last_height) <= gap <= max(height, last_height):
-                line.append(hit)
+                hit = _without_repeats(hit, last, 0.5 * min(height, last_height))
+                if hit.text:  # empty when every letter repeats one of the previous box
+                    line.append(hit)
                 break
         else:
             lines.append([hit])
     merged = [TextHit((min(h.box[0] for h in line), min(h.box[1] for h in line), max(h.box[2] for h in line),
-                       max(h.box[3] for h in line)), " ".join(h.text for h in line), min(h.score for h in line))
+                       max(h.box[3] for h in line)), " ".join(h.text for h in line), min(h.score for h in line),
+                      tuple(letter for h in line for letter in h.letters))
               for line in lines]
     return sorted(merged, key=lambda h: (h.box[1], h.box[0]))
+
+
+def _without_repeats(hit: TextHit, last: TextHit, near: float) -> TextHit:
+    """`hit` less the letters that `last`, the box before it on its line, already holds at about the same x: tight
+    boxes of a reread overlap, and each would read the letter they share ("STA" + "ATION")."""
+    kept = tuple(letter for letter in hit.letters
+                 if not any(letter[0] == seen and abs(letter[1] - x) < near for seen, x in last.letters))
+    if len(kept) == len(hit.letters):
+        return hit
+    return TextHit(hit.box, "".join(letter for letter, _ in kept), hit.score, kept)
 
 
 def _dedupe(hits: list[TextHit]) -> list[TextHit]:

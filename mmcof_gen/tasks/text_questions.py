@@ -2,16 +2,19 @@
 
 A text makes a question when it is read confidently, is small relative to the image, and is the only
 text in its grid cell, so "the small text in the bottom left part" names it without giving it away.
-Its ground truth is kept only when two independent readings of the line agree exactly, spaces and
-digits included (`READINGS`), their letters and digits are those of the whole-image reading, and the
-line's pixels show as many word gaps as the reading has spaces (`word_gaps`); a disagreement drops the
-question with the readings as the reason.
+Its ground truth is kept only when two independent readings of the line from its own tight crop
+(`READINGS`) have the letters and digits of the whole-image reading, and its spaces are those the line's
+pixels show (`word_gaps`): as both rereads spell them, or placed at the pixels' gaps between the letters
+both rereads locate on either side (`placed`); otherwise the question is dropped with the readings as the
+reason. PP-OCR drops spaces, so its spelling alone is never trusted with them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -29,44 +32,76 @@ from mmcof_gen.schema import RejectedTask, Task, task_id
 # 6 of 8, and where the two agreed they were right (benchmarks/bench_quality.py).
 READINGS = ((64, 0.9), (44, 1.2))
 
-ReadAgain = Callable[[TextHit, int, float], "str | None"]
+ReadAgain = Callable[[TextHit, int, float], "TextHit | None"]
 WORD_GAP = 0.3  # a blank run of columns at least this share of the ink height separates words
 NARROW = 0.5  # ink narrower than this share of its height ("1", "I") has wide blank sides of its own
 
 
-def word_gaps(image: Image.Image, box) -> tuple[int, int] | None:
-    """How many word gaps the line's own pixels show, as (certain, possible): runs of blank columns between
-    its ink at least WORD_GAP of the ink height wide; one next to narrow ink ("1") is only possible. None
-    when the letters cannot be told apart (fewer blank runs than half the ink's width in ink heights, e.g.
-    text too blurred) or there is no contrast. PP-OCR drops spaces, also wide ones: this counts them
-    without it (on the benchmark's first scenes: the one space of each of the 6 two-word lines, also of
-    those OCR read as "WEST23", "AISLEF9" and "GATE85"; None for a 12-px "TOWER J5")."""
-    grey = np.asarray(image.crop(tuple(box)).convert("L"), dtype=np.float32)
-    low, high = np.percentile(grey, 5), np.percentile(grey, 95)
+class Gap(NamedTuple):
+    """A word gap in a line's pixels: the x of its middle in image pixels, and whether it must be a space
+    (False: it is next to narrow ink such as a "1", whose own blank sides may look like a space)."""
+
+    x: float
+    certain: bool
+
+
+def word_gaps(image: Image.Image, box) -> list[Gap] | None:
+    """The word gaps the line's own pixels show: runs of blank columns between its letters at least WORD_GAP
+    of the ink height wide. Letters are the dark connected pieces in the box's rows that are neither wide (a
+    plate's edge, tilted or not, or a rule: wider than half the box), tall (a post) nor cut by those rows,
+    nor specks. None when the letters cannot be told apart (fewer blank runs than half the ink's width in ink
+    heights, e.g. text too blurred, or letters joined to the plate's edge), when a letter-sized piece lies
+    just past the box (it holds only part of the line: OCR found "Z3" of "ZONE Z3"), or there is no
+    contrast. PP-OCR drops spaces, also wide ones: this finds them without it (on the demo scenes: the one
+    space of each of the 12 two-word signs, also of those every reading spelled "WEST4", "BANKZ7")."""
+    x1, y1, x2, y2 = box
+    left, right = max(0, x1 - (y2 - y1)), min(image.width, x2 + (y2 - y1))
+    grey = np.asarray(image.crop((left, y1, right, y2)).convert("L"), dtype=np.float32)
+    low, high = np.percentile(grey[:, x1 - left:x2 - left], 5), np.percentile(grey[:, x1 - left:x2 - left], 95)
     if high - low < 40:
         return None
-    ink = grey < (low + high) / 2
-    ink[ink.mean(axis=1) > 0.6] = False  # plate edges and rules run across the line: not letters
-    ink[:, ink.mean(axis=0) > 0.8] = False  # nor up the box (a letter fills at most its ink height)
-    rows = ink.sum(axis=1)
-    columns = np.flatnonzero(ink.any(axis=0))
-    if not rows.any() or len(columns) < 2:
+    ink = (grey < (low + high) / 2).astype(np.uint8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(ink, connectivity=8)
+    rows, cols = ink.shape
+    pieces = [k for k in range(1, count) if stats[k, 2] <= 0.5 * (x2 - x1) and stats[k, 3] <= 0.9 * rows
+              and stats[k, 0] > 0 and stats[k, 1] > 0 and stats[k, 0] + stats[k, 2] < cols
+              and stats[k, 1] + stats[k, 3] < rows]
+    inside = [k for k in pieces if left + stats[k, 0] < x2 and left + stats[k, 0] + stats[k, 2] > x1]
+    if not inside:
         return None
-    ink_height = int((rows > 0.15 * rows.max()).sum())
-    filled = ink[:, columns[0]:columns[-1] + 1].any(axis=0)
+    ink_height = float(stats[inside, 3].max())
+    for k in set(pieces) - set(inside):  # a letter-sized piece just past the box: the line goes on
+        x, width = left + stats[k, 0], stats[k, 2]
+        if stats[k, 3] >= 0.6 * ink_height and max(x1 - x - width, x - x2) <= 0.6 * ink_height:
+            return None
+    letters = [k for k in inside if stats[k, 3] >= 0.3 * ink_height or stats[k, 4] >= 0.1 * ink_height ** 2]
+    filled_columns = np.isin(labels, letters).any(axis=0)
+    columns = np.flatnonzero(filled_columns)
+    if len(columns) < 2:
+        return None
+    filled = filled_columns[columns[0]:columns[-1] + 1]
     edges = np.flatnonzero(np.diff(filled.astype(np.int8))) + 1  # where ink and blank columns alternate
-    pieces = np.split(filled, edges)
-    widths = [len(piece) for piece in pieces]  # ink, blank, ink, ..., ink
-    if (len(pieces) - 1) / 2 < (columns[-1] - columns[0]) / ink_height / 2:
+    widths = [len(run) for run in np.split(filled, edges)]  # ink, blank, ink, ..., ink
+    if (len(widths) - 1) / 2 < (columns[-1] - columns[0]) / ink_height / 2:
         return None
-    certain = possible = 0
-    for k in range(1, len(pieces) - 1, 2):
-        if widths[k] >= WORD_GAP * ink_height:
-            if min(widths[k - 1], widths[k + 1]) < NARROW * ink_height:
-                possible += 1
-            else:
-                certain += 1
-    return certain, certain + possible
+    gaps, at = [], left + columns[0]
+    for k, width in enumerate(widths):
+        if k % 2 and width >= WORD_GAP * ink_height:
+            gaps.append(Gap(at + width / 2, min(widths[k - 1], widths[k + 1]) >= NARROW * ink_height))
+        at += width
+    return gaps
+
+
+def placed(reading: TextHit | None, gaps: list[Gap]) -> str | None:
+    """The reading's letters with a space at each gap, placed by where the reading says its letters are;
+    None when the reading has no letter positions or a gap falls before the first, after the last letter or
+    where another gap already is."""
+    letters = [(letter, x) for letter, x in (reading.letters if reading else ()) if letter.strip()]
+    cuts = sorted(sum(x < gap.x for _, x in letters) for gap in gaps)
+    if not letters or len(set(cuts)) < len(cuts) or not all(0 < cut < len(letters) for cut in cuts):
+        return None
+    text = "".join(letter for letter, _ in letters)
+    return " ".join(text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)]))
 
 
 def spelled(text: str | None) -> str:
@@ -83,7 +118,7 @@ def synthesize_text_tasks(
     prompts: Prompts,
     config: TextTasksConfig,
     read_again: ReadAgain,
-    gaps: Callable[[TextHit], tuple[int, int] | None],
+    gaps: Callable[[TextHit], list[Gap] | None],
 ) -> tuple[list[Task], list[RejectedTask]]:
     """Tasks for one image from all text read at `truth_size`, and the candidates dropped because their
     readings disagree; ground truth boxes in original pixels. `read_again(hit, line_height, unclip)` reads
@@ -119,22 +154,29 @@ def synthesize_text_tasks(
         box = scale_box(hit.box, sx, sy)
         (height_a, unclip_a), (height_b, unclip_b) = READINGS
         first, second = read_again(hit, height_a, unclip_a), read_again(hit, height_b, unclip_b)
-        if not spelled(first) or spelled(first) != spelled(second):
-            reason = f"readings disagree: {first!r} (line {height_a} px tall) vs {second!r} ({height_b} px)"
-        elif normalize_text(first) != reading:  # the whole-image reading drops spaces, but its letters count
-            reason = f"readings disagree: {first!r} (line {height_a} and {height_b} px tall) vs {hit.text!r} (whole image)"
+        text_a, text_b = spelled(first and first.text), spelled(second and second.text)
+        answer = reason = None
+        if not text_a or normalize_text(text_a) != normalize_text(text_b):
+            reason = f"readings disagree: {text_a!r} (line {height_a} px tall) vs {text_b!r} ({height_b} px)"
+        elif normalize_text(text_a) != reading:  # the whole-image reading drops spaces, but its letters count
+            reason = f"readings disagree: {text_a!r} (line {height_a} and {height_b} px tall) vs {hit.text!r} (whole image)"
         elif (seen := gaps(hit)) is None:
-            reason = f"readings disagree: the letters of {first!r} cannot be told apart in its pixels"
-        elif not seen[0] <= spelled(first).count(" ") <= seen[1]:
-            shown = str(seen[0]) if seen[0] == seen[1] else f"{seen[0]} to {seen[1]}"
-            reason = f"readings disagree: {first!r} has {spelled(first).count(' ')} space(s), its pixels {shown} word gap(s)"
+            reason = f"readings disagree: the letters of {text_a!r} cannot be told apart in its pixels"
+        elif (text_a == text_b and sum(gap.certain for gap in seen) <= text_a.count(" ") <= len(seen)
+              and (spaced := placed(first, seen) if all(gap.certain for gap in seen) else None) in (None, text_a)):
+            answer = text_a
+        elif all(gap.certain for gap in seen) and (spaced := placed(first, seen)) and spaced == placed(second, seen):
+            answer = spaced  # the pixels show where the words part, both readings which letters lie between
         else:
-            reason = None
+            certain = sum(gap.certain for gap in seen)
+            shown = str(len(seen)) if certain == len(seen) else f"{certain} to {len(seen)}"
+            reason = (f"readings disagree: {text_a!r} (line {height_a} px tall) vs {text_b!r} ({height_b} px), "
+                      f"its pixels {shown} word gap(s)")
         if reason:
             rejected.append(RejectedTask(object=hit.text, box=box, question=question, reason=reason))
             continue
         tasks.append(Task(
             id=task_id(image_sha256, question), image=image, image_sha256=image_sha256, question=question,
-            answer=spelled(first), gt_boxes=[box], source="ocr-synthesis", question_type="text", position=position,
+            answer=answer, gt_boxes=[box], source="ocr-synthesis", question_type="text", position=position,
         ))
     return tasks, rejected
