@@ -101,6 +101,8 @@ class ChatModelConfig(BaseModel):
 
     backend: Literal["openai", "transformers"] = "openai"
     model: str = Field(description="served model name (openai) or hub id / local folder (transformers)")
+    vision: bool = Field(True, description="whether the model is sent images; false: a text-only LLM, for the "
+                                           "planner (which then reads every observation as text) or the summariser")
     # openai backend
     base_url: str = Field("http://localhost:8000/v1", description="OpenAI-compatible endpoint, ending in /v1")
     api_key_env: str | None = Field(None, description="env var holding the API key; none: a dummy key (vLLM)")
@@ -132,8 +134,11 @@ class ChatModelConfig(BaseModel):
 
     def identity(self) -> dict:
         """What changes replies (for the run fingerprint): not the endpoint, limits, prices or device."""
-        return self.model_dump(include={"backend", "model", "structured_output", "dtype", "top_p",
-                                        "repetition_penalty"})
+        identity = self.model_dump(include={"backend", "model", "structured_output", "dtype", "top_p",
+                                            "repetition_penalty"})
+        if not self.vision:  # only when set, so that the fingerprints of seeing models stay as they were
+            identity["vision"] = False
+        return identity
 
     def decoding(self, max_tokens: int, temperature: float) -> dict:
         """The decoding parameters of a call, as sent (and as results record them)."""

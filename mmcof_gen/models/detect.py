@@ -8,7 +8,8 @@ in each frame's integer pixels, clipped and valid, best score first:
     [[det, ...], [...]] = owl.detect([(frame_a, ["red car"]), (frame_b, ["sign", "clock"])])
 
 Backends: GroundingDINO and OWLv2 via transformers (hub ids or local folders, the same
-`from_pretrained` code), YOLO-World and YOLOE via ultralytics (the optional `[yolo]` extra, AGPL-3.0).
+`from_pretrained` code), YOLO-World and YOLOE via ultralytics (the optional `[yolo]` extra, AGPL-3.0),
+and RapidOCR (text lines a phrase names; a core dependency, `models/ocr.py`).
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mmcof_gen.extras import require
 from mmcof_gen.imaging import InvalidBox, clip_box
+from mmcof_gen.models.ocr import ENGINE_NAME
 from mmcof_gen.schema import Detection
 
-DetectorBackend = Literal["grounding-dino", "owlv2", "yolo-world", "yoloe"]
+DetectorBackend = Literal["grounding-dino", "owlv2", "yolo-world", "yoloe", "rapidocr"]
 DetectRequest = tuple[Image.Image, Sequence[str]]
 """One frame and the phrases to find in it."""
 
@@ -52,6 +54,11 @@ class DetectorConfig(BaseModel):
     text_embeddings: Path | None = Field(
         None, description="YOLO: a torch file {phrase: text-encoder embedding} used instead of the net's CLIP")
 
+    @property
+    def name(self) -> str:
+        """The detector as records name it (RapidOCR has no model to choose)."""
+        return ENGINE_NAME if self.backend == "rapidocr" else f"{self.backend}:{self.model}"
+
 
 class Detector(Protocol):
     """Finds phrases in frames; one list of detections per request, in that request's order.
@@ -71,6 +78,10 @@ class Detector(Protocol):
 
 def detector(config: DetectorConfig) -> Detector:
     """Build the configured backend; heavy imports happen only here."""
+    if config.backend == "rapidocr":
+        from mmcof_gen.models.ocr import OcrDetector
+
+        return OcrDetector(config)
     if config.backend in ("yolo-world", "yoloe"):
         require("yolo", f"detector {config.backend}")
     else:
