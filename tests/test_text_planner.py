@@ -15,7 +15,7 @@ import tests.test_search_agent as search_module
 from mmcof_gen.agent.search import Roles, VlmSearchAgent
 from mmcof_gen.config import AgentConfig, ConfigError, PipelineConfig, load_config
 from mmcof_gen.imaging import frame_from_image
-from mmcof_gen.models.chat import ChatModelConfig, chat_model
+from mmcof_gen.models.chat import ChatMessage, ChatModelConfig, chat_model
 from mmcof_gen.models.detect import DetectorConfig, detector
 from mmcof_gen.models.ocr import OcrReader, OcrReaderConfig, names_text
 from mmcof_gen.schema import Task
@@ -209,3 +209,15 @@ def test_shipped_text_planner_pipelines_load():
     mixed = load_config("llm-planner-vlm-tools")
     assert not mixed.models.planner.vision and mixed.models.reader.vision
     assert mixed.models.detector.backend == "grounding-dino"
+
+
+def test_json_schema_is_sent_as_a_json_object_response_format_for_llama_cpp_servers():
+    from mmcof_gen.agent.search import Targets
+    from mmcof_gen.models.chat import complete_json
+    from tests.support.scripted_server import Reply
+
+    with ScriptedServer([Reply('{"missing": ["the sign"]}')]) as server:
+        model = chat_model(ChatModelConfig(**MODEL, base_url=server.url, structured_output="json_object"))
+        reply, _ = asyncio.run(complete_json(model, [ChatMessage("user", "Find?")], Targets))
+    assert reply.missing == ["the sign"]
+    assert server.requests[0]["response_format"] == {"type": "json_object", "schema": Targets.model_json_schema()}

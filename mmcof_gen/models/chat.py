@@ -114,9 +114,10 @@ class ChatModelConfig(BaseModel):
     max_backoff_seconds: float = Field(60.0, ge=0, description="cap of a backoff and of a Retry-After")
     requests_per_minute: int | None = Field(None, ge=1, description="per endpoint, shared by all roles on it")
     tokens_per_minute: int | None = Field(None, ge=1, description="per endpoint, prompt + completion tokens")
-    structured_output: Literal["response_format", "vllm", "none"] = Field(
+    structured_output: Literal["response_format", "vllm", "json_object", "none"] = Field(
         "response_format", description="how json_schema is sent: OpenAI `response_format` (OpenAI, vLLM, SGLang), "
-        "vLLM's `structured_outputs` extra body, or not at all (replies are validated either way)")
+        "vLLM's `structured_outputs` extra body, `response_format: {type: json_object, schema}` (llama.cpp's "
+        "servers: llama-cpp-python, llama-server), or not at all (replies are validated either way)")
     price_input_per_million: float = Field(0.0, ge=0, description="USD per million prompt tokens")
     price_output_per_million: float = Field(0.0, ge=0, description="USD per million completion tokens")
     # decoding: sent with every request, so that a server's or checkpoint's generation config (Qwen2.5-VL's
@@ -325,6 +326,8 @@ class OpenAIChat:
                                        "json_schema": {"name": json_schema.get("title", "reply"), "schema": json_schema}}
         elif json_schema is not None and self.config.structured_output == "vllm":
             body["structured_outputs"] = {"json": json_schema}
+        elif json_schema is not None and self.config.structured_output == "json_object":
+            body["response_format"] = {"type": "json_object", "schema": json_schema}
         return body
 
     def _retryable(self, exc: Exception) -> bool:
