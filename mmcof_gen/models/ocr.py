@@ -221,8 +221,8 @@ class OcrReader:
 
     def read(self, frame: Image.Image, box: Box | None, focus: Box) -> str | None:
         """What is read from the frame (box None) or from the zoom on `box` (the crop function's crop): the most
-        confident line legible in that image whose centre lies in `focus` (frame pixels), or that holds the
-        centre of `focus`; None when no such line is legible."""
+        confident line legible in that image whose centre lies in `focus` (frame pixels), or on a zoom that holds
+        the centre of `focus` (the rules of the OCR agent); None when no such line is legible."""
         if box is None:
             image, region = frame, (0, 0, frame.width, frame.height)
         else:
@@ -231,8 +231,8 @@ class OcrReader:
         scale = image.width / (region[2] - region[0])
         hits = [TextHit(crop_to_frame(hit.box, image.size, region), hit.text, hit.score)
                 for hit in self.engine.read(image)]
-        legible = [hit for hit in hits if (centre_in(hit.box, focus) or centre_in(focus, hit.box))
-                   and (hit.box[3] - hit.box[1]) * scale >= self.min_read_height]
+        over = [hit for hit in hits if centre_in(hit.box, focus) or (box is not None and centre_in(focus, hit.box))]
+        legible = [hit for hit in over if (hit.box[3] - hit.box[1]) * scale >= self.min_read_height]
         return max(legible, key=lambda hit: hit.score).text if legible else None
 
     async def aclose(self) -> None:
