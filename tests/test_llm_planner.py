@@ -57,6 +57,7 @@ def runs(tmp_path_factory):
     config = yaml.safe_load((resources.PIPELINES / "llm-planner-ocr.yaml").read_text())
     with RecordingProxy(URL) as proxy:
         config["models"]["planner"].update(base_url=proxy.url, model=MODEL)
+        config["agent"]["max_seconds"] = 3000  # the searches of an image queue for one server on a shared machine
         (root / "llm.yaml").write_text(yaml.safe_dump(config))
         cli("synthesize", "--images", images, "--out", root / "llm", "--config", root / "llm.yaml",
             "--resolutions", RESOLUTIONS)
