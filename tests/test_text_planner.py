@@ -221,3 +221,19 @@ def test_json_schema_is_sent_as_a_json_object_response_format_for_llama_cpp_serv
         reply, _ = asyncio.run(complete_json(model, [ChatMessage("user", "Find?")], Targets))
     assert reply.missing == ["the sign"]
     assert server.requests[0]["response_format"] == {"type": "json_object", "schema": Targets.model_json_schema()}
+
+
+def test_a_text_only_planner_gets_no_image_probe_before_a_run(monkeypatch):
+    from mmcof_gen.models import server_info
+
+    probed = []
+    monkeypatch.setattr(server_info, "server_info", lambda model: {"version": "0.32.0", "models": {model.model: 4096}})
+    monkeypatch.setattr(server_info, "check_images", lambda model, images, key: probed.append((key, images)))
+    reader = {**MODEL, "base_url": "http://127.0.0.1:8000/v1"}
+    config = PipelineConfig.model_validate(pipeline(planner={**MODEL, "base_url": "http://127.0.0.1:8001/v1",
+                                                             "vision": False}, reader=reader, locator=reader))
+    server_info.check_servers(config)
+    assert probed == []  # the planner is sent text only; the reader and locator see one image per request
+    seeing = PipelineConfig.model_validate(pipeline(planner=reader))
+    server_info.check_servers(seeing)
+    assert probed == [("models.planner", 4)]
