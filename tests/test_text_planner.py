@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 
 from mmcof_gen import cof_format, resources
 import tests.test_search_agent as search_module
-from mmcof_gen.agent.search import Roles, VlmSearchAgent
+from mmcof_gen.agent.search import PlannerAction, Roles, TextPlannerAction, VlmSearchAgent
 from mmcof_gen.config import AgentConfig, ConfigError, PipelineConfig, load_config
 from mmcof_gen.imaging import frame_from_image
 from mmcof_gen.models.chat import ChatMessage, ChatModelConfig, chat_model
@@ -54,6 +54,10 @@ def test_a_text_only_planner_sends_no_image_and_makes_the_seeing_planners_chain(
     # the tools still see: the reader got the frame and the evidence crop, the locator the frame
     assert [has_image(r) for r in requests if schema_name(r) in ("ReaderReply", "LocateReply")] == [True] * 3
     assert sum(has_image(r) for r in seeing_requests if schema_name(r) == "PlannerAction") == 3
+    # the text-only planner's replies are decoded to one schema variant per action; the seeing planner's as before
+    assert planner[1]["response_format"]["json_schema"]["schema"] == TextPlannerAction.model_json_schema()
+    assert [r["response_format"]["json_schema"]["schema"] for r in seeing_requests
+            if schema_name(r) == "PlannerAction"] == [PlannerAction.model_json_schema()] * 3
 
     assert text_only.status == seeing.status == "accepted"
     assert text_only.chain == seeing.chain and text_only.final_thought == seeing.final_thought
@@ -87,6 +91,19 @@ def test_a_text_only_planner_is_told_each_reading_with_its_box():
     assert planner[-1]["messages"][-1]["content"] == (
         "read [300, 200, 340, 230]: the reader answered 'blue'; verifier: read 'blue', expected 'red'; the box "
         "holds the target; zoom in and read it closely")
+
+
+def test_the_text_planners_schema_requires_each_actions_arguments():
+    schema = TextPlannerAction.model_json_schema()
+    assert schema["title"] == "PlannerAction"
+    assert [(v["properties"]["action"]["const"], v["required"]) for v in schema["anyOf"]] == [
+        ("locate", ["thought", "action", "phrase"]), ("read", ["thought", "action", "box"]),
+        ("adjust", ["thought", "action", "box", "instruction"]),
+        ("adjust", ["thought", "action", "box", "instruction", "direction"]),
+        ("zoom", ["thought", "action", "box"]), ("answer", ["thought", "action", "answer"])]
+    assert all(v["additionalProperties"] is False for v in schema["anyOf"])
+    with pytest.raises(ValueError, match="action zoom needs box"):
+        TextPlannerAction.model_validate({"thought": "t", "action": "zoom"})
 
 
 def pipeline(**models) -> dict:

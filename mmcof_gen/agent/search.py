@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
 from PIL import Image
-from pydantic import BaseModel, Field, WithJsonSchema, create_model, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, create_model, field_validator, model_validator
 
 from mmcof_gen.agent.ocr_search import OcrSearchAgent, SearchResult
 from mmcof_gen.agent.verify import as_option, box_hint, overlap_area, verify_answer
@@ -75,6 +75,32 @@ class PlannerAction(BaseModel):
         if missing:
             raise ValueError(f"action {self.action} needs {', '.join(missing)}")
         return self
+
+
+def _one_variant_per_action(schema: dict) -> None:
+    """PlannerAction's schema as one object per action with exactly that action's arguments, all required: a
+    server that decodes to the schema (a grammar) then cannot leave an argument out or add a stray one."""
+    fields = {name: value["anyOf"][0] if "anyOf" in value else value for name, value in schema["properties"].items()}
+    shift = dict(fields["instruction"], enum=["shift"])
+    resize = dict(fields["instruction"], enum=["enlarge", "shrink"])
+    variants = [("locate", {"phrase": fields["phrase"]}),
+                ("read", {"box": {"anyOf": [fields["box"], {"type": "null"}]}}),
+                ("adjust", {"box": fields["box"], "instruction": resize}),
+                ("adjust", {"box": fields["box"], "instruction": shift, "direction": fields["direction"]}),
+                ("zoom", {"box": fields["box"]}), ("answer", {"answer": fields["answer"]})]
+    title = schema["title"]
+    schema.clear()
+    schema.update(title=title, anyOf=[
+        {"type": "object", "properties": {"thought": fields["thought"], "action": {"const": action}, **arguments},
+         "required": ["thought", "action", *arguments], "additionalProperties": False}
+        for action, arguments in variants])
+
+
+class TextPlannerAction(PlannerAction):
+    """The text-only planner's action: the same reply, under a schema that names each action's arguments. A
+    text-only planner is often a small LLM, for which the grammar is what keeps its plans complete."""
+
+    model_config = ConfigDict(title="PlannerAction", json_schema_extra=_one_variant_per_action)
 
 
 class ReaderReply(BaseModel):
@@ -271,7 +297,8 @@ class VlmSearchAgent:
         ]
         for _ in range(self.config.max_steps):
             step = self._step(search, Step(action="locate"))
-            action = await self._ask(search, step, "planner", self.roles.planner, messages, PlannerAction)
+            action = await self._ask(search, step, "planner", self.roles.planner, messages,
+                                     PlannerAction if sees else TextPlannerAction)
             step.action, step.thought = action.action, action.thought
             step.arguments = action.model_dump(exclude={"thought", "action"}, exclude_none=True)
             images = await self._act(search, step, action)
