@@ -27,8 +27,10 @@ from tests.support.proxy import RecordingProxy
 
 URL = os.environ.get("MMCOF_LLM_URL", "")
 MODEL = os.environ.get("MMCOF_LLM_MODEL", "")
-SCENES = int(os.environ.get("MMCOF_LLM_SCENES", "2"))
-RESOLUTIONS = os.environ.get("MMCOF_LLM_RESOLUTIONS", "448,672")
+SCENES = int(os.environ.get("MMCOF_LLM_SCENES", "1"))
+RESOLUTIONS = os.environ.get("MMCOF_LLM_RESOLUTIONS", "448")
+MAX_STEPS = int(os.environ.get("MMCOF_LLM_MAX_STEPS", "3"))  # grammar decoding over Gemma's 262k-token vocabulary
+# costs seconds per token on a shared 2-core machine: a few planner steps per search keep the stage in budget
 FIGURES = os.environ.get("MMCOF_LLM_FIGURES", "")
 CLI = [sys.executable, "-m", "mmcof_gen.cli"]
 
@@ -57,7 +59,7 @@ def runs(tmp_path_factory):
     config = yaml.safe_load((resources.PIPELINES / "llm-planner-ocr.yaml").read_text())
     with RecordingProxy(URL) as proxy:
         config["models"]["planner"].update(base_url=proxy.url, model=MODEL)
-        config["agent"]["max_seconds"] = 3000  # the searches of an image queue for one server on a shared machine
+        config["agent"].update(max_seconds=3000, max_steps=MAX_STEPS)  # searches queue for one server
         (root / "llm.yaml").write_text(yaml.safe_dump(config))
         cli("synthesize", "--images", images, "--out", root / "llm", "--config", root / "llm.yaml",
             "--resolutions", RESOLUTIONS)
@@ -108,7 +110,7 @@ def test_share_solved_against_the_rule_planned_ocr_agent(runs):
     root, proxy = runs
     llm, rules = records(root / "llm/trajectories.jsonl"), records(root / "rules/trajectories.jsonl")
     usage = [json.loads(reply).get("usage", {}) for reply in proxy.replies]
-    result = {"model": MODEL, "scenes": SCENES, "resolutions": RESOLUTIONS,
+    result = {"model": MODEL, "scenes": SCENES, "resolutions": RESOLUTIONS, "max_steps": MAX_STEPS,
               "tasks": len({t["task"]["id"] for t in llm}), "llm_planner": figures(llm),
               "rule_planner": figures(rules), "planner_requests": len(proxy.bodies),
               "planner_tokens": sum(u.get("prompt_tokens", 0) + u.get("completion_tokens", 0) for u in usage)}
