@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export YOLO_OFFLINE := 1
 export RAY_AUTH_MODE := disabled
 
-.PHONY: demo test test-vllm install-test clean
+.PHONY: demo test test-vllm test-llm install-test clean
 
 # The stamp is remade whenever pyproject.toml changes, so a re-run with an existing .venv is fast.
 $(VENV)/.installed: pyproject.toml
@@ -46,5 +46,9 @@ test: $(VENV)/.installed-test
 test-vllm: $(VENV)/.installed-test
 	tests/vllm/stage.sh
 
+# A real text LLM (Gemma-3-270M GGUF, llama-cpp-python server in .venv-llm) plans over RapidOCR: docs/planner.md
+test-llm: $(VENV)/.installed-test
+	tests/llm/stage.sh
+
 clean:
-	rm -rf $(VENV) .venv-wheel .venv-vllm $(DEMO) $(CHECK)
+	rm -rf $(VENV) .venv-wheel .venv-vllm .venv-llm $(DEMO) $(CHECK)

@@ -11,15 +11,17 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator,
+                      model_validator)
 
 from mmcof_gen import resources
 from mmcof_gen.errors import ConfigError
 from mmcof_gen.models.chat import ChatModelConfig
 from mmcof_gen.models.detect import DetectorConfig
+from mmcof_gen.models.ocr import OcrReaderConfig
 from mmcof_gen.schema import invalid_fields
 
 DEFAULT_CONFIG = resources.PIPELINES / "default.yaml"
@@ -107,11 +109,22 @@ class AgentConfig(Section):
     reply_tokens: int = Field(512, ge=16, description="vlm: max new tokens per model reply")
 
 
+def _reader_kind(value) -> str:
+    backend = value.get("backend") if isinstance(value, dict) else getattr(value, "backend", None)
+    return "ocr" if backend == "rapidocr" else "chat"
+
+
+# A reader is a chat model or the OCR engine, told apart by `backend` (so a wrong field is reported once)
+Reader = Annotated[Annotated[ChatModelConfig, Tag("chat")] | Annotated[OcrReaderConfig, Tag("ocr")],
+                   Discriminator(_reader_kind)]
+
+
 class ModelsConfig(Section):
     """Which model plays which role (agent.kind vlm). One endpoint may serve several roles."""
 
     planner: ChatModelConfig | None = Field(None, description="decides the next action; required for kind vlm")
-    reader: ChatModelConfig | None = Field(None, description="answers from a frame or crop; default: the planner")
+    reader: Reader | None = Field(
+        None, description="answers from a frame or crop: a model, or {backend: rapidocr}; default: the planner")
     locator: ChatModelConfig | None = Field(None, description="grounds a phrase to boxes when no detector is set; "
                                                                "default: the planner")
     detector: DetectorConfig | None = Field(None, description="open-vocabulary detector for locate (preferred)")
@@ -227,11 +240,37 @@ class PipelineConfig(Section):
                              "`mmcof-gen pipelines --show vllm-qwen2.5-vl`")
         if self.tasks.kind == "vlm" and self.agent.kind != "vlm":
             raise ValueError("tasks.kind vlm synthesises with the model roles: it needs agent.kind vlm")
+        self._roles_that_see()
         if self.verify.difficulty is not None and self.models.small_reader is None:
             raise ValueError("verify.difficulty needs models.small_reader (a ChatModelConfig of the small model)")
         if self.prompts_dir is None:
             self.prompts_dir = resources.prompts("agent" if self.agent.kind == "vlm" else "template")
         return self
+
+    def _roles_that_see(self) -> None:
+        """A text-only planner (`vision: false`) leaves all seeing to tools: the reader and the locator must
+        see. The OCR reader's unset acuity and score are those of the `ocr` section."""
+        models = self.models
+        if isinstance(models.reader, OcrReaderConfig):
+            if models.reader.min_read_height is None:
+                models.reader.min_read_height = self.ocr.min_read_height
+            if models.reader.min_score is None:
+                models.reader.min_score = self.ocr.min_score
+            if self.tasks.kind == "vlm":
+                raise ValueError("tasks.kind vlm asks models.reader about crops in words: it needs a chat model "
+                                 "as reader, not rapidocr")
+        for role in ("reader", "locator", "task_writer", "second_reader", "small_reader"):
+            model = getattr(models, role)
+            if isinstance(model, ChatModelConfig) and not model.vision:
+                raise ValueError(f"models.{role} has vision: false, but the {role} must see the image; only the "
+                                 "planner and the summariser may be text-only")
+        if models.planner is not None and not models.planner.vision:
+            if models.reader is None:
+                raise ValueError("models.planner has vision: false, so it cannot read: set models.reader (a VLM, "
+                                 "or {backend: rapidocr})")
+            if models.detector is None and models.locator is None:
+                raise ValueError("models.planner has vision: false, so it cannot locate: set models.detector (e.g. "
+                                 "{backend: rapidocr} or grounding-dino) or models.locator (a VLM)")
 
     def fingerprint(self) -> str:
         """Hash of everything that changes outputs (the executor and the filter do not), to refuse mixing runs."""

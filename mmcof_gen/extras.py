@@ -50,7 +50,7 @@ def require_pipeline(config: "PipelineConfig") -> None:
         elif role == "detector":
             if model.backend in ("yolo-world", "yoloe"):
                 require("yolo", f"models.detector backend {model.backend}")
-            else:
+            elif model.backend != "rapidocr":
                 require("hf", f"models.detector backend {model.backend}")
     if config.tasks.near_duplicate_distance is not None:
         require("data", "tasks.near_duplicate_distance", ("imagehash",))

@@ -29,6 +29,7 @@ from mmcof_gen.errors import ConfigError
 from mmcof_gen.models.chat import ChatMessage, ChatModelConfig, ReplyError, chat_model, complete_json
 from mmcof_gen.store import MANIFEST, RunStore
 from mmcof_gen.synthesize import RunInputs, synthesize
+from tests.support.proxy import RecordingProxy
 
 URL = os.environ.get("MMCOF_VLLM_URL", "")
 MODEL = os.environ.get("MMCOF_VLLM_MODEL", "")
@@ -348,58 +349,6 @@ def test_an_unknown_served_model_lists_the_served_names(inputs, tmp_path, server
     assert done.returncode == 2
     assert done.stderr == f"mmcof-gen: --served-model: {URL} does not serve 'nope'; its /v1/models offers: {MODEL}\n"
     assert ServerLog.chats(server_log.requests()) == []
-
-
-class RecordingProxy:
-    """A pass-through HTTP proxy in front of the server that keeps every request body: what the client really
-    sent, before the server fills anything in from the checkpoint's generation config."""
-
-    def __init__(self, target: str):
-        import http.server
-        import threading
-
-        self.bodies: list[dict] = []
-        origin = target.removesuffix("/v1")
-        proxy = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def _forward(self, data: bytes | None) -> None:
-                request = urllib.request.Request(origin + self.path, data=data, method=self.command,
-                                                 headers={"Content-Type": "application/json"})
-                try:
-                    with urllib.request.urlopen(request, timeout=300) as reply:
-                        status, body = reply.status, reply.read()
-                except urllib.error.HTTPError as exc:
-                    status, body = exc.code, exc.read()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def do_GET(self):
-                self._forward(None)
-
-            def do_POST(self):
-                data = self.rfile.read(int(self.headers["Content-Length"]))
-                if self.path.endswith("/chat/completions"):
-                    proxy.bodies.append(json.loads(data))
-                self._forward(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> RecordingProxy:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def test_eval_sends_every_decoding_parameter_explicitly(inputs, tmp_path):

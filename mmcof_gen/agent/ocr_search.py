@@ -18,17 +18,12 @@ from mmcof_gen.agent.base import SearchResult
 from mmcof_gen.agent.verify import verify_answer
 from mmcof_gen.config import AgentConfig, PipelineConfig
 from mmcof_gen.imaging import clip_box, crop_to_frame, crop_zoom, scale_box, zoom_region
-from mmcof_gen.models.ocr import OcrEngine, TextHit
+from mmcof_gen.models.ocr import OcrEngine, TextHit, centre_in as _centre_in
 from mmcof_gen.positions import cell_box, cell_named, cell_of, position_name
 from mmcof_gen.prompts import Prompts
 from mmcof_gen.schema import Box, ChainStep, Detection, Step, Task, View
 
 OCR_MODEL = "rapidocr-onnxruntime/PP-OCRv4"
-
-
-def _centre_in(box: Box, region: Box) -> bool:
-    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-    return region[0] <= cx < region[2] and region[1] <= cy < region[3]
 
 
 def _height(hit: TextHit) -> int:
@@ -68,7 +63,8 @@ class OcrSearchAgent:
     async def aclose(self) -> None:
         """Nothing to release: the engine belongs to the worker."""
 
-    def search_region(self, task: Task, view: View) -> tuple[str, Box]:
+    @staticmethod
+    def search_region(task: Task, view: View) -> tuple[str, Box]:
         """What the question points to, in frame pixels: its grid cell, or else the cell of its
         ground-truth box (the verifier's hint, for given questions that name no position)."""
         if task.position:

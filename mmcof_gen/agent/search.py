@@ -9,7 +9,9 @@ unclear: ...") and searches with ReAct actions, one JSON reply per step:
     adjust(box, enlarge|shrink|shift)     zoom(box) -> the crop, shown to the planner      answer(text)
 
 The search ends when a box the reader read is verified correct (that box is the evidence), or a budget
-runs out. The kept chain is the zooms around the evidence, coarse to fine, ending with the evidence box:
+runs out. A planner without eyes (`vision: false`, a text-only LLM) plans the same actions from text alone: the
+question, the frame size and every observation in words (`text_observation`); the reader, the locator and
+the crop function do all the seeing, and the chain is made the same way whichever planner made it. The kept chain is the zooms around the evidence, coarse to fine, ending with the evidence box:
 the last crop of the chain is exactly the crop the verified answer was read from. Every model call
 is recorded in its step (tokens, seconds, retries, cost).
 """
@@ -24,9 +26,10 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 from PIL import Image
-from pydantic import BaseModel, Field, create_model, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
 from mmcof_gen.agent.base import SearchResult
+from mmcof_gen.agent.ocr_search import OcrSearchAgent
 from mmcof_gen.agent.verify import as_option, box_hint, verify_answer
 from mmcof_gen.cof_format import question_text
 from mmcof_gen.config import AgentConfig, ModelsConfig, PipelineConfig
@@ -35,6 +38,7 @@ from mmcof_gen.models.chat import (ChatMessage, ChatModel, ChatModelConfig, Comp
                                    complete_json)
 from mmcof_gen.models.detect import Detector, DetectorConfig
 from mmcof_gen.models.detectors import detector
+from mmcof_gen.models.ocr import OcrReader, OcrReaderConfig
 from mmcof_gen.models.replies import BoxValues, Phrase, ReaderReply, Thought
 from mmcof_gen.models.server_info import check_servers
 from mmcof_gen.prompts import Prompts
@@ -65,6 +69,32 @@ class PlannerAction(BaseModel):
         if missing:
             raise ValueError(f"action {self.action} needs {', '.join(missing)}")
         return self
+
+
+def _one_variant_per_action(schema: dict) -> None:
+    """PlannerAction's schema as one object per action with exactly that action's arguments, all required: a
+    server that decodes to the schema (a grammar) then cannot leave an argument out or add a stray one."""
+    fields = {name: value["anyOf"][0] if "anyOf" in value else value for name, value in schema["properties"].items()}
+    shift = dict(fields["instruction"], enum=["shift"])
+    resize = dict(fields["instruction"], enum=["enlarge", "shrink"])
+    variants = [("locate", {"phrase": fields["phrase"]}),
+                ("read", {"box": {"anyOf": [fields["box"], {"type": "null"}]}}),
+                ("adjust", {"box": fields["box"], "instruction": resize}),
+                ("adjust", {"box": fields["box"], "instruction": shift, "direction": fields["direction"]}),
+                ("zoom", {"box": fields["box"]}), ("answer", {"answer": fields["answer"]})]
+    title = schema["title"]
+    schema.clear()
+    schema.update(title=title, anyOf=[
+        {"type": "object", "properties": {"thought": fields["thought"], "action": {"const": action}, **arguments},
+         "required": ["thought", "action", *arguments], "additionalProperties": False}
+        for action, arguments in variants])
+
+
+class TextPlannerAction(PlannerAction):
+    """The text-only planner's action: the same reply, under a schema that names each action's arguments. A
+    text-only planner is often a small LLM, for which the grammar is what keeps its plans complete."""
+
+    model_config = ConfigDict(title="PlannerAction", json_schema_extra=_one_variant_per_action)
 
 
 class LocateReply(BaseModel):
@@ -113,6 +143,18 @@ def chain_boxes(zooms: list[Box], evidence: Box) -> tuple[list[Box], list[Box]]:
     return kept, [z for z in dict.fromkeys(zooms) if z not in kept]
 
 
+def text_observation(step: Step) -> str:
+    """What a planner without eyes is told of one step: the observation in words, naming the box it concerns;
+    a zoom is told by its region's size in frame pixels instead of being shown."""
+    if step.action == "zoom" and step.box is not None:
+        x1, y1, x2, y2 = step.box
+        return (f"zoomed into {list(step.box)}, a region of {x2 - x1}x{y2 - y1} frame pixels; "
+                "read a box to learn what it shows")
+    if step.action == "read" and not step.observation.startswith("invalid box"):
+        return f"read {list(step.box) if step.box else 'the whole image'}: {step.observation}"
+    return step.observation
+
+
 # ------------------------------------------------------------------------------------------ roles
 
 
@@ -121,11 +163,12 @@ class Roles:
     """The models of one worker; one instance per distinct config, shared by the roles that name it."""
 
     planner: ChatModel
-    reader: ChatModel
+    reader: ChatModel | OcrReader
     locator: ChatModel | None = None
     detector: Detector | None = None
     judge: ChatModel | None = None
     summariser: ChatModel | None = None
+    blind: frozenset[str] = frozenset()  # roles whose model is sent text only (vision: false)
 
     @classmethod
     def build(cls, models: ModelsConfig, shared_detector: Detector | None = None) -> Roles:
@@ -141,17 +184,19 @@ class Roles:
             return built[key]
 
         planner = make(models.planner)
-        return cls(planner=planner, reader=make(models.reader) or planner,
+        reader = OcrReader(models.reader) if isinstance(models.reader, OcrReaderConfig) else make(models.reader)
+        blind = frozenset(role for role in ("planner", "summariser")
+                          if getattr(models, role) is not None and not getattr(models, role).vision)
+        return cls(planner=planner, reader=reader or planner,
                    locator=None if models.detector else (make(models.locator) or planner),
                    detector=shared_detector or (detector(models.detector) if models.detector else None),
-                   judge=make(models.verifier), summariser=make(models.summariser))
+                   judge=make(models.verifier), summariser=make(models.summariser), blind=blind)
 
 
 def role_models(models: ModelsConfig) -> dict[str, str]:
     """Role -> model name, for the provenance of every record."""
     planner = models.planner.name if models.planner else "none"
-    locator = (f"{models.detector.backend}:{models.detector.model}" if models.detector
-               else (models.locator.name if models.locator else planner))
+    locator = models.detector.name if models.detector else (models.locator.name if models.locator else planner)
     return {"planner": planner, "reader": models.reader.name if models.reader else planner, "locator": locator,
             "verifier": "rules" + (f" + {models.verifier.name}" if models.verifier else ""),
             "summariser": models.summariser.name if models.summariser else "template"}
@@ -239,31 +284,37 @@ class VlmSearchAgent:
             return
 
         result.needs_zoom = True
+        sees = "planner" not in self.roles.blind
         step = self._step(search, Step(action="locate"))
-        prompt = self.prompts.render("planner_targets", question_text=question_text(task.question, task.options))
+        prompt = self.prompts.render("planner_targets" if sees else "planner_text_targets", width=search.view.width,
+                                     height=search.view.height,
+                                     question_text=question_text(task.question, task.options))
         targets = await self._ask(search, step, "planner", self.roles.planner,
-                                  [ChatMessage("user", prompt, [search.frame])], Targets)
+                                  [ChatMessage("user", prompt, [search.frame] if sees else [])], Targets)
         search.targets = targets.missing
         step.arguments = {"targets": targets.missing}
         step.thought = f"I cannot answer; these objects are missing or unclear: {', '.join(targets.missing)}."
         step.observation = "search targets named"
 
         messages = [
-            ChatMessage("system", self.prompts.render("planner", width=search.view.width, height=search.view.height,
+            ChatMessage("system", self.prompts.render("planner" if sees else "planner_text", width=search.view.width,
+                                                      height=search.view.height,
                                                       max_steps=self.config.max_steps,
                                                       max_zooms=self.config.max_zooms)),
             ChatMessage("user", f"{question_text(task.question, task.options)}\nFrom the whole image the reader "
                                 f"answered {answer!r}; {verdict.reason}. Missing or unclear: "
-                                f"{', '.join(targets.missing)}. Your first action?", [search.frame]),
+                                f"{', '.join(targets.missing)}. Your first action?", [search.frame] if sees else []),
         ]
         for _ in range(self.config.max_steps):
             step = self._step(search, Step(action="locate"))
-            action = await self._ask(search, step, "planner", self.roles.planner, messages, PlannerAction)
+            action = await self._ask(search, step, "planner", self.roles.planner, messages,
+                                     PlannerAction if sees else TextPlannerAction)
             step.action, step.thought = action.action, action.thought
             step.arguments = action.model_dump(exclude={"thought", "action"}, exclude_none=True)
             images = await self._act(search, step, action)
             messages += [ChatMessage("assistant", action.model_dump_json(exclude_none=True)),
-                         ChatMessage("user", step.observation, images)]
+                         ChatMessage("user", step.observation, images) if sees
+                         else ChatMessage("user", text_observation(step))]
             if search.evidence is not None:
                 await self._finish(search, *search.verified)
                 return
@@ -338,12 +389,15 @@ class VlmSearchAgent:
         """The reader answers from the frame (box None) or the crop of `box`; the verifier checks it."""
         task = search.task
         step = step or self._step(search, Step(action="read", arguments={"box": None}))
-        image = search.frame if box is None else crop_zoom(search.frame, box)
-        prompt = self.prompts.render("reader", question_text=question_text(task.question, task.options))
         try:
-            reply = await self._ask(search, step, "reader", self.roles.reader, [ChatMessage("user", prompt, [image])],
-                                    ReaderReply)
-            answer = as_option(reply.answer.strip(), task.options)
+            if isinstance(self.roles.reader, OcrReader):
+                answer = await self._ocr_read(search, step, box)
+            else:
+                image = search.frame if box is None else crop_zoom(search.frame, box)
+                prompt = self.prompts.render("reader", question_text=question_text(task.question, task.options))
+                reply = await self._ask(search, step, "reader", self.roles.reader,
+                                        [ChatMessage("user", prompt, [image])], ReaderReply)
+                answer = as_option(reply.answer.strip(), task.options)
         except StopSearch as exc:
             if box is not None:
                 raise
@@ -355,6 +409,21 @@ class VlmSearchAgent:
         hint = "" if verdict.correct or box is None or search.target is None else f"; {box_hint(box, search.target)}"
         step.observation += f"the reader answered {answer!r}; verifier: {verdict.reason}{hint}"
         return answer, verdict
+
+    async def _ocr_read(self, search: Search, step: Step, box: Box | None) -> str | None:
+        """The OCR reader: on the whole frame it reads where the question points (its grid cell, else the cell
+        of the ground-truth box, as the OCR agent does); on a zoom, the line over the zoomed box."""
+        view = search.view
+        focus = box
+        if box is None:
+            try:
+                focus = OcrSearchAgent.search_region(search.task, view)[1]
+            except ValueError:  # a question that points nowhere: the reader looks at the whole frame
+                focus = (0, 0, view.width, view.height)
+        start = time.perf_counter()
+        text = await asyncio.to_thread(self.roles.reader.read, search.frame, box, focus)
+        step.seconds = round(step.seconds + time.perf_counter() - start, 4)
+        return as_option(text.strip(), search.task.options) if text else None
 
     def _check_answer(self, search: Search, step: Step, text: str) -> None:
         """A final answer counts only with evidence: a box whose reading the verifier accepted."""
@@ -411,6 +480,8 @@ class VlmSearchAgent:
             height=search.view.height, chain=json.dumps([list(b) for b in kept]),
             detours=json.dumps([list(b) for b in detours]), count=len(kept))
         images = [search.frame] + [crop_zoom(search.frame, box) for box in kept]
+        if "summariser" in self.roles.blind:
+            images = []
         summary = await self._ask(search, step, "summariser", self.roles.summariser,
                                   [ChatMessage("user", prompt, images)], summary_schema(len(kept)))
         return summary.thoughts, summary.final_thought

@@ -99,6 +99,8 @@ class ChatModelConfig(BaseModel):
 
     backend: Literal["openai", "transformers"] = "openai"
     model: str = Field(description="served model name (openai) or hub id / local folder (transformers)")
+    vision: bool = Field(True, description="whether the model is sent images; false: a text-only LLM, for the "
+                                           "planner (which then reads every observation as text) or the summariser")
     # openai backend
     base_url: str = Field("http://localhost:8000/v1", description="OpenAI-compatible endpoint, ending in /v1")
     api_key_env: str | None = Field(None, description="env var holding the API key; none: a dummy key (vLLM)")
@@ -110,9 +112,10 @@ class ChatModelConfig(BaseModel):
     max_backoff_seconds: float = Field(60.0, ge=0, description="cap of a backoff and of a Retry-After")
     requests_per_minute: int | None = Field(None, ge=1, description="per endpoint, shared by all roles on it")
     tokens_per_minute: int | None = Field(None, ge=1, description="per endpoint, prompt + completion tokens")
-    structured_output: Literal["response_format", "vllm", "none"] = Field(
+    structured_output: Literal["response_format", "vllm", "json_object", "none"] = Field(
         "response_format", description="how json_schema is sent: OpenAI `response_format` (OpenAI, vLLM, SGLang), "
-        "vLLM's `structured_outputs` extra body, or not at all (replies are validated either way)")
+        "vLLM's `structured_outputs` extra body, `response_format: {type: json_object, schema}` (llama.cpp's "
+        "servers: llama-cpp-python, llama-server), or not at all (replies are validated either way)")
     price_input_per_million: float = Field(0.0, ge=0, description="USD per million prompt tokens")
     price_output_per_million: float = Field(0.0, ge=0, description="USD per million completion tokens")
     # decoding: sent with every request, so that a server's or checkpoint's generation config (Qwen2.5-VL's
@@ -130,8 +133,11 @@ class ChatModelConfig(BaseModel):
 
     def identity(self) -> dict:
         """What changes replies (for the run fingerprint): not the endpoint, limits, prices or device."""
-        return self.model_dump(include={"backend", "model", "structured_output", "dtype", "top_p",
-                                        "repetition_penalty"})
+        identity = self.model_dump(include={"backend", "model", "structured_output", "dtype", "top_p",
+                                            "repetition_penalty"})
+        if not self.vision:  # only when set, so that the fingerprints of seeing models stay as they were
+            identity["vision"] = False
+        return identity
 
     def decoding(self, max_tokens: int, temperature: float) -> dict:
         """The decoding parameters of a call, as sent (and as results record them)."""
@@ -347,6 +353,8 @@ class OpenAIChat:
                                        "json_schema": {"name": json_schema.get("title", "reply"), "schema": json_schema}}
         elif json_schema is not None and self.config.structured_output == "vllm":
             body["structured_outputs"] = {"json": json_schema}
+        elif json_schema is not None and self.config.structured_output == "json_object":
+            body["response_format"] = {"type": "json_object", "schema": json_schema}
         return body
 
     def request_bytes(self, messages: list[ChatMessage], max_tokens: int, temperature: float,

@@ -8,7 +8,8 @@ in each frame's integer pixels, clipped and valid, best score first:
     [[det, ...], [...]] = owl.detect([(frame_a, ["red car"]), (frame_b, ["sign", "clock"])])
 
 Backends: GroundingDINO and OWLv2 via transformers (hub ids or local folders, the same
-`from_pretrained` code), YOLO-World and YOLOE via ultralytics (the optional `[yolo]` extra, AGPL-3.0).
+`from_pretrained` code), YOLO-World and YOLOE via ultralytics (the optional `[yolo]` extra, AGPL-3.0),
+and RapidOCR (text lines a phrase names; a core dependency, `models/ocr.py`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from mmcof_gen.imaging import InvalidBox, clip_box
 from mmcof_gen.schema import Detection
 
-DetectorBackend = Literal["grounding-dino", "owlv2", "yolo-world", "yoloe"]
+DetectorBackend = Literal["grounding-dino", "owlv2", "yolo-world", "yoloe", "rapidocr"]
+ENGINE_NAME = "rapidocr:PP-OCRv4"
+"""RapidOCR as records name it: the offline default's engine, and the `rapidocr` backend (models/ocr.py)."""
 DetectRequest = tuple[Image.Image, Sequence[str]]
 """One frame and the phrases to find in it."""
 
@@ -50,6 +53,11 @@ class DetectorConfig(BaseModel):
     image_size: int = Field(640, ge=32, multiple_of=32, description="YOLO: frames are letterboxed to this square side")
     text_embeddings: Path | None = Field(
         None, description="YOLO: a torch file {phrase: text-encoder embedding} used instead of the net's CLIP")
+
+    @property
+    def name(self) -> str:
+        """The detector as records name it (RapidOCR has no model to choose)."""
+        return ENGINE_NAME if self.backend == "rapidocr" else f"{self.backend}:{self.model}"
 
 
 class Detector(Protocol):

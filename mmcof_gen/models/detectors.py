@@ -1,6 +1,6 @@
 """The detector factory: `detector(config)` builds the configured backend of `models/detect.py`'s contract.
 
-It sits above the backends (`grounding_dino.py`, `owlv2.py`, `yolo_world.py`), which build on detect.py,
+It sits above the backends (`grounding_dino.py`, `owlv2.py`, `yolo_world.py`, RapidOCR's `OcrDetector`), which build on detect.py,
 so no module imports one that imports it back; their heavy imports happen only as one is built.
 """
 
@@ -12,6 +12,10 @@ from mmcof_gen.models.detect import Detector, DetectorConfig
 
 def detector(config: DetectorConfig) -> Detector:
     """Build the configured backend; heavy imports happen only here."""
+    if config.backend == "rapidocr":
+        from mmcof_gen.models.ocr import OcrDetector
+
+        return OcrDetector(config)
     if config.backend in ("yolo-world", "yoloe"):
         require("yolo", f"detector {config.backend}")
     else:

@@ -1,19 +1,27 @@
 """RapidOCR (PP-OCRv4 text detection + recognition; the weights ship in its wheel) as locator and reader.
 
-This is what lets the offline default pipeline make real, verified chains with no GPU and no hub.
+This is what lets the offline default pipeline make real, verified chains with no GPU and no hub. The same
+engine also serves the VLM agent's tools, so that an LLM can plan over it with nothing else that sees:
+`OcrDetector` (`models.detector: {backend: rapidocr}`) finds the text lines a phrase names, and
+`OcrReader` (`models.reader: {backend: rapidocr}`) answers with the line read in a box.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
 
 from mmcof_gen.agent.verify import normalize_text
-from mmcof_gen.imaging import crop_to_frame, iou
-from mmcof_gen.schema import Box
+from mmcof_gen.imaging import crop_to_frame, iou, zoom_image, zoom_plan
+from mmcof_gen.models.detect import ENGINE_NAME, DetectorConfig, DetectRequest, clean_phrases
+from mmcof_gen.schema import Box, Detection
 
 
 UNCLIP = 1.6  # PP-OCR's default growth of a detected text box
@@ -163,3 +171,88 @@ def _dedupe(hits: list[TextHit]) -> list[TextHit]:
         if all(iou(hit.box, k.box) < 0.5 for k in kept):
             kept.append(hit)
     return sorted(kept, key=lambda h: (h.box[1], h.box[0]))
+
+
+def centre_in(box: Box, region: Box) -> bool:
+    """Whether the centre of `box` lies in `region` (half-open, so a centre on a shared edge is in one cell)."""
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    return region[0] <= cx < region[2] and region[1] <= cy < region[3]
+
+
+# ------------------------------------------------------------------------------------------ VLM agent tools
+
+# A phrase with one of these words asks for text as such ("the small sign", "text in the top left"): every line
+# found matches it. Any other phrase matches the lines whose reading contains it, or that it contains.
+TEXT_WORDS = frozenset({"text", "texts", "sign", "signs", "label", "labels", "word", "words", "writing", "letters",
+                        "number", "numbers", "caption", "plate", "notice", "board", "banner", "poster", "title"})
+
+
+def names_text(phrase: str, text: str) -> bool:
+    """Whether a locate phrase names this line of text: by what it asks for (a sign, text) or by what is written."""
+    if TEXT_WORDS & set(re.findall(r"[a-z]+", phrase.lower())):
+        return True
+    wanted, read = normalize_text(phrase), normalize_text(text)
+    return len(wanted) >= 2 and len(read) >= 2 and (wanted in read or read in wanted)
+
+
+class OcrDetector:
+    """RapidOCR as the VLM agent's locator (detector backend `rapidocr`): the text lines of the frame a phrase
+    names, best OCR score first, labelled with the phrase. `box_threshold` is the least OCR score kept."""
+
+    def __init__(self, config: DetectorConfig):
+        self.config = config
+        self.engine = OcrEngine(min_score=config.box_threshold)
+        self.name = ENGINE_NAME
+
+    def detect(self, requests: Sequence[DetectRequest]) -> list[list[Detection]]:
+        results = []
+        for frame, phrases in requests:
+            hits = self.engine.read(frame.convert("RGB")) if clean_phrases(phrases) else []
+            found = [Detection(box=hit.box, score=round(hit.score, 4), label=phrase)
+                     for phrase in clean_phrases(phrases) for hit in hits if names_text(phrase, hit.text)]
+            results.append(sorted(found, key=lambda d: -d.score)[: self.config.max_detections])
+        return results
+
+
+class OcrReaderConfig(BaseModel):
+    """RapidOCR as the VLM agent's reader (`models.reader: {backend: rapidocr}`), with the acuity rule of the
+    offline default: a line is read only when it is at least `min_read_height` pixels tall in the image shown.
+    Unset values are those of the pipeline's `ocr` section (filled in by `PipelineConfig`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["rapidocr"]
+    min_read_height: int | None = Field(None, ge=1, description="none: ocr.min_read_height")
+    min_score: float | None = Field(None, ge=0, le=1, description="none: ocr.min_score")
+
+    @property
+    def name(self) -> str:
+        return ENGINE_NAME
+
+
+class OcrReader:
+    """The reader role played by RapidOCR: the answer is the most confident legible line over the focus."""
+
+    def __init__(self, config: OcrReaderConfig):
+        self.engine = OcrEngine(min_score=config.min_score)
+        self.min_read_height = config.min_read_height
+        self.name = config.name
+
+    def read(self, frame: Image.Image, box: Box | None, focus: Box) -> str | None:
+        """What is read from the frame (box None) or from the zoom on `box` (the crop function's crop): the most
+        confident line legible in that image whose centre lies in `focus` (frame pixels), or on a zoom that holds
+        the centre of `focus` (the rules of the OCR agent); None when no such line is legible."""
+        if box is None:
+            image, region = frame, (0, 0, frame.width, frame.height)
+        else:
+            region = zoom_plan(box, frame.width, frame.height)[0]
+            image = zoom_image(frame, region)
+        scale = image.width / (region[2] - region[0])
+        hits = [TextHit(crop_to_frame(hit.box, image.size, region), hit.text, hit.score)
+                for hit in self.engine.read(image)]
+        over = [hit for hit in hits if centre_in(hit.box, focus) or (box is not None and centre_in(focus, hit.box))]
+        legible = [hit for hit in over if (hit.box[3] - hit.box[1]) * scale >= self.min_read_height]
+        return max(legible, key=lambda hit: hit.score).text if legible else None
+
+    async def aclose(self) -> None:
+        """Nothing to release (the chat roles' interface, which the worker calls on every role)."""

@@ -102,6 +102,6 @@ def check_servers(config: PipelineConfig) -> dict[str, dict]:
         if info is None:
             continue
         check_served(info, model, f"models.{role}.model", config.agent.reply_tokens, "agent.reply_tokens")
-        if role in images:
+        if role in images and model.vision:  # a text-only planner or summariser is sent no image
             check_images(model, images[role], f"models.{role}")
     return {url: info for url, info in servers.items() if info is not None}
