@@ -110,7 +110,8 @@ def test_pipelines_lists_and_shows_the_shipped_ones(tmp_path):
 
     listing = run_cli("pipelines", cwd=tmp_path)
     assert listing.returncode == 0
-    assert listing.stdout.splitlines()[0] == "default             The offline embedded default: no GPU, no hub, no server."
+    width = max(map(len, resources.pipelines()))  # names padded to the longest one
+    assert listing.stdout.splitlines()[0] == f"{'default':<{width}}  The offline embedded default: no GPU, no hub, no server."
     assert [line.split()[0] for line in listing.stdout.splitlines()] == list(resources.pipelines())
     shown = run_cli("pipelines", "--show", "vllm-qwen2.5-vl", cwd=tmp_path)
     assert shown.stdout == (resources.PIPELINES / "vllm-qwen2.5-vl.yaml").read_text()
