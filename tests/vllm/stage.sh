@@ -15,18 +15,7 @@ PYTHON=${PROJECT_PYTHON:-.venv/bin/python}  # the project venv (make test-vllm: 
 
 tests/vllm/setup_venv.sh "$VENV"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/mmcof-vllm.XXXXXX")
-PID=""
-stop_server() {
-    if [ -n "$PID" ] && kill -0 "$PID" 2>/dev/null; then
-        # the server runs in its own process group (setsid): its engine processes stop with it
-        kill -TERM -- "-$PID" 2>/dev/null || true
-        for _ in $(seq 30); do kill -0 "$PID" 2>/dev/null || break; sleep 1; done
-        kill -KILL -- "-$PID" 2>/dev/null || true
-    fi
-    rm -rf "$WORK"
-}
-trap stop_server EXIT
-trap 'exit 130' INT TERM
+source tests/support/server.sh
 
 "$PYTHON" -c "import sys; from tests.support.tiny_models import build_tiny_qwen25vl as b; b(sys.argv[1], for_vllm=True)" "$WORK/model"
 PORT=$("$PYTHON" -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
@@ -38,22 +27,7 @@ PYTHONUNBUFFERED=1 VLLM_CPU_KVCACHE_SPACE=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLIN
     --structured-outputs-config '{"backend": "xgrammar", "disable_any_whitespace": true}' \
     > "$WORK/server.log" 2>&1 < /dev/null &
 PID=$!
-echo "vLLM server: pid $PID, http://127.0.0.1:$PORT/v1, log $WORK/server.log; waiting for /health (at most ${START_TIMEOUT}s)"
-start=$SECONDS
-until curl -sf "http://127.0.0.1:$PORT/health" > /dev/null; do
-    if ! kill -0 "$PID" 2>/dev/null; then
-        echo "vLLM server exited before /health answered; the last lines of its log:" >&2
-    elif [ $((SECONDS - start)) -ge "$START_TIMEOUT" ]; then
-        echo "vLLM server did not answer /health within ${START_TIMEOUT}s; the last lines of its log:" >&2
-    else
-        sleep 2
-        continue
-    fi
-    tail -n 40 "$WORK/server.log" >&2
-    [ -s "$WORK/server.log" ] || echo "(the log is empty)" >&2
-    exit 1
-done
-echo "vLLM server healthy after $((SECONDS - start))s"
+wait_for_server "vLLM server" "http://127.0.0.1:$PORT/health" "$START_TIMEOUT"
 MMCOF_VLLM_URL="http://127.0.0.1:$PORT/v1" MMCOF_VLLM_MODEL="$SERVED" MMCOF_VLLM_LOG="$WORK/server.log" \
     MMCOF_VLLM_IMAGE_LIMIT="$IMAGE_LIMIT" MMCOF_VLLM_MAX_MODEL_LEN="$MAX_MODEL_LEN" \
     "$PYTHON" -m pytest -q -m vllm tests/test_vllm_server.py
