@@ -151,7 +151,7 @@ def reexecute(min_evidence_overlap: float, frames: FrameSource, trajectory: Traj
     """The re-execution rule: the frame rebuilds to its recorded hash, the crop function accepts every zoom,
     and the last crop shows enough of the ground-truth box; runs in the filter's worker processes
     (ReplayError or a reason)."""
-    check_chain(frames.frame(trajectory), trajectory)
+    check_chain(frames.frame_size(trajectory), trajectory)
     if trajectory.chain and trajectory.task.gt_boxes:
         coverage = evidence_coverage(trajectory)
         if coverage < min_evidence_overlap:

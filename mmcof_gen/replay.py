@@ -7,12 +7,14 @@ each trajectory recorded.
 
 `replayed` runs this across a process pool: trajectories are cut into batches of neighbours (a run stores
 an image's trajectories together), each source image is decoded once per batch for all its R, and results
-come back in input order, so the output does not depend on the number of processes.
+come back in input order, so the output does not depend on the number of processes. Filter needs a frame's
+hash and size, not its pixels, so a worker remembers those of every frame it rebuilt and never rebuilds one
+twice, however far apart its trajectories lie in the run.
 """
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from pathlib import Path
@@ -30,6 +32,7 @@ Result = TypeVar("Result")
 
 BATCH = 8  # trajectories per batch; a batch only ends where the source image changes ...
 MAX_BATCH = 256  # ... unless one image has this many
+PROVEN_FRAMES = 65536  # (image, R) -> (hash, size) a worker remembers; a few MB
 
 
 class ReplayError(Exception):
@@ -51,6 +54,7 @@ class FrameSource:
         self._image: str | None = None
         self._frames: dict[int, tuple[Image.Image, str]] = {}  # R -> (frame, its image_sha256)
         self._error: str | None = None
+        self._proven: OrderedDict[tuple[str, int], tuple[str, tuple[int, int]]] = OrderedDict()
 
     def expect(self, trajectories: Iterable[Trajectory]) -> None:
         self._wanted = {}
@@ -66,10 +70,20 @@ class FrameSource:
         if self._error is not None:
             raise ReplayError(self._error)
         frame, sha = self._frames[resolution]
-        if sha != trajectory.view.frame_sha256:
-            raise ReplayError(f"the frame rebuilt from {path} differs from the one synthesised "
-                              "(the image or the resize code changed)")
+        _same_frame(sha, trajectory, path)
         return frame
+
+    def frame_size(self, trajectory: Trajectory) -> tuple[int, int]:
+        """The size of a trajectory's working frame, once its recorded hash is proven. A frame this process
+        has rebuilt already is not rebuilt: its hash and size are remembered (not its pixels), so a run whose
+        trajectories of one image are far apart (several workers, a Ray run) costs one rebuild per frame."""
+        key = (trajectory.task.image, trajectory.view.resolution)
+        if key not in self._proven:
+            return self.frame(trajectory).size
+        self._proven.move_to_end(key)
+        sha, size = self._proven[key]
+        _same_frame(sha, trajectory, self.images_root / trajectory.task.image)
+        return size
 
     def _load(self, image: str, resolutions: set[int]) -> None:
         self._image, self._frames, self._error = image, {}, None
@@ -83,20 +97,31 @@ class FrameSource:
             self._error = f"source image {path} cannot be read: {exc}"
             return
         self._frames = {r: (frame, image_sha256(frame)) for r, frame in frames.items()}
+        for resolution, (frame, sha) in self._frames.items():
+            self._proven[image, resolution] = sha, frame.size
+            self._proven.move_to_end((image, resolution))
+        while len(self._proven) > PROVEN_FRAMES:
+            self._proven.popitem(last=False)
+
+
+def _same_frame(sha: str, trajectory: Trajectory, path: Path) -> None:
+    if sha != trajectory.view.frame_sha256:
+        raise ReplayError(f"the frame rebuilt from {path} differs from the one synthesised "
+                          "(the image or the resize code changed)")
 
 
 def chain_crops(frame: Image.Image, trajectory: Trajectory) -> list[Image.Image]:
     """The crop of every zoom of the chain, in order (the images `images[1:]` of a sample)."""
-    check_chain(frame, trajectory)
+    check_chain(frame.size, trajectory)
     return [crop_zoom(frame, step.box) for step in trajectory.chain]
 
 
-def check_chain(frame: Image.Image, trajectory: Trajectory) -> None:
-    """ReplayError unless the crop function accepts every zoom of the chain on `frame` (its checks, not its
-    pixels: a crop that passes them is a pure function of the frame, which the frame hash proved)."""
+def check_chain(frame_size: tuple[int, int], trajectory: Trajectory) -> None:
+    """ReplayError unless the crop function accepts every zoom of the chain on a frame of `frame_size` (its
+    checks, not its pixels: a crop that passes them is a pure function of the frame, which its hash proved)."""
     for number, step in enumerate(trajectory.chain, 1):
         try:
-            zoom_plan(step.box, *frame.size)
+            zoom_plan(step.box, *frame_size)
         except ValueError as exc:  # imaging.InvalidBox
             raise ReplayError(f"zoom {number} box {list(step.box)} cannot be cropped: {exc}") from None
 

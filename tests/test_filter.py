@@ -2,8 +2,10 @@ import json
 
 import pytest
 
+from mmcof_gen import replay
 from mmcof_gen.config import FilterConfig
 from mmcof_gen.filtering import balance_drops, filter_run, unbalanced_tag
+from mmcof_gen.imaging import make_frames
 from mmcof_gen.store import RunStore, StoreError
 from tests.support.runs import make_trajectory, write_noise_image, write_run
 
@@ -96,6 +98,27 @@ def test_reexecution_drops_changed_images_and_crops_that_miss_the_evidence(tmp_p
                                     "(the image or the resize code changed)"),
         (missed.id, "reexecution", "the last crop shows 0% of the ground-truth box (at least 50% needed)"),
     }
+
+
+def test_reexecution_rebuilds_each_frame_once_when_its_trajectories_lie_far_apart(tmp_path, images, monkeypatch):
+    # a run written by several workers interleaves images: a and b alternate, far more than a batch apart
+    spread = [make_trajectory(images, name, 448, question=f"Which sign, number {n}?")
+              for n in range(20) for name in ("a.png", "b.png")]
+    tampered = make_trajectory(images, "a.png", 448, question="Which door?")
+    tampered = tampered.model_copy(update={"view": tampered.view.model_copy(update={"frame_sha256": "0" * 64})})
+    run = write_run(tmp_path / "run", images, [*spread, tampered])
+    rebuilt = []
+
+    def counted(path, resolutions, max_pixels):
+        rebuilt.append((path.name, sorted(resolutions)))
+        return make_frames(path, resolutions, max_pixels)
+    monkeypatch.setattr(replay, "make_frames", counted)
+
+    report = filter_run(run, tmp_path / "kept", FilterConfig())
+
+    assert rebuilt == [("a.png", [448]), ("b.png", [448])]
+    assert dropped(report) == {(tampered.id, "reexecution", f"the frame rebuilt from {images / 'a.png'} differs from "
+                                                             "the one synthesised (the image or the resize code changed)")}
 
 
 def test_rules_switched_off_keep_what_they_would_drop(tmp_path, images):

@@ -16,7 +16,7 @@ import yaml
 
 from mmcof_gen.errors import ConfigError
 from mmcof_gen.finetune.settings import FinetuneConfig
-from mmcof_gen.store import write_json_atomic
+from mmcof_gen.store import write_bytes_atomic, write_json_atomic
 
 CONFIG_FILE = "mmcof_sft.yaml"
 
@@ -81,5 +81,5 @@ def emit_llamafactory(config: FinetuneConfig, emit_dir: Path) -> Path:
               f"# `mmcof-gen finetune` with these settings. Run: llamafactory-cli train {path}\n"
               "# Multi-GPU: add `deepspeed: <LLaMA-Factory>/examples/deepspeed/ds_z3_config.json` (as the CoF release does).\n")
     body = yaml.safe_dump(llamafactory_config(config, list(entries), emit_dir), sort_keys=False)
-    path.write_text(header + body, encoding="utf-8")
+    write_bytes_atomic(path, (header + body).encode("utf-8"))
     return path
