@@ -1,11 +1,12 @@
 """Post-processing at scale: stats / filter / export / view on a run of N and 10N distinct photos.
 
-Run: PYTHONPATH=. .venv/bin/python benchmarks/bench_scale.py [--n 8] [--repeat 2] [--baseline REF]
+Run: PYTHONPATH=. .venv/bin/python benchmarks/bench_scale.py [--n 8] [--repeat 2] [--questions 1] [--baseline REF]
 
 Makes 10N distinct photo-like JPEGs (2000x1500) in a temp dir and, per image, three trajectories as synthesize
 writes them (R=448: a two-zoom chain and a direct answer sharing its frame; R=1024: a one-zoom chain), with
 their true frame hashes and a ground-truth box the last crop covers, so every filter rule passes them. The
-run of N is the first N images. Each command runs as its own process (`python -m mmcof_gen.cli`), timed wall
+run of N is the first N images. With `--questions K` every image's questions are asked K times in other
+words, each copy a whole run after the last, so an image's trajectories lie far apart. Each command runs as its own process (`python -m mmcof_gen.cli`), timed wall
 clock; peak RSS is that of the largest single process (the command or one of its workers) and the largest sum
 over the process tree (both sampled every 50 ms). Printed per command and size: seconds per sample, the per-sample
 ratio 10N/N (1.0 = linear) and the peak-RSS ratio 10N/N, for `--jobs 1` and all cores.
@@ -105,17 +106,30 @@ def trajectories_of(images: Path, name: str) -> list[Trajectory]:
     return records
 
 
-def write_run(run: Path, images: Path, names: list[str]) -> int:
+def asked_again(record: Trajectory, copy: int) -> Trajectory:
+    """The trajectory with its question asked a `copy`-th time in other words (a new task, the same frames)."""
+    if copy == 0:
+        return record
+    task = record.task.model_copy(update={"question": f"{record.task.question} (wording {copy + 1})"})
+    task = task.model_copy(update={"id": task_id(task.image_sha256, task.question)})
+    return record.model_copy(update={"task": task, "id": trajectory_id(task.id, record.view.resolution)})
+
+
+def write_run(run: Path, images: Path, names: list[str], questions: int) -> int:
+    """The run of `names`: each image's trajectories `questions` times, a copy of the whole run after another,
+    so that an image's trajectories lie far apart (as in a run of many workers)."""
     run.mkdir(parents=True)
     write_json_atomic(run / MANIFEST, {"tool": "mmcof-gen", "config": PipelineConfig().model_dump(mode="json"),
                                        "inputs": {"images": str(images), "questions": None},
                                        "versions": {"mmcof-gen": __version__}, "fingerprint": "bench"})
+    records = {name: trajectories_of(images, name) for name in names}
     count = 0
     with (run / "trajectories.jsonl").open("w", encoding="utf-8") as handle:
-        for name in names:
-            for record in trajectories_of(images, name):
-                handle.write(record.model_dump_json() + "\n")
-                count += 1
+        for copy in range(questions):
+            for name in names:
+                for record in records[name]:
+                    handle.write(asked_again(record, copy).model_dump_json() + "\n")
+                    count += 1
     return count
 
 
@@ -202,6 +216,9 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=os.cpu_count(), help="'all cores' (default: os.cpu_count())")
     parser.add_argument("--baseline", metavar="REF", help="also time the code of this git revision")
     parser.add_argument("--repeat", type=int, default=2, help="runs of each command per setting; the best counts")
+    parser.add_argument("--questions", type=int, default=1,
+                        help="ask each image's questions this many times in other words, the copies a whole run apart "
+                             "(a run of many workers, or issue 17's demo run cloned with new questions)")
     args = parser.parse_args()
     python = [sys.executable]
     with tempfile.TemporaryDirectory(prefix="bench_scale_") as tmp:
@@ -209,8 +226,10 @@ def main() -> None:
         start = time.perf_counter()
         names = write_images(tmp / "images", args.n * args.scale)
         sizes = {"N": args.n, f"{args.scale}N": args.n * args.scale}
-        samples = {label: write_run(tmp / f"run-{label}", tmp / "images", names[:count]) for label, count in sizes.items()}
-        print(f"{len(names)} {WIDTH}x{HEIGHT} JPEGs, 3 trajectories each; runs: "
+        samples = {label: write_run(tmp / f"run-{label}", tmp / "images", names[:count], args.questions)
+                   for label, count in sizes.items()}
+        print(f"{len(names)} {WIDTH}x{HEIGHT} JPEGs, 3 trajectories each"
+              + (f", asked {args.questions} times, copies a run apart" if args.questions > 1 else "") + "; runs: "
               + ", ".join(f"{label} = {count} images, {samples[label]} samples" for label, count in sizes.items())
               + f" (made in {time.perf_counter() - start:.0f} s); {os.cpu_count()} cores\n")
 
