@@ -7,9 +7,9 @@ each trajectory recorded.
 
 `replayed` runs this across a process pool: trajectories are cut into batches of neighbours (a run stores
 an image's trajectories together), each source image is decoded once per batch for all its R, and results
-come back in input order, so the output does not depend on the number of processes. A worker keeps its
-most recent frames, and the hash and size of every frame it rebuilt (all that filter needs), so trajectories
-of one image far apart in the run seldom cost a second rebuild (`FrameSource`).
+come back in input order, so the output does not depend on the number of processes. Filter needs a frame's
+hash and size, not its pixels, so a worker remembers those of every frame it rebuilt and never rebuilds one
+twice, however far apart its trajectories lie in the run.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ Result = TypeVar("Result")
 
 BATCH = 8  # trajectories per batch; a batch only ends where the source image changes ...
 MAX_BATCH = 256  # ... unless one image has this many
-FRAME_BYTES = 64 * 2**20  # pixels of recent frames a worker keeps (the frames of about 4 images at R up to 1920)
 PROVEN_FRAMES = 65536  # (image, R) -> (hash, size) a worker remembers; a few MB
 
 
@@ -42,12 +41,7 @@ class ReplayError(Exception):
 
 class FrameSource:
     """Working frames of a run, rebuilt from its image folder. `expect` names the trajectories to come, so
-    that an image is decoded once for every R they need.
-
-    The most recent frames are kept up to FRAME_BYTES of pixels, and the hash and size of every frame rebuilt
-    (up to PROVEN_FRAMES of them), so trajectories of one image that lie apart in the run (a run of several
-    workers, a question asked again) seldom rebuild a frame, and filter, which needs only hash and size,
-    never does; memory stays bounded however long the run is."""
+    that an image is decoded once for every R they need; the frames of the last image are kept."""
 
     def __init__(self, manifest: dict):
         try:
@@ -57,10 +51,10 @@ class FrameSource:
             raise ReplayError("the manifest names no input image folder (inputs.images) "
                               "or no images.max_pixels; pass a folder made by synthesize") from None
         self._wanted: dict[str, set[int]] = {}
-        self._frames: OrderedDict[tuple[str, int], tuple[Image.Image, str]] = OrderedDict()  # -> (frame, hash)
-        self._frame_bytes = 0
-        self._proven: OrderedDict[tuple[str, int], tuple[str, tuple[int, int]]] = OrderedDict()  # -> (hash, size)
-        self._failed: tuple[str, str] | None = None  # the last image that could not be read, and why
+        self._image: str | None = None
+        self._frames: dict[int, tuple[Image.Image, str]] = {}  # R -> (frame, its image_sha256)
+        self._error: str | None = None
+        self._proven: OrderedDict[tuple[str, int], tuple[str, tuple[int, int]]] = OrderedDict()
 
     def expect(self, trajectories: Iterable[Trajectory]) -> None:
         self._wanted = {}
@@ -69,17 +63,20 @@ class FrameSource:
 
     def frame(self, trajectory: Trajectory) -> Image.Image:
         """The working frame of a trajectory, pixel-identical to the one it was made on."""
-        image, resolution = key = trajectory.task.image, trajectory.view.resolution
-        if key not in self._frames:
+        image, resolution = trajectory.task.image, trajectory.view.resolution
+        if image != self._image or (self._error is None and resolution not in self._frames):
             self._load(image, self._wanted.get(image, set()) | {resolution})
-        self._frames.move_to_end(key)
-        frame, sha = self._frames[key]
-        _same_frame(sha, trajectory, self.images_root / image)
+        path = self.images_root / image
+        if self._error is not None:
+            raise ReplayError(self._error)
+        frame, sha = self._frames[resolution]
+        _same_frame(sha, trajectory, path)
         return frame
 
     def frame_size(self, trajectory: Trajectory) -> tuple[int, int]:
-        """The size of a trajectory's working frame, once its recorded hash is proven (by a rebuild in this
-        process, now or earlier)."""
+        """The size of a trajectory's working frame, once its recorded hash is proven. A frame this process
+        has rebuilt already is not rebuilt: its hash and size are remembered (not its pixels), so a run whose
+        trajectories of one image are far apart (several workers, a Ray run) costs one rebuild per frame."""
         key = (trajectory.task.image, trajectory.view.resolution)
         if key not in self._proven:
             return self.frame(trajectory).size
@@ -89,36 +86,22 @@ class FrameSource:
         return size
 
     def _load(self, image: str, resolutions: set[int]) -> None:
-        """Rebuild the frames of `image` at `resolutions` not kept yet (ReplayError when it cannot be read)."""
-        if self._failed is not None and self._failed[0] == image:
-            raise ReplayError(self._failed[1])
+        self._image, self._frames, self._error = image, {}, None
         path = self.images_root / image
+        if not path.is_file():
+            self._error = f"source image {path} is missing"
+            return
         try:
-            if not path.is_file():
-                raise ReplayError(f"source image {path} is missing")
-            try:
-                frames = make_frames(path, {r for r in resolutions if (image, r) not in self._frames},
-                                     self.max_pixels)
-            except (ImageError, OSError) as exc:
-                raise ReplayError(f"source image {path} cannot be read: {exc}") from None
-        except ReplayError as exc:
-            self._failed = image, str(exc)
-            raise
-        for resolution, frame in frames.items():
-            sha = image_sha256(frame)
-            self._frames[image, resolution] = frame, sha
-            self._frame_bytes += _pixel_bytes(frame)
+            frames = make_frames(path, resolutions, self.max_pixels)
+        except (ImageError, OSError) as exc:
+            self._error = f"source image {path} cannot be read: {exc}"
+            return
+        self._frames = {r: (frame, image_sha256(frame)) for r, frame in frames.items()}
+        for resolution, (frame, sha) in self._frames.items():
             self._proven[image, resolution] = sha, frame.size
             self._proven.move_to_end((image, resolution))
-        while self._frame_bytes > FRAME_BYTES and len(self._frames) > len(frames):
-            _, (old, _) = self._frames.popitem(last=False)
-            self._frame_bytes -= _pixel_bytes(old)
         while len(self._proven) > PROVEN_FRAMES:
             self._proven.popitem(last=False)
-
-
-def _pixel_bytes(frame: Image.Image) -> int:
-    return frame.width * frame.height * len(frame.getbands())
 
 
 def _same_frame(sha: str, trajectory: Trajectory, path: Path) -> None:
