@@ -5,11 +5,12 @@ images a sample shows. Both must see exactly the pixels synthesis saw, so frames
 `imaging.make_frames` (pixel-identical to synthesis' `make_frame`) and checked against the `frame_sha256`
 each trajectory recorded.
 
-`replayed` runs this across a process pool: trajectories are cut into batches of neighbours (a run stores
-an image's trajectories together), each source image is decoded once per batch for all its R, and results
-come back in input order, so the output does not depend on the number of processes. Filter needs a frame's
-hash and size, not its pixels, so a worker remembers those of every frame it rebuilt and never rebuilds one
-twice, however far apart its trajectories lie in the run.
+`replayed` runs this across a process pool: trajectories are read WINDOW at a time and grouped by source
+image (a run of several workers interleaves the images in flight), cut into batches, and each source image
+is decoded once per batch for all its R; results come back in input order, so the output does not depend on
+the number of processes. Filter needs a frame's hash and size, not its pixels, so a worker remembers those
+of every frame it rebuilt and never rebuilds one twice, however far apart its trajectories lie in the run.
+Memory holds a window of records and a few frames, whatever the size of the run.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ Result = TypeVar("Result")
 
 BATCH = 8  # trajectories per batch; a batch only ends where the source image changes ...
 MAX_BATCH = 256  # ... unless one image has this many
+WINDOW = 512  # trajectories read ahead and grouped by source image; results still come out in input order
 PROVEN_FRAMES = 65536  # (image, R) -> (hash, size) a worker remembers; a few MB
 
 
@@ -136,31 +138,53 @@ def replayed(items: Iterable[tuple[Trajectory | None, Payload]],
     ReplayError at once if the manifest cannot locate the images.
     """
     FrameSource(manifest)  # the manifest's own error, before any process starts
-    pending: deque[list[tuple[Trajectory | None, Payload]]] = deque()  # batches sent, results not yet back
+    pending: deque[list[tuple[int, Trajectory | None, Payload]]] = deque()  # batches sent, results not yet back
 
     def batches() -> Iterator[list[Trajectory]]:
-        for batch in _batches(items):
+        for batch in _batches(_grouped(items)):
             pending.append(batch)
-            yield [trajectory for trajectory, _ in batch if trajectory is not None]
+            yield [trajectory for _, trajectory, _ in batch if trajectory is not None]
 
+    back: dict[int, tuple[Payload, Result | ReplayError | None]] = {}  # results not yet due, by input position
+    due = 0
     for results in ordered_map(partial(_replay_batch, work), batches(), jobs, _start_worker, (manifest,)):
         found = iter(results)
-        for trajectory, payload in pending.popleft():
-            yield payload, (None if trajectory is None else next(found))
+        for position, trajectory, payload in pending.popleft():
+            back[position] = payload, (None if trajectory is None else next(found))
+        while due in back:
+            yield back.pop(due)
+            due += 1
 
 
-def _batches(items: Iterable[tuple[Trajectory | None, Payload]]) -> Iterator[list[tuple[Trajectory | None, Payload]]]:
+def _grouped(items: Iterable[tuple[Trajectory | None, Payload]]) -> Iterator[tuple[int, Trajectory | None, Payload]]:
+    """`(position, trajectory, payload)`, WINDOW items at a time, each window ordered by source image: a run of
+    several workers interleaves the trajectories of the images in flight, and neighbours share a decode."""
+    window: list[tuple[int, Trajectory | None, Payload]] = []
+    for position, (trajectory, payload) in enumerate(items):
+        window.append((position, trajectory, payload))
+        if len(window) == WINDOW:
+            yield from sorted(window, key=_source_image)
+            window = []
+    yield from sorted(window, key=_source_image)
+
+
+def _source_image(item: tuple[int, Trajectory | None, Payload]) -> str:
+    return "" if item[1] is None else item[1].task.image
+
+
+def _batches(items: Iterable[tuple[int, Trajectory | None, Payload]]) -> Iterator[list[tuple[int, Trajectory | None, Payload]]]:
     """Neighbouring items, cut where the source image changes once a batch holds BATCH (or at MAX_BATCH)."""
     batch: list = []
     image = None
-    for trajectory, payload in items:
+    for item in items:
+        trajectory = item[1]
         new_image = trajectory is not None and trajectory.task.image != image
         if len(batch) >= MAX_BATCH or (len(batch) >= BATCH and new_image):
             yield batch
             batch = []
         if trajectory is not None:
             image = trajectory.task.image
-        batch.append((trajectory, payload))
+        batch.append(item)
     if batch:
         yield batch
 
