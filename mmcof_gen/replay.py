@@ -30,6 +30,7 @@ from mmcof_gen.store import images_folder
 
 Payload = TypeVar("Payload")
 Result = TypeVar("Result")
+Item = tuple[int, Trajectory | None, Payload]  # (position in the input, trajectory or None, payload)
 
 BATCH = 8  # trajectories per batch; a batch only ends where the source image changes ...
 MAX_BATCH = 256  # ... unless one image has this many
@@ -138,7 +139,7 @@ def replayed(items: Iterable[tuple[Trajectory | None, Payload]],
     ReplayError at once if the manifest cannot locate the images.
     """
     FrameSource(manifest)  # the manifest's own error, before any process starts
-    pending: deque[list[tuple[int, Trajectory | None, Payload]]] = deque()  # batches sent, results not yet back
+    pending: deque[list[Item]] = deque()  # batches sent, results not yet back
 
     def batches() -> Iterator[list[Trajectory]]:
         for batch in _batches(_grouped(items)):
@@ -156,10 +157,10 @@ def replayed(items: Iterable[tuple[Trajectory | None, Payload]],
             due += 1
 
 
-def _grouped(items: Iterable[tuple[Trajectory | None, Payload]]) -> Iterator[tuple[int, Trajectory | None, Payload]]:
+def _grouped(items: Iterable[tuple[Trajectory | None, Payload]]) -> Iterator[Item]:
     """`(position, trajectory, payload)`, WINDOW items at a time, each window ordered by source image: a run of
     several workers interleaves the trajectories of the images in flight, and neighbours share a decode."""
-    window: list[tuple[int, Trajectory | None, Payload]] = []
+    window: list[Item] = []
     for position, (trajectory, payload) in enumerate(items):
         window.append((position, trajectory, payload))
         if len(window) == WINDOW:
@@ -168,11 +169,11 @@ def _grouped(items: Iterable[tuple[Trajectory | None, Payload]]) -> Iterator[tup
     yield from sorted(window, key=_source_image)
 
 
-def _source_image(item: tuple[int, Trajectory | None, Payload]) -> str:
+def _source_image(item: Item) -> str:
     return "" if item[1] is None else item[1].task.image
 
 
-def _batches(items: Iterable[tuple[int, Trajectory | None, Payload]]) -> Iterator[list[tuple[int, Trajectory | None, Payload]]]:
+def _batches(items: Iterable[Item]) -> Iterator[list[Item]]:
     """Neighbouring items, cut where the source image changes once a batch holds BATCH (or at MAX_BATCH)."""
     batch: list = []
     image = None
