@@ -46,21 +46,24 @@ class Gap(NamedTuple):
 
 
 def word_gaps(image: Image.Image, box) -> list[Gap] | None:
-    """The word gaps the line's own pixels show: runs of blank columns between its letters at least WORD_GAP
-    of the ink height wide. Letters are the dark connected pieces in the box's rows that are neither wide (a
-    plate's edge, tilted or not, or a rule: wider than half the box), tall (a post) nor cut by those rows,
-    nor specks. None when the letters cannot be told apart (fewer blank runs than half the ink's width in ink
-    heights, e.g. text too blurred, or letters joined to the plate's edge), when a letter-sized piece lies
-    just past the box (it holds only part of the line: OCR found "Z3" of "ZONE Z3"), or there is no
-    contrast. PP-OCR drops spaces, also wide ones: this finds them without it (on the demo scenes: the one
-    space of each of the 12 two-word signs, also of those every reading spelled "WEST4", "BANKZ7")."""
+    """The word gaps the line's own pixels show: runs of blank columns between its letters at least WORD_GAP of
+    the ink height wide. Letters are the connected pieces of ink (dark or light: the lesser side of the box) in
+    its rows that are neither wide (a plate's edge, tilted or not, or a rule: wider than half the box), tall (a
+    post) nor cut by those rows, nor specks. None when the letters cannot be told apart (fewer blank runs than
+    half the ink's width in ink heights, e.g. text too blurred, or letters joined to the plate's edge), when a
+    letter- sized piece lies just past the box (it holds only part of the line: OCR found "Z3" of "ZONE Z3"), or
+    there is no contrast. PP-OCR drops spaces, also wide ones: this finds them without it (on the demo scenes:
+    the one space of each of the 12 two-word signs, also of those every reading spelled "WEST4", "BANKZ7")."""
     x1, y1, x2, y2 = box
     left, right = max(0, x1 - (y2 - y1)), min(image.width, x2 + (y2 - y1))
     grey = np.asarray(image.crop((left, y1, right, y2)).convert("L"), dtype=np.float32)
-    low, high = np.percentile(grey[:, x1 - left:x2 - left], 5), np.percentile(grey[:, x1 - left:x2 - left], 95)
+    in_box = grey[:, x1 - left:x2 - left]
+    low, high = np.percentile(in_box, 5), np.percentile(in_box, 95)
     if high - low < 40:
         return None
-    ink = (grey < (low + high) / 2).astype(np.uint8)
+    middle = (low + high) / 2
+    # letters are thin strokes on their ground, so the ink is the lesser side: dark on light, or light on dark
+    ink = ((grey < middle) if (in_box < middle).mean() <= 0.5 else (grey > middle)).astype(np.uint8)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(ink, connectivity=8)
     rows, cols = ink.shape
     pieces = [k for k in range(1, count) if stats[k, 2] <= 0.5 * (x2 - x1) and stats[k, 3] <= 0.9 * rows
