@@ -1,6 +1,6 @@
 """Data quality of the offline default pipeline against a truth it did not produce: the scene generator's.
 
-Run: python benchmarks/bench_quality.py [--scenes 3] [--seed 1009]
+Run: python benchmarks/bench_quality.py [--scenes 3] [--seed 1009] [--invert]
 Makes `--scenes` high-resolution street scenes with known sign texts and plate boxes (mmcof_gen.scenes,
 with a seed of its own, never the demo's 0), plus one copy of the first scene downscaled to 900 px wide
 (smaller than R=1024 and R=1920, so two of its frames are pixel-identical), runs the default pipeline
@@ -27,7 +27,7 @@ from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, ImageOps
 from rich.console import Console
 
 from mmcof_gen.config import load_config
@@ -44,11 +44,16 @@ def spelled(text: str) -> str:
     return " ".join(text.split())
 
 
-def make_images(out: Path, count: int, seed: int) -> dict[str, list[dict]]:
-    """The scenes and one small copy; per image file, its signs (text, box in image pixels)."""
+def make_images(out: Path, count: int, seed: int, invert: bool = False) -> dict[str, list[dict]]:
+    """The scenes and one small copy; per image file, its signs (text, box in image pixels). `invert`: each
+    scene's colours inverted, so its signs are light letters on dark plates."""
     generate_scenes(out, count, seed)
     doc = json.loads((out / "scenes.json").read_text())
     truth = {scene["file"]: scene["signs"] for scene in doc["scenes"]}
+    for name in truth if invert else ():
+        with Image.open(out / name) as image:
+            inverted = ImageOps.invert(image.convert("RGB"))
+        inverted.save(out / name, quality=95)
     first = doc["scenes"][0]
     with Image.open(out / first["file"]) as image:
         k = SMALL_WIDTH / image.width
@@ -123,20 +128,22 @@ def main() -> None:
     parser.add_argument("--scenes", type=int, default=3, help="high-resolution scenes to generate")
     parser.add_argument("--seed", type=int, default=1009, help="scene seed (the demo uses 0)")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument("--invert", action="store_true", help="light letters on dark plates (colours inverted)")
     args = parser.parse_args()
     if args.seed == 0:
         parser.error("--seed 0 makes the demo's scenes; the benchmark needs scenes of its own")
     config = load_config()
     with tempfile.TemporaryDirectory() as tmp:
         images, run = Path(tmp) / "images", Path(tmp) / "run"
-        truth = make_images(images, args.scenes, args.seed)
+        truth = make_images(images, args.scenes, args.seed, args.invert)
         (images / "scenes.json").unlink()
         shutil.rmtree(images / "photos")  # the bundled photos hold no known text
         start = time.perf_counter()
         synthesize(config, images, run, console=Console(stderr=True, quiet=True))
         seconds = time.perf_counter() - start
         m = measure(run, truth)
-    print(f"quality benchmark: {args.scenes} scenes (seed {args.seed}) + 1 copy {SMALL_WIDTH} px wide, "
+    print(f"quality benchmark: {args.scenes} scenes (seed {args.seed}{', inverted' if args.invert else ''}) + 1 copy "
+          f"{SMALL_WIDTH} px wide, "
           f"R={config.resolutions}; {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.node()}, "
           f"{seconds:.0f} s")
     print(f"  signs asked about          {share(m['asked'], m['signs'])}")
