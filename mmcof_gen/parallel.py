@@ -9,10 +9,12 @@ Parquet), and a forked copy of a lock held by one of them would hang the child.
 from __future__ import annotations
 
 import os
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
+from multiprocessing.connection import Connection
 from typing import TypeVar
 
 Item = TypeVar("Item")
@@ -41,11 +43,32 @@ def ordered_map(fn: Callable[[Item], Result], items: Iterable[Item], jobs: int,
     context = get_context("forkserver")
     # The server imports the work's modules once; each worker is then a fork of it, ready in milliseconds.
     context.set_forkserver_preload(sorted({getattr(f, "func", f).__module__ for f in (fn, initializer) if f}))
-    with ProcessPoolExecutor(jobs, mp_context=context, initializer=initializer, initargs=initargs) as pool:
-        pending: deque = deque()
-        for item in items:
-            pending.append(pool.submit(fn, item))
-            if len(pending) >= IN_FLIGHT_PER_JOB * jobs:
+    parent_alive, alive = context.Pipe(duplex=False)  # only this process holds `alive`: EOF means it is gone
+    try:
+        with ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker,
+                                 initargs=(parent_alive, initializer, initargs)) as pool:
+            pending: deque = deque()
+            for item in items:
+                pending.append(pool.submit(fn, item))
+                if len(pending) >= IN_FLIGHT_PER_JOB * jobs:
+                    yield pending.popleft().result()
+            while pending:
                 yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
+    finally:
+        alive.close()
+        parent_alive.close()
+
+
+def _start_worker(parent_alive: Connection, initializer: Callable | None, initargs: tuple) -> None:
+    """A worker ends when the command that started it dies: killed (SIGKILL, the OOM killer), the pool's
+    own shutdown never runs, and its workers and the fork server would wait on their queue for ever."""
+    def watch() -> None:
+        try:
+            parent_alive.recv_bytes()
+        except (EOFError, OSError):
+            pass
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+    if initializer is not None:
+        initializer(*initargs)

@@ -131,18 +131,19 @@ def check_chain(frame_size: tuple[int, int], trajectory: Trajectory) -> None:
 
 def replayed(items: Iterable[tuple[Trajectory | None, Payload]],
              work: Callable[[FrameSource, Trajectory], Result], manifest: dict,
-             jobs: int) -> Iterator[tuple[Payload, Result | ReplayError | None]]:
+             jobs: int, window: int = WINDOW) -> Iterator[tuple[Payload, Result | ReplayError | None]]:
     """`(payload, work(frames, trajectory))` for each item, in input order, over `jobs` processes.
 
     An item whose trajectory is None is not replayed (its result is None); a ReplayError raised by `work`
-    is returned as the result. `work` must pickle (a module-level function, or a partial of one). Raises
-    ReplayError at once if the manifest cannot locate the images.
+    is returned as the result. `work` must pickle (a module-level function, or a partial of one). Results
+    wait here until those before them are back, up to `window` of them: pass 1 when results are large.
+    Raises ReplayError at once if the manifest cannot locate the images.
     """
     FrameSource(manifest)  # the manifest's own error, before any process starts
     pending: deque[list[Item]] = deque()  # batches sent, results not yet back
 
     def batches() -> Iterator[list[Trajectory]]:
-        for batch in _batches(_grouped(items)):
+        for batch in _batches(_grouped(items, window)):
             pending.append(batch)
             yield [trajectory for _, trajectory, _ in batch if trajectory is not None]
 
@@ -157,20 +158,26 @@ def replayed(items: Iterable[tuple[Trajectory | None, Payload]],
             due += 1
 
 
-def _grouped(items: Iterable[tuple[Trajectory | None, Payload]]) -> Iterator[Item]:
-    """`(position, trajectory, payload)`, WINDOW items at a time, each window ordered by source image: a run of
-    several workers interleaves the trajectories of the images in flight, and neighbours share a decode."""
+def _grouped(items: Iterable[tuple[Trajectory | None, Payload]], size: int) -> Iterator[Item]:
+    """`(position, trajectory, payload)`, `size` items at a time, the trajectories of each source image together
+    (in the order the images first appear): a run of several workers interleaves the images in flight, and
+    neighbours share a decode."""
     window: list[Item] = []
     for position, (trajectory, payload) in enumerate(items):
         window.append((position, trajectory, payload))
-        if len(window) == WINDOW:
-            yield from sorted(window, key=_source_image)
+        if len(window) == size:
+            yield from _by_image(window)
             window = []
-    yield from sorted(window, key=_source_image)
+    yield from _by_image(window)
 
 
-def _source_image(item: Item) -> str:
-    return "" if item[1] is None else item[1].task.image
+def _by_image(window: list[Item]) -> list[Item]:
+    first: dict[str, int] = {}  # image -> position of its first trajectory in the window
+
+    def key(item: Item) -> int:
+        position, trajectory, _ = item
+        return position if trajectory is None else first.setdefault(trajectory.task.image, position)
+    return sorted(window, key=key)
 
 
 def _batches(items: Iterable[Item]) -> Iterator[list[Item]]:

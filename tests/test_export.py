@@ -6,10 +6,11 @@ from PIL import Image
 
 from mmcof_gen import cof_format, replay
 from mmcof_gen.budget import TokenBudget, image_tokens
-from mmcof_gen.export import export
+from mmcof_gen.export import FORMATS, export
 from mmcof_gen.export import files as files_module
 from mmcof_gen.imaging import crop_zoom, image_sha256, image_to_png_bytes, make_frames
 from mmcof_gen.store import StoreError
+from mmcof_gen.validate import read_records
 from tests.support.runs import make_trajectory, write_noise_image, write_run
 
 TWO_ZOOMS = [(10, 10, 200, 150), (50, 40, 120, 90)]
@@ -80,31 +81,33 @@ def test_pixels_are_encoded_once_and_not_at_all_when_their_file_exists(tmp_path,
     assert encoded == []
 
 
-@pytest.mark.parametrize("window, rebuilds", [(None, 2), (2, 4)], ids=["one window", "window of 2"])
-def test_trajectories_of_an_image_far_apart_share_a_decode_and_keep_their_order(tmp_path, monkeypatch, window,
+@pytest.mark.parametrize("fmt, window, rebuilds", [("sharegpt", None, 2), ("sharegpt", 2, 4), ("parquet", None, 4)],
+                         ids=["one window", "window of 2", "parquet"])
+def test_trajectories_of_an_image_far_apart_share_a_decode_and_keep_their_order(tmp_path, monkeypatch, fmt, window,
                                                                                  rebuilds):
     # a run of several workers interleaves images: a window of the run is replayed image by image, so each
-    # frame is rebuilt once per window (a window of 2 is as good as none: once per batch of 8), and the
-    # samples still come out in the run's order
+    # frame is rebuilt once per window (a window of 2 is as good as none: once per batch of 8; Parquet,
+    # whose results hold PNG bytes, keeps no window), and the samples still come out in the run's order
     images = tmp_path / "images"
     write_noise_image(images / "a.png", (600, 400), seed=1)
     write_noise_image(images / "b.png", (500, 500), seed=2)
     spread = [make_trajectory(images, name, 448, boxes=[(100, 100, 200, 200)], question=f"Which sign, number {n}?")
               for n in range(6) for name in ("a.png", "b.png")]
     run_dir = write_run(tmp_path / "run", images, spread)
-    reference = export(run_dir, "sharegpt", tmp_path / "reference", jobs=2)
+    reference = export(run_dir, fmt, tmp_path / "reference", jobs=2)
     made = []
     monkeypatch.setattr(replay, "make_frames", lambda path, resolutions, max_pixels: made.append(path.name)
                         or make_frames(path, resolutions, max_pixels))
     if window:
-        monkeypatch.setattr(replay, "WINDOW", window)
+        monkeypatch.setattr("mmcof_gen.export.WINDOW", window)
 
-    report = export(run_dir, "sharegpt", tmp_path / "out")
+    report = export(run_dir, fmt, tmp_path / "out")
 
     assert len(made) == rebuilds and set(made) == {"a.png", "b.png"}
-    samples = json.loads((tmp_path / "out" / "mmcof.json").read_text(encoding="utf-8"))
-    assert [sample["id"] for sample in samples] == [t.id for t in spread] and report["samples"] == reference["samples"]
-    assert (tmp_path / "out" / "mmcof.json").read_bytes() == (tmp_path / "reference" / "mmcof.json").read_bytes()
+    data = tmp_path / "out" / FORMATS[fmt].data_file
+    assert [record["id"] for record in read_records(data)] == [t.id for t in spread]
+    assert report["samples"] == reference["samples"] == 12
+    assert data.read_bytes() == (tmp_path / "reference" / FORMATS[fmt].data_file).read_bytes()
 
 
 def test_json_and_parquet_exports_load_with_datasets(tmp_path, run):

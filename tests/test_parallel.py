@@ -2,7 +2,12 @@
 gives results in input order."""
 
 import json
+import subprocess
+import sys
+import time
+from pathlib import Path
 
+import psutil
 import pytest
 
 from mmcof_gen import replay
@@ -20,6 +25,44 @@ def test_ordered_map_keeps_input_order_and_raises_a_worker_error_at_its_item():
     assert [next(results), next(results)] == [1, 2]
     with pytest.raises(ValueError, match="invalid literal for int"):
         next(results)
+
+
+WORKER_PIDS = """
+import os, sys, time
+from mmcof_gen.parallel import ordered_map
+
+def slow_pid(item):
+    time.sleep(0.05)
+    return os.getpid()
+
+if __name__ == "__main__":
+    for pid in ordered_map(slow_pid, range(100000), 2):
+        print(pid, flush=True)
+"""
+
+
+def test_workers_end_when_the_command_that_started_them_is_killed(tmp_path):
+    # SIGKILL (or the OOM killer) skips the pool's shutdown; workers once waited on their queue for ever
+    script = tmp_path / "pool.py"
+    script.write_text(WORKER_PIDS, encoding="utf-8")
+    command = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                               cwd=Path(__file__).resolve().parent.parent)
+    workers = set()
+    while len(workers) < 2:
+        workers.add(int(command.stdout.readline()))
+    command.kill()
+    command.wait()
+    deadline = time.monotonic() + 120  # a bound on waiting, not a timing claim: they go within a second idle
+    while any(_running(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in workers if _running(pid)]
+
+
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from mmcof_gen.export.card import dataset_card
 from mmcof_gen.export.files import IMAGES_DIR, PNG_LEVEL, ImageFiles, RecordWriter
 from mmcof_gen.extras import require
 from mmcof_gen.imaging import image_to_png_bytes
-from mmcof_gen.replay import FrameSource, ReplayError, chain_crops, replayed
+from mmcof_gen.replay import WINDOW, FrameSource, ReplayError, chain_crops, replayed
 from mmcof_gen.schema import Trajectory
 from mmcof_gen.store import (RunStore, StoreError, claim_out_dir, images_folder, record_output, remove_temporaries,
                              write_bytes_atomic, write_json_atomic)
@@ -75,7 +75,9 @@ def export(
     image_names: set[str] = set()
     images_written = 0
     todo = ((None if _not_exported(t, max_pixels) else t, t) for t in store.trajectories())
-    for trajectory, pictures in replayed(todo, partial(sample_images, files), manifest, jobs):
+    # Parquet's pictures carry their PNG bytes: it keeps the run's order rather than hold a window of them.
+    window = 1 if files is None else WINDOW
+    for trajectory, pictures in replayed(todo, partial(sample_images, files), manifest, jobs, window):
         if trajectory.status != "accepted":
             tally["not_accepted"] += 1
             continue
