@@ -6,8 +6,8 @@ Makes 10N distinct photo-like JPEGs (2000x1500) in a temp dir and, per image, th
 writes them (R=448: a two-zoom chain and a direct answer sharing its frame; R=1024: a one-zoom chain), with
 their true frame hashes and a ground-truth box the last crop covers, so every filter rule passes them. The
 run of N is the first N images. With `--questions K` every image's questions are asked K times in other
-words, each copy a whole run after the last, so an image's trajectories lie far apart. Each command runs as its own process (`python -m mmcof_gen.cli`), timed wall
-clock; peak RSS is that of the largest single process (the command or one of its workers) and the largest sum
+words, each copy a whole run after the last, so an image's trajectories lie far apart. Each command runs as
+its own process (`python -m mmcof_gen.cli`), timed wall clock; peak RSS is that of the largest single process (the command or one of its workers) and the largest sum
 over the process tree (both sampled every 50 ms). Printed per command and size: seconds per sample, the per-sample
 ratio 10N/N (1.0 = linear) and the peak-RSS ratio 10N/N, for `--jobs 1` and all cores.
 
@@ -110,8 +110,8 @@ def asked_again(record: Trajectory, copy: int) -> Trajectory:
     """The trajectory with its question asked a `copy`-th time in other words (a new task, the same frames)."""
     if copy == 0:
         return record
-    task = record.task.model_copy(update={"question": f"{record.task.question} (wording {copy + 1})"})
-    task = task.model_copy(update={"id": task_id(task.image_sha256, task.question)})
+    question = f"{record.task.question} (wording {copy + 1})"
+    task = record.task.model_copy(update={"question": question, "id": task_id(record.task.image_sha256, question)})
     return record.model_copy(update={"task": task, "id": trajectory_id(task.id, record.view.resolution)})
 
 

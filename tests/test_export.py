@@ -4,14 +4,14 @@ import re
 import pytest
 from PIL import Image
 
-from mmcof_gen import cof_format, replay
+from mmcof_gen import cof_format
 from mmcof_gen.budget import TokenBudget, image_tokens
 from mmcof_gen.export import FORMATS, export
 from mmcof_gen.export import files as files_module
-from mmcof_gen.imaging import crop_zoom, image_sha256, image_to_png_bytes, make_frames
+from mmcof_gen.imaging import crop_zoom, image_sha256, image_to_png_bytes
 from mmcof_gen.store import StoreError
 from mmcof_gen.validate import read_records
-from tests.support.runs import make_trajectory, write_noise_image, write_run
+from tests.support.runs import count_frame_rebuilds, make_trajectory, write_noise_image, write_run
 
 TWO_ZOOMS = [(10, 10, 200, 150), (50, 40, 120, 90)]
 
@@ -95,15 +95,13 @@ def test_trajectories_of_an_image_far_apart_share_a_decode_and_keep_their_order(
               for n in range(6) for name in ("a.png", "b.png")]
     run_dir = write_run(tmp_path / "run", images, spread)
     reference = export(run_dir, fmt, tmp_path / "reference", jobs=2)
-    made = []
-    monkeypatch.setattr(replay, "make_frames", lambda path, resolutions, max_pixels: made.append(path.name)
-                        or make_frames(path, resolutions, max_pixels))
+    rebuilt = count_frame_rebuilds(monkeypatch)
     if window:
         monkeypatch.setattr("mmcof_gen.export.WINDOW", window)
 
     report = export(run_dir, fmt, tmp_path / "out")
 
-    assert len(made) == rebuilds and set(made) == {"a.png", "b.png"}
+    assert len(rebuilt) == rebuilds and {name for name, _ in rebuilt} == {"a.png", "b.png"}
     data = tmp_path / "out" / FORMATS[fmt].data_file
     assert [record["id"] for record in read_records(data)] == [t.id for t in spread]
     assert report["samples"] == reference["samples"] == 12

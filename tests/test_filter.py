@@ -2,12 +2,10 @@ import json
 
 import pytest
 
-from mmcof_gen import replay
 from mmcof_gen.config import FilterConfig
 from mmcof_gen.filtering import balance_drops, filter_run, unbalanced_tag
-from mmcof_gen.imaging import make_frames
 from mmcof_gen.store import RunStore, StoreError
-from tests.support.runs import make_trajectory, write_noise_image, write_run
+from tests.support.runs import count_frame_rebuilds, make_trajectory, write_noise_image, write_run
 
 
 @pytest.fixture
@@ -107,12 +105,7 @@ def test_reexecution_rebuilds_each_frame_once_when_its_trajectories_lie_far_apar
     tampered = make_trajectory(images, "a.png", 448, question="Which door?")
     tampered = tampered.model_copy(update={"view": tampered.view.model_copy(update={"frame_sha256": "0" * 64})})
     run = write_run(tmp_path / "run", images, [*spread, tampered])
-    rebuilt = []
-
-    def counted(path, resolutions, max_pixels):
-        rebuilt.append((path.name, sorted(resolutions)))
-        return make_frames(path, resolutions, max_pixels)
-    monkeypatch.setattr(replay, "make_frames", counted)
+    rebuilt = count_frame_rebuilds(monkeypatch)
 
     report = filter_run(run, tmp_path / "kept", FilterConfig())
 

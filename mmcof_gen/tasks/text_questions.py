@@ -51,7 +51,7 @@ def word_gaps(image: Image.Image, box) -> list[Gap] | None:
     its rows that are neither wide (a plate's edge, tilted or not, or a rule: wider than half the box), tall (a
     post) nor cut by those rows, nor specks. None when the letters cannot be told apart (fewer blank runs than
     half the ink's width in ink heights, e.g. text too blurred, or letters joined to the plate's edge), when a
-    letter- sized piece lies just past the box (it holds only part of the line: OCR found "Z3" of "ZONE Z3"), or
+    letter-sized piece lies just past the box (it holds only part of the line: OCR found "Z3" of "ZONE Z3"), or
     there is no contrast. PP-OCR drops spaces, also wide ones: this finds them without it (on the demo scenes:
     the one space of each of the 12 two-word signs, also of those every reading spelled "WEST4", "BANKZ7")."""
     x1, y1, x2, y2 = box

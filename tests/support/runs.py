@@ -15,7 +15,8 @@ from PIL import Image
 
 from mmcof_gen import __version__
 from mmcof_gen.config import PipelineConfig
-from mmcof_gen.imaging import file_sha256, image_sha256, make_frame
+from mmcof_gen import replay
+from mmcof_gen.imaging import file_sha256, image_sha256, make_frame, make_frames
 from mmcof_gen.schema import ChainStep, Provenance, Task, Trajectory, Verdict, View, task_id, trajectory_id
 from mmcof_gen.store import MANIFEST, write_json_atomic
 
@@ -65,3 +66,14 @@ def write_run(run_dir: Path, images_root: Path, trajectories: list[Trajectory]) 
         for trajectory in trajectories:
             handle.write(trajectory.model_dump_json() + "\n")
     return run_dir
+
+
+def count_frame_rebuilds(monkeypatch) -> list[tuple[str, list[int]]]:
+    """The (source image name, resolutions) of every frame rebuild that replay does in this process, as it goes."""
+    rebuilt = []
+
+    def counted(path, resolutions, max_pixels):
+        rebuilt.append((path.name, sorted(resolutions)))
+        return make_frames(path, resolutions, max_pixels)
+    monkeypatch.setattr(replay, "make_frames", counted)
+    return rebuilt
