@@ -7,8 +7,8 @@ writes them (R=448: a two-zoom chain and a direct answer sharing its frame; R=10
 their true frame hashes and a ground-truth box the last crop covers, so every filter rule passes them. The
 run of N is the first N images. With `--questions K` every image's questions are asked K times in other
 words, each copy a whole run after the last, so an image's trajectories lie far apart. Each command runs as
-its own process (`python -m mmcof_gen.cli`), timed wall clock; peak RSS is that of the largest single process (the command or one of its workers) and the largest sum
-over the process tree (both sampled every 50 ms). Printed per command and size: seconds per sample, the per-sample
+its own process (`python -m mmcof_gen.cli`), timed wall clock; peak RSS is that of the largest single
+process (the command or one of its workers) and the largest sum over the process tree (both sampled every 50 ms). Printed per command and size: seconds per sample, the per-sample
 ratio 10N/N (1.0 = linear) and the peak-RSS ratio 10N/N, for `--jobs 1` and all cores.
 
 `--baseline REF` also runs the code of a git revision (extracted with `git archive`, run from its own folder,
