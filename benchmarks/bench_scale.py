@@ -4,12 +4,13 @@ Run: PYTHONPATH=. .venv/bin/python benchmarks/bench_scale.py [--n 8] [--repeat 2
 
 Makes 10N distinct photo-like JPEGs (2000x1500) in a temp dir and, per image, three trajectories as synthesize
 writes them (R=448: a two-zoom chain and a direct answer sharing its frame; R=1024: a one-zoom chain), with
-their true frame hashes and a ground-truth box the last crop covers, so every filter rule passes them. The
-run of N is the first N images. With `--questions K` every image's questions are asked K times in other
-words, each copy a whole run after the last, so an image's trajectories lie far apart. Each command runs as
-its own process (`python -m mmcof_gen.cli`), timed wall clock; peak RSS is that of the largest single
-process (the command or one of its workers) and the largest sum over the process tree (both sampled every 50 ms). Printed per command and size: seconds per sample, the per-sample
-ratio 10N/N (1.0 = linear) and the peak-RSS ratio 10N/N, for `--jobs 1` and all cores.
+their true frame hashes and a ground-truth box the last crop covers, so every filter rule passes them. The run
+of N is the first N images. With `--questions K` every image's questions are asked K times in other words, each
+copy a whole run after the last, so an image's trajectories lie far apart. Each command runs as its own process
+(`python -m mmcof_gen.cli`), timed wall clock; peak RSS is that of the largest single process (the command or
+one of its workers) and the largest sum over the process tree (both sampled every 50 ms). Printed per command
+and size: seconds per sample, the per-sample ratio 10N/N (1.0 = linear) and the peak-RSS ratio 10N/N, for
+`--jobs 1` and all cores.
 
 `--baseline REF` also runs the code of a git revision (extracted with `git archive`, run from its own folder,
 without `--jobs` if its CLI has none) on the same runs in the same session, and prints the per-sample speed-up
