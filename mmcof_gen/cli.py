@@ -368,11 +368,23 @@ def finetune(
                    f"{report['dataset']['truncated']} truncated); {report['output']}")
 
 
+def _bench_formats() -> type[Enum]:
+    """`--bench-format` choices: the benchmark registry's names."""
+    from mmcof_gen.benchmarks import BENCHMARKS
+
+    return Enum("BenchFormat", {name.replace("-", "_"): name for name in BENCHMARKS}, type=str)
+
+
+BenchFormat = _bench_formats()
+
+
 @app.command("eval")
 def eval_(
-    bench: Annotated[Path, typer.Option(help="V*-bench folder (category folders of <name>.jpg + <name>.json, or with "
-                                             "test_questions.jsonl) or a JSONL of {image, question, options?, answer, "
-                                             "category?} (images relative to the file).", exists=True)],
+    bench: Annotated[Optional[Path], typer.Option(
+        help="The benchmark in its own files, recognised by their layout: HR-Bench hr_bench_4k/8k .tsv or .parquet, "
+             "MME-RealWorld .json, TreeBench .tsv or .parquet, a V*-bench folder (category folders or "
+             "test_questions.jsonl), or a JSONL of {image, question, options?, answer, category?}.",
+        exists=True)] = None,
     out: Annotated[Path, typer.Option(help="Results folder; re-running the same command resumes it.")] = Path("outputs/eval"),
     model: Annotated[Optional[str], typer.Option(help="In-process transformers model: hub id or local folder.")] = None,
     endpoint: Annotated[Optional[str], typer.Option(help="OpenAI-compatible server (vLLM, SGLang), e.g. http://localhost:8000/v1.")] = None,
@@ -387,6 +399,13 @@ def eval_(
     protocol: Annotated[str, typer.Option(help="mmcof (this project's: strict tool calls, lenient scoring) or "
                                                "cof-release (the published V* protocol to the letter; needs V*'s "
                                                "test_questions.jsonl and a judge; its R=3840 row is comparable).")] = "mmcof",
+    bench_format: Annotated[Optional[BenchFormat], typer.Option(
+        help="The benchmark's layout, when --bench cannot tell it by itself.")] = None,
+    categories: Annotated[Optional[str], typer.Option(
+        help="Evaluate only these categories, comma-separated (a task such as Perception selects its subtasks).")] = None,
+    compare: Annotated[Optional[tuple[Path, Path]], typer.Option(
+        help="Print two results folders' tables side by side, differences marked with *; runs nothing.",
+        exists=True, file_okay=False)] = None,
 ) -> None:
     """Evaluate a chain-of-focus model on a V*-style benchmark at each resolution: the CoF zoom loop (at most
     6 replies and 6 images), scored by option letter / normalised match / judge. Writes results.jsonl,
@@ -396,6 +415,13 @@ def eval_(
     from mmcof_gen.evaluate import EvalSettings, evaluate_bench
     from mmcof_gen.models.chat import ChatModelConfig
 
+    if compare:
+        from mmcof_gen.benchmarks.table import compare as side_by_side
+
+        typer.echo(side_by_side(*compare))
+        return
+    if bench is None:
+        raise UserError("eval: pass --bench PATH (the benchmark to evaluate on), or --compare A B")
     if (model is None) == (endpoint is None):
         raise UserError("eval: pass exactly one of --model (in-process) or --endpoint URL --served-model NAME")
     if endpoint and not served_model:
@@ -416,7 +442,9 @@ def eval_(
         error = exc.errors()[0]
         flag = "--protocol" if error["loc"] == ("protocol",) else "--resolutions"
         raise UserError(f"eval: {flag}: {error['msg'].removeprefix('Value error, ')}") from None
-    report = evaluate_bench(bench, out, settings, chat, judge, limit)
+    chosen = [c.strip() for c in categories.split(",") if c.strip()] if categories else None
+    report = evaluate_bench(bench, out, settings, chat, judge, limit, bench_format.value if bench_format else None,
+                            chosen)
     columns = {"resolution": "R", "category": "category", "n": "n", "accuracy": "accuracy", "zoom_rate": "zoom",
                "mean_zooms": "zooms", "mean_tokens": "tokens", "no_answer": "no-ans", "bad_call": "bad",
                "errors": "err"}
@@ -430,7 +458,8 @@ def eval_(
         Console().print(table)
     if report["protocol"] == "cof-release":
         typer.echo("comparable with the published numbers: the R=3840 rows (the release evaluates at 3840 only)")
-    typer.echo(f"results in {out} (results.jsonl, report.json, report.png)")
+    typer.echo((out / "results.md").read_text(encoding="utf-8").rstrip())
+    typer.echo(f"results in {out} (results.jsonl, report.json, report.png, results.md, results.csv)")
     if all(row["errors"] == row["n"] for row in report["rows"]):
         raise NothingMade(f"eval: every episode failed; the reasons are in {out / 'results.jsonl'}")
 

@@ -33,18 +33,20 @@ from typing import Annotated, Literal
 from PIL import Image
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from mmcof_gen import cof_format, cof_release, resources
+from mmcof_gen import benchmarks, cof_format, cof_release, resources
+from mmcof_gen.benchmarks.embedded import local_image
+from mmcof_gen.benchmarks.table import write_tables
 from mmcof_gen.config import ImagesConfig, valid_resolutions
 from mmcof_gen.errors import ConfigError
 from mmcof_gen.extras import require
-from mmcof_gen.imaging import (MAX_ZOOM_PIXELS, MIN_PIXELS, crop_zoom, frame_from_image, load_image, make_frame,
-                               validate_box)
+from mmcof_gen.imaging import (MAX_ZOOM_PIXELS, MIN_PIXELS, crop_zoom, frame_from_image, image_size, load_image,
+                               make_frame, validate_box)
 from mmcof_gen.models.chat import ChatError, ChatMessage, ChatModel, ChatModelConfig, chat_model
 from mmcof_gen.prompts import Prompts
 from mmcof_gen.schema import Box
-from mmcof_gen.scoring import Score, score_answer
+from mmcof_gen.scoring import Score
 from mmcof_gen.store import read_jsonl, repair_torn_tail, write_json_atomic
-from mmcof_gen.tasks.vstar import BenchItem, load_bench
+from mmcof_gen.tasks.vstar import BenchItem
 
 PROMPTS = Prompts(resources.prompts("eval"))
 TOOL_RESULT_TEXT = cof_format.TOOL_RESULT.removeprefix(cof_format.IMAGE)  # what follows the crop image
@@ -79,6 +81,7 @@ class EvalRecord(BaseModel):
     resolution: int
     mode: Mode
     frame_size: tuple[int, int] = (0, 0)
+    image_size: tuple[int, int] = Field((0, 0), description="the original image, upright (zoom boxes map back to it)")
     expected: str | None = None
     predicted: str | None = None
     correct: bool = False
@@ -191,19 +194,23 @@ async def evaluate_one(model: ChatModel, item: BenchItem, resolution: int, mode:
                 mode=mode, expected=item.answer)
     start = time.perf_counter()
     try:
-        if settings.protocol == "cof-release":  # the release decodes the whole JPEG, then resizes
-            frame = await asyncio.to_thread(
-                lambda: frame_from_image(load_image(item.image, settings.max_pixels), resolution))
+        with local_image(item.image) as path:  # an image inside the benchmark file is decoded for this episode only
+            size = await asyncio.to_thread(image_size, path, settings.max_pixels)
+            if settings.protocol == "cof-release":  # the release decodes the whole JPEG, then resizes
+                frame = await asyncio.to_thread(
+                    lambda: frame_from_image(load_image(path, settings.max_pixels), resolution))
+            else:
+                frame = await asyncio.to_thread(make_frame, path, resolution, settings.max_pixels)
+        if settings.protocol == "cof-release":
             episode = await run_episode(model, frame, item.question, item.options, settings, mode, item.text)
             verdict = await score_release(item, episode.answer, judge)
         else:
-            frame = await asyncio.to_thread(make_frame, item.image, resolution, settings.max_pixels)
             episode = await run_episode(model, frame, item.question, item.options, settings, mode)
-            verdict = await score_answer(item, episode.answer, judge, PROMPTS)
+            verdict = await benchmarks.score_answer(item, episode.answer, judge, PROMPTS)
     except Exception as exc:  # one bad sample never kills a run
         return EvalRecord(**base, error=f"{type(exc).__name__}: {exc}", stop="error",
                           seconds=round(time.perf_counter() - start, 3))
-    return EvalRecord(**base, frame_size=frame.size, predicted=episode.answer, correct=verdict.correct,
+    return EvalRecord(**base, frame_size=frame.size, image_size=size, predicted=episode.answer, correct=verdict.correct,
                       method=verdict.method, generations=len(episode.replies), max_images=episode.max_images,
                       tokens=episode.tokens, zooms=episode.zooms, bad_calls=episode.bad_calls, stop=episode.stop,
                       replies=episode.replies, seconds=round(time.perf_counter() - start, 3))
@@ -300,10 +307,13 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def evaluate(model: ChatModel, items: list[BenchItem], settings: EvalSettings, out: Path,
-             judge: ChatModel | None = None, bench: str = "", image_tokens: dict | None = None) -> dict:
-    """Run every (item, resolution, mode) not yet in `out`, then write the report; returns it.
+             judge: ChatModel | None = None, bench: str = "", image_tokens: dict | None = None,
+             benchmark: benchmarks.Benchmark | None = None) -> dict:
+    """Run every (item, resolution, mode) not yet in `out`, then write the report and the results table
+    (`results.md`, `results.csv`); returns the report.
 
-    `image_tokens` (from `check_image_tokens`) goes into the report as it is."""
+    `image_tokens` (from `check_image_tokens`) goes into the report as it is; `benchmark` (default: the
+    one of the items) scores the published figures."""
     missing = [item.id for item in items if item.answer is None]
     if missing:
         raise ConfigError(f"--bench: {len(missing)} questions have no answer to score against (first: {missing[0]})")
@@ -319,9 +329,14 @@ def evaluate(model: ChatModel, items: list[BenchItem], settings: EvalSettings, o
     todo = [args for key, args in work.items() if key not in done or done[key].error is not None]
     for record in asyncio.run(_run_all(model, todo, settings, judge, out / RESULTS)):
         done[record.id] = record
-    rows = summarize([done[key] for key in work], settings.protocol)
-    report = {**fingerprint, "image_tokens": image_tokens, "rows": rows}
+    records = [done[key] for key in work]
+    rows = summarize(records, settings.protocol)
+    benchmark = benchmark or benchmarks.BENCHMARKS[items[0].bench if items else "vstar"]
+    report = {**fingerprint, "image_tokens": image_tokens, "rows": rows, "benchmark": {
+        "name": benchmark.name, "title": benchmark.title(Path(bench)), "scoring": benchmark.scoring,
+        "results": benchmarks.published(benchmark, records, {item.id: item for item in items})}}
     write_json_atomic(out / REPORT, report)
+    write_tables(out, report)
     plot(rows, out / PLOT)
     return report
 
@@ -384,7 +399,8 @@ async def check_image_tokens(model: ChatModel, item: BenchItem, settings: EvalSe
     refused (the release ran with the checkpoint's own processor limits); the counts are only recorded.
     Returns, per R, the frame's size and its image tokens (None: the server does not count them)."""
     release = settings.protocol == "cof-release"
-    frames = {r: await asyncio.to_thread(make_frame, item.image, r, settings.max_pixels) for r in settings.resolutions}
+    with local_image(item.image) as path:
+        frames = {r: await asyncio.to_thread(make_frame, path, r, settings.max_pixels) for r in settings.resolutions}
     processor = getattr(getattr(model, "processor", None), "image_processor", None)
     if processor is not None:
         size = processor.size
@@ -413,14 +429,17 @@ async def check_image_tokens(model: ChatModel, item: BenchItem, settings: EvalSe
 
 
 def evaluate_bench(bench: Path, out: Path, settings: EvalSettings, model: ChatModelConfig,
-                   judge: ChatModelConfig | None = None, limit: int | None = None) -> dict:
-    """The `eval` command: load the benchmark, build the model (and judge), check what each R becomes in the
-    model, evaluate, report."""
+                   judge: ChatModelConfig | None = None, limit: int | None = None, bench_format: str | None = None,
+                   categories: list[str] | None = None) -> dict:
+    """The `eval` command: recognise and load the benchmark (`benchmarks`), build the model (and judge), check
+    what each R becomes in the model, evaluate, report."""
     require("data", "eval (its report.png)", ("matplotlib",))
-    items = load_bench(bench)[:limit]
+    benchmark = benchmarks.detect(bench, bench_format)
+    items = benchmarks.select(benchmark.load(Path(bench)), categories, limit)
     if model.backend == "openai":
         _check_server(model, settings)
     chat, judging = chat_model(model), chat_model(judge) if judge else None
     check_protocol(chat, items, settings, judging)  # before the first request
     image_tokens = asyncio.run(check_image_tokens(chat, items[0], settings)) if items else None
-    return evaluate(chat, items, settings, out, judging, bench=str(bench), image_tokens=image_tokens)
+    return evaluate(chat, items, settings, out, judging, bench=str(bench), image_tokens=image_tokens,
+                    benchmark=benchmark)

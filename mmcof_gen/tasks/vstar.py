@@ -44,7 +44,9 @@ class BenchError(ConfigError):
 
 @dataclass
 class BenchItem:
-    """One benchmark question; `answer` is the option text for multiple choice, `boxes` original pixels."""
+    """One benchmark question; `answer` is the option text for multiple choice, `boxes` original pixels.
+
+    `image` is a file, or an image inside the benchmark file (`benchmarks.embedded.EmbeddedImage`)."""
 
     id: str
     image: Path
@@ -56,6 +58,8 @@ class BenchItem:
     boxes: list[Box] = field(default_factory=list)
     text: str | None = None  # V*'s question text as shipped (test_questions.jsonl), which the release sends verbatim
     label: str | None = None  # ... and its answer letter
+    bench: str = "vstar"  # its benchmark (`benchmarks.BENCHMARKS`), which scores it
+    group: str = ""  # a scoring group within a category (HR-Bench's cycle_category)
 
     @property
     def answer_letter(self) -> str | None:
