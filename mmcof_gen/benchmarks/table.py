@@ -43,8 +43,7 @@ def write_tables(out: Path, report: dict) -> None:
     write_bytes_atomic(out / MARKDOWN, ("\n".join(lines) + "\n").encode())
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
-    for line in _header(report):
-        writer.writerow([f"# {line}"])
+    text.write("".join(f"# {line}\n" for line in _header(report)))  # comment lines (pandas: comment="#")
     writer.writerow(["protocol", "decoding", *columns])
     decoding = json.dumps(report.get("decoding"), sort_keys=True)
     for row in rows:
