@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # `make test-vllm`: the tests marked `vllm` (tests/test_vllm_server.py, tests/test_benchmarks.py) against a
-# real vLLM OpenAI server serving a tiny random-weight Qwen2.5-VL on 127.0.0.1. Installs or reuses the vLLM venv, builds the model,
-# starts the server, waits for /health (bounded), runs the tests with .venv, and stops the server by its
-# PID whatever happens. Env: VLLM_VENV (.venv-vllm), VLLM_START_TIMEOUT (seconds, 900), VLLM_IMAGE_LIMIT (6),
-# PROJECT_PYTHON (.venv/bin/python).
+# real vLLM OpenAI server serving a tiny random-weight Qwen2.5-VL on 127.0.0.1. Installs or reuses the vLLM
+# venv, builds the model, starts the server, waits for /health (bounded), runs the tests with .venv, and
+# stops the server by its PID whatever happens. Env: VLLM_VENV (.venv-vllm), VLLM_START_TIMEOUT (seconds,
+# 900), VLLM_IMAGE_LIMIT (6), PROJECT_PYTHON (.venv/bin/python).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 VENV=${VLLM_VENV:-.venv-vllm}
