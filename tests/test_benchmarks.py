@@ -79,7 +79,7 @@ def write_hrbench(path: Path, count: int | None = None) -> Path:
 
 
 def item_number(body: dict) -> int | None:
-    """The `item N` of the question a chat request asks (None for the image-token probe)."""
+    """The `item N` of the question a chat request asks or a judge request judges (None: the image-token probe)."""
     text = json.dumps(body["messages"][:2])
     found = re.search(r"item (\d+)\?", text)
     return int(found.group(1)) if found else None
@@ -121,9 +121,10 @@ def records_of(out: Path) -> list[dict]:
 def test_hrbench_tsv_scores_per_category_within_each_cycle_and_averages_over_cycles(tmp_path):
     (tmp_path / "bench").mkdir()
     bench = write_hrbench(tmp_path / "bench" / "hr_bench_4k.tsv")
-    judged = {3: "Yes, it matches.", 7: "no"}
-    with ScriptedServer(answering({n: spec[4] for n, spec in enumerate(HRBENCH)}, {0: [(40, 40, 120, 120)]})) as model, \
-            ScriptedServer(lambda body: Reply(judged[int(re.search(r"item (\d+)\?", json.dumps(body)).group(1))])) as judge:
+    replies = {n: spec[4] for n, spec in enumerate(HRBENCH)}
+    verdicts = {n: spec[5] for n, spec in enumerate(HRBENCH)}
+    with ScriptedServer(answering(replies, {0: [(40, 40, 120, 120)]})) as model, \
+            ScriptedServer(lambda body: Reply(verdicts[item_number(body)])) as judge:
         report = run_eval(bench, tmp_path / "out", model, judge)
     # hand-computed as HRBenchDataset.evaluate does: per cycle group, then the mean over the two groups
     # cycle_1: FSP 1/2, FCP 2/2 (row 3 by the judge's yes), all 3/4; cycle_2: FSP 2/2, FCP 0/2, all 2/4
@@ -136,12 +137,13 @@ def test_hrbench_tsv_scores_per_category_within_each_cycle_and_averages_over_cyc
     assert "cycle_category" in report["benchmark"]["scoring"]
     records = {r["item"]: r for r in records_of(tmp_path / "out")}
     assert {k: r["method"] for k, r in records.items() if r["method"] != "option"} == {"3": "judge", "7": "judge"}
-    assert all(tuple(r["image_size"]) == (SIZE, SIZE) and tuple(r["frame_size"]) == (224, 224) for r in records.values())
+    assert {(tuple(r["image_size"]), tuple(r["frame_size"])) for r in records.values()} == {((SIZE, SIZE), (224, 224))}
     # the judge saw HR-Bench's own prompt, with the reference as `<letter>. <option text>`
     (prompt,) = [r["messages"][0]["content"] for r in judge.requests if "item 3?" in json.dumps(r)]
     assert prompt.startswith("You are a helpful and precise assistant for checking the quality of the answer. "
                              "Please answer in only yes or no. Given the following question: What is shown at item 3?"
                              "\nOptions:\nA. the first\nB. the second\nC. the third\nD. the fourth\n")
+    assert "the fourth\nPlease select the correct answer from the options above. \n, the correct" in prompt
     assert prompt.endswith(", the correct answer is: D. the fourth. Does the following answer correctly answers "
                            "the question, answer:the blue car on the left?")
     assert len(judge.requests) == 2
@@ -155,8 +157,8 @@ def test_hrbench_tsv_scores_per_category_within_each_cycle_and_averages_over_cyc
                             if not line.startswith("#")))
     assert table[0] == ["protocol", "decoding", "model", "benchmark", "mode", "R", "n", "FCP", "FSP", "all",
                         "zoom_rate"]
-    assert table[1][0] == "mmcof" and table[1][2:] == ["openai:scripted-model", "HR-Bench 4K", "cof", "224", "8", "50.0",
-                                                       "75.0", "62.5", "12.5"]
+    assert table[1][0] == "mmcof"
+    assert table[1][2:] == ["openai:scripted-model", "HR-Bench 4K", "cof", "224", "8", "50.0", "75.0", "62.5", "12.5"]
 
 
 def test_without_a_judge_an_answer_naming_no_option_is_wrong(tmp_path):

@@ -98,9 +98,9 @@ def published(benchmark: Benchmark, records: list, items: dict[str, BenchItem]) 
     rows = []
     for (mode, resolution), group in sorted(groups.items()):
         figures = benchmark.score(group, items)
+        zoom_rate = round(sum(bool(r.zooms) for r in group) / len(group), 4)
         rows.append({"mode": mode, "resolution": resolution, "n": len(group),
-                     "table": {**figures["table"], "zoom_rate": round(sum(bool(r.zooms) for r in group) / len(group), 4)},
-                     "detail": figures.get("detail", {})})
+                     "table": {**figures["table"], "zoom_rate": zoom_rate}, "detail": figures.get("detail", {})})
     return rows
 
 

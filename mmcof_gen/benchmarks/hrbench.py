@@ -67,7 +67,8 @@ def score(records: list, items: dict[str, BenchItem]) -> dict:
         groups.setdefault(items[record.item].group, []).append(record)
     for group, mine in sorted(groups.items()):
         categories = sorted({r.category for r in mine})
-        cycles[group] = {"all": accuracy(mine), **{c: accuracy([r for r in mine if r.category == c]) for c in categories}}
+        cycles[group] = {"all": accuracy(mine),
+                         **{c: accuracy([r for r in mine if r.category == c]) for c in categories}}
     keys = sorted({key for figures in cycles.values() for key in figures}, key=lambda k: (k == "all", k))
     average = {key: round(sum(figures.get(key, 0.0) for figures in cycles.values()) / len(cycles), 4) for key in keys}
     return {"table": average, "detail": {"cycles": cycles, "average": average}}
