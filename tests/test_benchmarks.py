@@ -72,7 +72,8 @@ def write_hrbench(path: Path, count: int | None = None) -> Path:
     for index, category, cycle, answer, _, _ in specs:
         shared = index - index % 4
         image = png_base64((40 * (shared % 6), 90, 160), f"item {shared}") if index == shared else str(shared)
-        rows.append({"index": index, "question": f"What is shown at item {index}?", "answer": answer,
+        question = f"What is shown at item {index}?" + ('\n(a "quoted"\tnote)' if index == 2 else "")  # csv quotes it
+        rows.append({"index": index, "question": question, "answer": answer,
                      "category": category, "cycle_category": cycle, "image": image,
                      "A": "the first", "B": "the second", "C": "the third", "D": "the fourth"})
     return write_tsv(path, HRBENCH_HEADER, rows)
@@ -178,9 +179,34 @@ def test_embedded_images_resolve_index_references_and_decode_into_a_private_fold
     assert all(isinstance(item.image, EmbeddedImage) for item in items)
     assert items[1].image == items[3].image == items[0].image != items[4].image
     assert (items[3].label, items[3].answer, items[3].group) == ("D", "the fourth", "cycle_1")
+    assert items[2].question == 'What is shown at item 2?\n(a "quoted"\tnote)'
+    assert items[2].image == items[0].image
     with local_image(items[5].image) as path:
         assert path.parent != tmp_path and Image.open(path).size == (SIZE, SIZE)
     assert not path.exists() and not path.parent.exists()
+
+
+def test_loading_a_large_tsv_holds_no_image(tmp_path):
+    """Twenty rows of 1.2 MB base64 noise: the scan holds one row at a time, the items hold none."""
+    import tracemalloc
+
+    import numpy as np
+
+    noise = np.random.default_rng(27).integers(0, 256, (640, 640, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(noise).save(buffer, format="PNG", compress_level=0)
+    image = base64.b64encode(buffer.getvalue()).decode("ascii")
+    rows = [{"index": n, "question": f"What is shown at item {n}?", "answer": "A", "category": "FSP",
+             "cycle_category": "cycle_1", "image": image, "A": "x", "B": "y", "C": "z", "D": "w"} for n in range(20)]
+    bench = write_tsv(tmp_path / "hr_bench_8k.tsv", HRBENCH_HEADER, rows)
+    assert bench.stat().st_size > 20 * len(image)
+    tracemalloc.start()
+    items = benchmarks.detect(bench).load(bench)
+    held, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert len(items) == 20 and items[19].image.length == len(image)
+    assert held < 200_000  # the 20 items, no image among them
+    assert peak < 4 * len(image)  # one line read and split at a time (3.1x here), never the 33 MB file
 
 
 def test_parquet_layout_reads_like_the_tsv(tmp_path):

@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import binascii
 import csv
-import io
 import shutil
 import sys
 import tempfile
@@ -75,8 +74,7 @@ def local_image(image: Path | EmbeddedImage) -> Iterator[Path]:
 
 def tsv_rows(path: Path, image_column: str = "image") -> list[dict]:
     """Every row of a VLMEvalKit TSV as a dict of its columns, `image` an EmbeddedImage (index references
-    resolved to the row they name). One row is in memory at a time."""
-    csv.field_size_limit(sys.maxsize)
+    resolved to the row they name). One row is in memory at a time, its image never decoded or parsed."""
     rows, where = [], {}
     with path.open("rb") as handle:
         header = next(csv.reader([handle.readline().decode("utf-8-sig").rstrip("\r\n")], delimiter="\t"))
@@ -94,19 +92,12 @@ def tsv_rows(path: Path, image_column: str = "image") -> list[dict]:
             if not raw:
                 break
             number += 1
-            if not raw.strip():
-                continue
-            fields = next(csv.reader(io.StringIO(raw.decode("utf-8")), delimiter="\t"))
-            if len(fields) != len(header):
-                raise BenchError(f"--bench {path}:{number}: {len(fields)} columns, the header has {len(header)}; "
-                                 "the TSV is cut or malformed")
-            row = dict(zip(header, fields))
-            text = row[image_column]
-            if len(text) > INDEX_REFERENCE:
-                offset = start + raw.index(text.encode("ascii", "replace"))
-                row[image_column] = EmbeddedImage(path, offset, len(text))
-                where[row.get("index", str(number))] = row[image_column]
-            rows.append(row)
+            if raw.strip():
+                row, span = _tsv_row(path, number, header, header.index(image_column), raw.rstrip(b"\r\n"))
+                if span is not None:
+                    row[image_column] = EmbeddedImage(path, start + span[0], span[1])
+                    where[row.get("index", str(number))] = row[image_column]
+                rows.append(row)
     for row in rows:
         if not isinstance(row[image_column], EmbeddedImage):
             shared = where.get(row[image_column].strip())
@@ -115,6 +106,29 @@ def tsv_rows(path: Path, image_column: str = "image") -> list[dict]:
                                  "neither an image nor the index of a row with one")
             row[image_column] = shared
     return rows
+
+
+def _tsv_row(path: Path, number: int, header: list[str], image: int, line: bytes) -> tuple[dict, tuple | None]:
+    """One TSV line: its columns (the image's text only when it is an index reference) and the (offset,
+    length) of its image text within the line (None for a reference). Base64 holds no tab or quote, so
+    the line is split on tabs; a line with quotes (a question holding a tab or a newline) goes through csv."""
+    if b'"' in line:
+        csv.field_size_limit(sys.maxsize)
+        fields = next(csv.reader([line.decode("utf-8")], delimiter="\t"))
+        parts = [field.encode("utf-8") for field in fields]
+        offsets = [line.index(parts[image])] if image < len(parts) else []
+    else:
+        parts = line.split(b"\t")
+        offsets = [sum(len(part) + 1 for part in parts[:image])]
+    if len(parts) != len(header):
+        raise BenchError(f"--bench {path}:{number}: {len(parts)} columns, the header has {len(header)}; "
+                         "the TSV is cut or malformed")
+    size = len(parts[image])
+    row = {name: part.decode("utf-8") for name, part in zip(header, parts) if name != header[image]}
+    if size > INDEX_REFERENCE:
+        return row, (offsets[0], size)
+    row[header[image]] = parts[image].decode("utf-8")
+    return row, None
 
 
 def parquet_rows(path: Path, image_column: str = "image") -> list[dict]:

@@ -19,7 +19,7 @@ from mmcof_gen.tasks.vstar import BenchError
 MARKDOWN, CSV = "results.md", "results.csv"
 
 
-def table_rows(report: dict) -> list[dict]:
+def result_rows(report: dict) -> list[dict]:
     """The report's published figures as table rows, figures in percent (two decimals)."""
     bench = report["benchmark"]
     return [{"model": report["model"], "benchmark": bench["title"], "mode": row["mode"], "R": row["resolution"],
@@ -34,7 +34,7 @@ def _header(report: dict) -> list[str]:
 
 
 def write_tables(out: Path, report: dict) -> None:
-    rows = table_rows(report)
+    rows = result_rows(report)
     columns = list(dict.fromkeys(key for row in rows for key in row))
     lines = [f"# {report['model']} on {report['benchmark']['title']}", ""]
     lines += [f"- {line}" for line in _header(report)] + [""]
@@ -71,7 +71,7 @@ def compare(a: Path, b: Path) -> str:
     for key in ("protocol", "decoding", "judge"):
         if reports[0].get(key) != reports[1].get(key):
             lines.append(f"* {key} differs: A {json.dumps(reports[0].get(key))}, B {json.dumps(reports[1].get(key))}")
-    figures = [{(r["benchmark"], r["mode"], r["R"], k): v for r in table_rows(report) for k, v in r.items()
+    figures = [{(r["benchmark"], r["mode"], r["R"], k): v for r in result_rows(report) for k, v in r.items()
                 if k not in ("model", "benchmark", "mode", "R")} for report in reports]
     keys = list(dict.fromkeys([*figures[0], *figures[1]]))
     width = max([len(f"{k[0]} {k[1]} R={k[2]} {k[3]}") for k in keys] + [6])
