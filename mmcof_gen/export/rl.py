@@ -105,13 +105,12 @@ def prompt_messages(task: Task) -> list[dict]:
 def extra_info(prompt: Prompt) -> dict:
     """verl's `extra_info` (split, index, tool kwargs) plus the question's facts and its measured difficulty.
 
-    `create_kwargs.image` is what verl's own `image_zoom_in_tool` opens; `image_path` (absent when embedded),
+    `create_kwargs.image` is what verl's own `image_zoom_in_tool` opens; `image_path` (None when embedded),
     `question` and `ground_truth` are what the CoF recipe's `zoomin_vision_tool` reads."""
     task, truth = prompt.task, prompt.ground_truth
-    create = {"image": prompt.image_uri, "question": task.question, "ground_truth": truth}
-    execute = {}
-    if isinstance(prompt.image, str):
-        create["image_path"] = execute["image_path"] = prompt.image
+    path = prompt.image if isinstance(prompt.image, str) else None  # None: embedded
+    create = {"image": prompt.image_uri, "image_path": path, "question": task.question, "ground_truth": truth}
+    execute = {"image_path": path}
     return {
         "split": prompt.split, "index": prompt.index, "answer": truth, "question": task.question,
         "options": task.options, "option_text": task.answer if task.options else None,
