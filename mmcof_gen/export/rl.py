@@ -137,12 +137,39 @@ def swift_row(prompt: Prompt) -> dict:
             "extra_info": extra_info(prompt), "data_source": DATA_SOURCE}
 
 
+def verl_schema(embedded: bool):
+    """The verl rows' Arrow schema, spelled out: inferred per file, a column that is null in one split (no
+    rejection reason in test, say) and a string in the other makes verl's `concatenate_datasets` of train and
+    test fail ("features can't be aligned")."""
+    import pyarrow as pa
+
+    text, number, boxes = pa.string(), pa.int64(), pa.list_(pa.list_(pa.int64()))
+    per_r = pa.struct([("resolution", number), ("status", text), ("reason", text), ("direct", pa.bool_()),
+                       ("zooms", number), ("boxes", boxes), ("answered", text)])
+    difficulty = pa.struct([("per_resolution", pa.list_(per_r)), ("measured", number), ("solved", number),
+                            ("direct_at", pa.list_(number)), ("min_zooms", number), ("pass_rate", pa.float64()),
+                            ("samples", number)])
+    create = pa.struct([("image", text), ("image_path", text), ("question", text), ("ground_truth", text)])
+    tool = pa.struct([("create_kwargs", create), ("execute_kwargs", pa.struct([("image_path", text)]))])
+    info = pa.struct([("split", text), ("index", number), ("answer", text), ("question", text),
+                      ("options", pa.list_(text)), ("option_text", text), ("need_tools_kwargs", pa.bool_()),
+                      ("tools_kwargs", pa.struct([(cof_format.TOOL_NAME, tool)])), ("task_id", text),
+                      ("question_type", text), ("source", text), ("trust", text), ("resolution", number),
+                      ("image_size", pa.list_(number)), ("gt_boxes", boxes), ("difficulty", difficulty)])
+    image = pa.struct([("bytes", pa.binary())] if embedded else [("image", text)])
+    return pa.schema([("data_source", text), ("agent_name", text),
+                      ("prompt", pa.list_(pa.struct([("role", text), ("content", text)]))),
+                      ("images", pa.list_(image)), ("ability", text),
+                      ("reward_model", pa.struct([("style", text), ("ground_truth", text)])), ("extra_info", info)])
+
+
 def write_parquet(path: Path, rows: list[dict]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    schema = verl_schema(embedded="bytes" in rows[0]["images"][0])
     with AtomicFile(path) as tmp:
-        pq.write_table(pa.Table.from_pylist(rows), tmp)
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
