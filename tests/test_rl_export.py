@@ -219,8 +219,8 @@ def test_keep_pass_rate_keeps_exactly_the_tasks_in_the_band(tmp_path, run):
     assert all(r["extra_info"]["difficulty"]["samples"] == 4 for r in rows)
     by_id = {t.task.question: t.task.id for t in trajectories}
     assert report["skipped_tasks"][1:] == [
-        {"id": by_id["What does the sign say?"], "reason": "pass rate 1.0 outside 0.1..0.9"},
-        {"id": by_id["What colour is the cup?"], "reason": "pass rate 0.0 outside 0.1..0.9"}]
+        {"id": by_id["What does the sign say?"], "reason": "pass rate outside the band", "pass_rate": 1.0},
+        {"id": by_id["What colour is the cup?"], "reason": "pass rate outside the band", "pass_rate": 0.0}]
     assert report["skip_reasons"] == {"untrusted: a synthesized answer no chain verified": 1,
                                       "pass rate outside the band": 2}
     assert report["pass_rate"] == {"model": "scripted-model", "samples": 4, "temperature": 1.0, "band": [0.1, 0.9],

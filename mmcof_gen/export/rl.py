@@ -35,7 +35,9 @@ from PIL import Image
 from mmcof_gen import cof_format, resources
 from mmcof_gen.errors import ConfigError
 from mmcof_gen.export.files import IMAGES_DIR, PNG_LEVEL, ImageFiles, RecordWriter
+from mmcof_gen.evaluate import EvalSettings, run_episode
 from mmcof_gen.imaging import image_to_png_bytes
+from mmcof_gen.models.chat import ChatModelConfig, chat_model
 from mmcof_gen.replay import WINDOW, FrameSource, ReplayError, replayed
 from mmcof_gen.schema import Task, Trajectory, short_hash
 from mmcof_gen.scoring import score_by_rules
@@ -56,7 +58,7 @@ class PassRate:
     """`--pass-rate-model URL NAME --samples k --keep-pass-rate LO..HI`: k sampled episodes of eval's loop per
     task against a served policy; with a band, only the tasks whose pass rate lies in it are kept."""
 
-    model: object  # a ChatModelConfig; typed loosely so this module does not import the model clients
+    model: ChatModelConfig
     samples: int = 8
     band: tuple[float, float] | None = None
     temperature: float = 1.0
@@ -307,8 +309,7 @@ def export_tasks(form: RLFormat, store: RunStore, manifest: dict, out_dir: Path,
         "format": form.name, "data_files": data_files,
         "tasks": len(by_task), "samples": len(prompts), **{split: len(m) for split, m in splits.items()},
         "skipped": len(skipped), "skipped_tasks": skipped,
-        "skip_reasons": dict(Counter(s["reason"] if not s["reason"].startswith("pass rate") else "pass rate outside "
-                                     "the band" for s in skipped).most_common()),
+        "skip_reasons": dict(Counter(s["reason"] for s in skipped).most_common()),
         "embed_images": options.embed_images, "test_fraction": options.test_fraction,
         "image": "the working frame at the task's largest measured R",
         "difficulty": summarise(prompts), "pass_rate": pass_rates,
@@ -332,9 +333,6 @@ def summarise(prompts: list[Prompt]) -> dict:
 def measure_pass_rates(prompts: list[Prompt], settings: PassRate) -> dict:
     """Sample `settings.samples` episodes of eval's CoF loop per prompt, on the exported frame, scored by eval's
     rules; each prompt's `difficulty` gets `pass_rate` (None when every episode failed) and `samples`."""
-    from mmcof_gen.evaluate import EvalSettings, run_episode
-    from mmcof_gen.models.chat import chat_model
-
     model = chat_model(settings.model)
     episode_settings = EvalSettings()
     gate = asyncio.Semaphore(max(1, settings.concurrency // settings.samples))  # prompts in flight, frames held
@@ -365,7 +363,7 @@ def measure_pass_rates(prompts: list[Prompt], settings: PassRate) -> dict:
         rate = round(sum(done) / len(done), 4) if done else None
         prompt.difficulty.update(pass_rate=rate, samples=len(done))
         histogram["unmeasured" if rate is None else f"{min(math.floor(rate * 10), 9) / 10:.1f}"] += 1
-    return {"model": getattr(settings.model, "model", None), "samples": settings.samples,
+    return {"model": settings.model.model, "samples": settings.samples,
             "temperature": settings.temperature, "band": list(settings.band) if settings.band else None,
             "histogram": dict(sorted(histogram.items()))}
 
@@ -380,7 +378,7 @@ def keep_band(prompts: list[Prompt], band: tuple[float, float] | None) -> tuple[
         if rate is not None and band[0] <= rate <= band[1]:
             kept.append(prompt)
         else:
-            dropped.append({"id": prompt.task.id, "reason": f"pass rate {rate} outside {band[0]}..{band[1]}"})
+            dropped.append({"id": prompt.task.id, "reason": "pass rate outside the band", "pass_rate": rate})
     return kept, dropped
 
 
