@@ -292,3 +292,15 @@ def test_verls_rlhf_dataset_reads_every_row(tmp_path, run, embed):
     assert checked.returncode == 0, checked.stdout + checked.stderr
     result = json.loads(checked.stdout.strip().splitlines()[-1])
     assert (result["rows"], result["read"], result["failures"]) == (4, 4, [])
+
+
+def test_verl_without_pyarrow_is_one_line_naming_the_extra_and_swift_grpo_needs_none(tmp_path, run):
+    from tests.test_cli import run_without
+
+    run_dir, _ = run
+    result = run_without(["pyarrow"], "export", run_dir, "--out", tmp_path / "v", "--format", "verl")
+    assert (result.returncode, result.stderr) == (
+        2, "mmcof-gen: export --format verl needs the [data] extra: pip install 'mmcof-gen[data]'\n")
+    assert not (tmp_path / "v").exists()
+    result = run_without(["pyarrow", "datasets"], "export", run_dir, "--out", tmp_path / "s", "--format", "swift-grpo")
+    assert result.returncode == 0, result.stderr
