@@ -304,3 +304,19 @@ def test_verl_without_pyarrow_is_one_line_naming_the_extra_and_swift_grpo_needs_
     assert not (tmp_path / "v").exists()
     result = run_without(["pyarrow", "datasets"], "export", run_dir, "--out", tmp_path / "s", "--format", "swift-grpo")
     assert result.returncode == 0, result.stderr
+
+
+def test_cli_pass_rate_flags_reach_the_served_policy(tmp_path, run):
+    run_dir, _ = run
+    counts = {"What does the sign say?": 2, "What is on the door?": 1, "What is the number?": 0,
+              "What colour is the cup?": 2}
+    with ScriptedServer(policy(counts)) as server:
+        done = cli("export", run_dir, "--out", tmp_path / "out", "--format", "swift-grpo", "--test-fraction", "0",
+                   "--pass-rate-model", server.url, "scripted-model", "--samples", "2", "--keep-pass-rate", "0.5..1",
+                   cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert len(server.requests) == 4 * 2 and {r["model"] for r in server.requests} == {"scripted-model"}
+    rows = [json.loads(line) for line in (tmp_path / "out" / "train.jsonl").read_text().splitlines()]
+    assert [(r["extra_info"]["question"], r["extra_info"]["difficulty"]["pass_rate"]) for r in rows] == [
+        ("What does the sign say?", 1.0), ("What is on the door?", 0.5), ("What colour is the cup?", 1.0)]
+    assert "## Pass rate\n2 samples at temperature 1.0 of `scripted-model`" in (tmp_path / "out" / "README.md").read_text()
