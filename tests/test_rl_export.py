@@ -320,3 +320,22 @@ def test_cli_pass_rate_flags_reach_the_served_policy(tmp_path, run):
     assert [(r["extra_info"]["question"], r["extra_info"]["difficulty"]["pass_rate"]) for r in rows] == [
         ("What does the sign say?", 1.0), ("What is on the door?", 0.5), ("What colour is the cup?", 1.0)]
     assert "## Pass rate\n2 samples at temperature 1.0 of `scripted-model`" in (tmp_path / "out" / "README.md").read_text()
+
+
+def test_check_export_passes_both_layouts_and_names_each_defect(tmp_path, run):
+    run_dir, _ = run
+    for fmt, embed in (("verl", False), ("verl", True), ("swift-grpo", False), ("swift-grpo", True)):
+        out = tmp_path / f"{fmt}{embed}"
+        export(run_dir, fmt, out, rl_options=rl.RLOptions(embed_images=embed, test_fraction=0.5))
+        assert rl.check_export(out) == []
+    out = tmp_path / "swift-grpoFalse"
+    rows = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
+    rows[0]["images"] = [str(out / "images" / "gone.png")]
+    rows[1]["reward_model"]["ground_truth"] = " "
+    rows[1]["messages"][1]["content"] = rows[1]["messages"][1]["content"].replace("<image>", "")
+    (out / "train.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    problems = rl.check_export(out)
+    assert len(problems) == 3
+    assert problems[0].startswith(f"train.jsonl row 0: image '{out / 'images' / 'gone.png'}' does not open")
+    assert problems[1:] == ["train.jsonl row 1: the <image> placeholders do not match its 1 images",
+                            "train.jsonl row 1: empty ground truth"]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import math
 from collections import Counter
 from collections.abc import Callable
@@ -380,6 +381,53 @@ def keep_band(prompts: list[Prompt], band: tuple[float, float] | None) -> tuple[
         else:
             dropped.append({"id": prompt.task.id, "reason": "pass rate outside the band", "pass_rate": rate})
     return kept, dropped
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The rows of one RL data file (`.parquet` or `.jsonl`)."""
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def check_export(folder: Path) -> list[str]:
+    """What a trainer would trip on in an RL export, one line each (empty: none): a data file that is missing, an
+    image that does not open, `<image>` placeholders that do not match the images, a missing tool image, an empty
+    ground truth."""
+    report = json.loads((Path(folder) / "export_report.json").read_text(encoding="utf-8"))
+    problems = []
+    for name in report["data_files"].values():
+        path = Path(folder) / name
+        if not path.is_file():
+            problems.append(f"{name}: missing")
+            continue
+        for n, row in enumerate(read_rows(path)):
+            where = f"{name} row {n}"
+            messages = row.get("prompt") or row.get("messages") or []
+            images = [i.get("bytes") or i.get("image") if isinstance(i, dict) else i for i in row["images"]]
+            if sum(m["content"].count(cof_format.IMAGE) for m in messages) != len(images):
+                problems.append(f"{where}: the <image> placeholders do not match its {len(images)} images")
+            for image in images:
+                try:
+                    _open(_decoded(image))
+                except (OSError, ValueError) as exc:
+                    shown = repr(image) if isinstance(image, str) and not image.startswith("data:") else "(embedded)"
+                    problems.append(f"{where}: image {shown} does not open ({exc})")
+            tool = row["extra_info"]["tools_kwargs"][cof_format.TOOL_NAME]["create_kwargs"]
+            if not tool.get("image"):
+                problems.append(f"{where}: no image for the zoom tool")
+            if not str(row["reward_model"]["ground_truth"]).strip():
+                problems.append(f"{where}: empty ground truth")
+    return problems
+
+
+def _decoded(image: str | bytes) -> str | bytes:
+    """A row's image as `_open` takes it: a path, or PNG bytes from a data URI."""
+    if isinstance(image, str) and image.startswith("data:"):
+        return base64.b64decode(image.split(",", 1)[1])
+    return image.removeprefix("file://") if isinstance(image, str) else image
 
 
 def _open(image: str | bytes) -> Image.Image:
