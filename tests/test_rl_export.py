@@ -79,6 +79,7 @@ def test_verl_rows_are_the_cof_recipe_layout_one_per_trusted_task(tmp_path, run)
     assert (report["tasks"], report["samples"], report["train"], report["test"], report["skipped"]) == (5, 4, 4, 0, 1)
     assert report["skipped_tasks"] == [{"id": ocr.task.id, "reason": "untrusted: a synthesized answer no chain verified"}]
     assert report["data_files"] == {"train": "train.parquet"}
+    assert "This export has no test split (`--test-fraction 0.0` of 4 prompts)" in (tmp_path / "out" / "README.md").read_text()
     assert [row["extra_info"]["task_id"] for row in rows] == [t.task.id for t in (sign, door, agreed, colour)]
     assert [row["extra_info"]["trust"] for row in rows] == ["verified", "given", "consistency", "verified"]
     for n, (row, task) in enumerate(zip(rows, (sign.task, door.task, agreed.task, colour.task))):

@@ -453,7 +453,10 @@ def card(report: dict, form: RLFormat) -> str:
         f"{'embedded' if report['embed_images'] else 'as absolute file paths under images/'}\n"
         f"- ground truth trusted as: {', '.join(f'{k} ({v})' for k, v in summary['trust'].items()) or 'none'}\n"
         f"- run config hash: `{report['config_hash']}`; mmcof-gen {report['package_version']}",
-        "## How to train\n" + form.usage,
+        "## How to train\n" + form.usage + ("" if report["test"] else
+                                            f"\n\nThis export has no test split (`--test-fraction "
+                                            f"{report['test_fraction']}` of {report['samples']} prompts): re-export with "
+                                            "a larger one, or validate on the train file."),
         "## Difficulty (measured by the run, per task and R; `extra_info.difficulty`)\n" + "\n".join(rows)
         + f"\n\nFewest zooms a verified chain needed, tasks: {zooms}.",
     ]
