@@ -340,3 +340,17 @@ def test_check_export_passes_both_layouts_and_names_each_defect(tmp_path, run):
     assert problems[0].startswith(f"train.jsonl row 0: image '{out / 'images' / 'gone.png'}' does not open")
     assert problems[1:] == ["train.jsonl row 1: the <image> placeholders do not match its 1 images",
                             "train.jsonl row 1: empty ground truth"]
+
+
+@pytest.mark.parametrize("answer, source, agreement, solved, expected", [
+    ("EXIT", "ocr-synthesis", None, 1, ("verified", None)),
+    ("EXIT", "vlm-synthesis", 0.8, 0, ("consistency", None)),
+    ("EXIT", "vstar", None, 0, ("given", None)),
+    ("EXIT", "ocr-synthesis", None, 0, (None, rl.UNTRUSTED)),
+    (" ", "vstar", None, 1, (None, "no ground truth")),
+    (None, "vstar", None, 0, (None, "no ground truth")),
+])
+def test_trust_of_a_ground_truth(tmp_path, answer, source, agreement, solved, expected):
+    task = make_trajectory(write_noise_image(tmp_path / "a.png", (200, 200), seed=1).parent, "a.png", 448).task
+    task = task.model_copy(update={"answer": answer, "source": source, "agreement": agreement})
+    assert rl.trust(task, {"solved": solved}) == expected

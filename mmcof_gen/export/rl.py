@@ -234,16 +234,20 @@ def difficulty_of(trajectories: list[Trajectory]) -> dict:
             "pass_rate": None, "samples": None}
 
 
-def trust(task: Task, difficulty: dict) -> str | None:
-    """Why the task's ground truth can be rewarded against, or None: verified by a chain at some R, confirmed by
-    the consistency check, or given with the question; a synthesized answer nothing confirmed is not trusted."""
+UNTRUSTED = "untrusted: a synthesized answer no chain verified"
+
+
+def trust(task: Task, difficulty: dict) -> tuple[str | None, str | None]:
+    """(why the task's ground truth can be rewarded against, None) or (None, why not): verified by a chain at some
+    R, confirmed by the consistency check, or given with the question; a synthesized answer nothing confirmed is
+    not trusted."""
     if not (task.answer or "").strip():
-        return None
+        return None, "no ground truth"
     if difficulty["solved"]:
-        return "verified"
+        return "verified", None
     if task.agreement is not None:
-        return "consistency"
-    return None if task.source in SYNTHESIZED else "given"
+        return "consistency", None
+    return (None, UNTRUSTED) if task.source in SYNTHESIZED else ("given", None)
 
 
 def _frame(embed: bool, files: ImageFiles | None, frames: FrameSource, trajectory: Trajectory):
@@ -266,11 +270,9 @@ def export_tasks(form: RLFormat, store: RunStore, manifest: dict, out_dir: Path,
     todo = []
     for task_id, trajectories in by_task.items():
         difficulty = difficulty_of(trajectories)
-        why = trust(trajectories[0].task, difficulty)
-        if why is None:
-            reason = ("no ground truth" if not (trajectories[0].task.answer or "").strip() else
-                      "untrusted: a synthesized answer no chain verified")
-            skipped.append({"id": task_id, "reason": reason})
+        why, why_not = trust(trajectories[0].task, difficulty)
+        if why_not:
+            skipped.append({"id": task_id, "reason": why_not})
             continue
         largest = max(trajectories, key=lambda t: t.view.resolution)
         todo.append((largest, (largest, difficulty, why)))
