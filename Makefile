@@ -29,9 +29,12 @@ demo: $(VENV)/.installed
 	$(BIN)/mmcof-gen filter $(DEMO)/run --out $(DEMO)/filtered --config pipelines/default.yaml
 	$(BIN)/mmcof-gen export $(DEMO)/filtered --format sharegpt --out $(DEMO)/export
 	$(BIN)/mmcof-gen validate $(DEMO)/export
+	$(BIN)/mmcof-gen export $(DEMO)/run --format verl --out $(DEMO)/rl-verl
+	$(BIN)/mmcof-gen export $(DEMO)/run --format swift-grpo --out $(DEMO)/rl-swift-grpo
 	$(BIN)/mmcof-gen view $(DEMO)/run --out $(DEMO)/report.html
 	@echo "Run folder: $(DEMO)/run (trajectories.jsonl, errors.jsonl, manifest.json)"
 	@echo "Training data (LLaMA-Factory ShareGPT): $(DEMO)/export"
+	@echo "RL prompts (verl, ms-swift GRPO): $(DEMO)/rl-verl, $(DEMO)/rl-swift-grpo"
 	@echo "Report: $(DEMO)/report.html"
 
 # The tests, then the wheel as users install it (tests/wheel_smoke.py): its demo chain, run from a folder

@@ -216,12 +216,9 @@ def filter_command(
                           f"{out / 'filter_report.json'}")
 
 
-class ExportFormatName(str, Enum):
-    sharegpt = "sharegpt"
-    qwen = "qwen"
-    parquet = "parquet"
-    v1 = "v1"
-    swift = "swift"
+from mmcof_gen.export import FORMATS as EXPORT_FORMATS  # noqa: E402 - the registry the choices come from
+
+ExportFormatName = Enum("ExportFormatName", {name: name for name in EXPORT_FORMATS}, type=str)
 
 
 @app.command("export")
@@ -233,7 +230,9 @@ def export_command(
         "--format",
         help="sharegpt: LLaMA-Factory (mmcof.json + dataset_info.json); qwen: the Qwen2.5-VL fine-tune repo; "
              "parquet: Hugging Face datasets, images embedded; v1: the older single-turn <|image_zoomin|> form; "
-             "swift: ms-swift messages/images JSONL.")] = ExportFormatName.sharegpt,
+             "swift: ms-swift messages/images JSONL; verl / swift-grpo: the run's TASKS as RL prompts (train/test "
+             "parquet for verl's zoom-in tool agent, JSONL for ms-swift's multi-turn GRPO), docs/format.md.")
+    ] = ExportFormatName.sharegpt,
     system_prompt: Annotated[Optional[Path], typer.Option(
         help="Text file whose content replaces the system prompt.", exists=True, dir_okay=False)] = None,
     max_pixels: Annotated[int, typer.Option(
@@ -245,15 +244,43 @@ def export_command(
         help="Tokenizer (path or hub id) for exact text token counts; without it they are estimated.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help=OVERWRITE)] = False,
     jobs: Jobs = None,
+    embed_images: Annotated[bool, typer.Option(
+        "--embed-images", help="RL formats: embed the frames (PNG bytes / data URIs) instead of file paths.")] = False,
+    test_fraction: Annotated[Optional[float], typer.Option(
+        min=0, max=1, help="RL formats: share of tasks in the test split (by a hash of the task id; default 0.1).")] = None,
+    pass_rate_model: Annotated[Optional[tuple[str, str]], typer.Option(
+        metavar="URL NAME", help="RL formats: measure each task's pass rate with this served policy (OpenAI-compatible "
+                                 "endpoint and model name), eval's loop sampled --samples times.")] = None,
+    samples: Annotated[int, typer.Option(min=1, help="Episodes per task for --pass-rate-model.")] = 8,
+    keep_pass_rate: Annotated[Optional[str], typer.Option(
+        metavar="LO..HI", help="With --pass-rate-model: keep only tasks whose pass rate lies in LO..HI (e.g. 0.1..0.9; "
+                               "all-right or all-wrong groups give GRPO no gradient).")] = None,
 ) -> None:
     """Write the accepted trajectories as training data: frames and crops as content-addressed PNGs, the
-    samples, a token budget (cutoff_len, vLLM --limit-mm-per-prompt), export_report.json and a README.md card."""
-    from mmcof_gen.export import export
+    samples, a token budget (cutoff_len, vLLM --limit-mm-per-prompt), export_report.json and a README.md card.
+    RL formats write the run's tasks as prompts with their measured difficulty instead."""
+    from mmcof_gen.export import export, rl
+    from mmcof_gen.models.chat import ChatModelConfig
 
+    if keep_pass_rate is not None and pass_rate_model is None:
+        raise UserError("--keep-pass-rate needs --pass-rate-model URL NAME to measure the pass rates")
+    rate = rl.PassRate(ChatModelConfig(base_url=pass_rate_model[0], model=pass_rate_model[1]), samples,
+                       rl.parse_band(keep_pass_rate) if keep_pass_rate else None) if pass_rate_model else None
+    rl_options = None
+    if embed_images or test_fraction is not None or rate is not None:
+        rl_options = rl.RLOptions(embed_images, rl.RLOptions.test_fraction if test_fraction is None else test_fraction, rate)
     prompt = system_prompt.read_text(encoding="utf-8").removesuffix("\n") if system_prompt else None
     report = export(run_dir, format.value, out, system_prompt=prompt, max_pixels=max_pixels,
                     absolute_paths=absolute_paths, tokenizer=tokenizer, overwrite=overwrite,
-                    jobs=jobs)
+                    jobs=jobs, rl_options=rl_options)
+    if format.value in rl.FORMATS:  # tasks, not samples
+        typer.echo(f"{report['samples']} prompts (train {report['train']}, test {report['test']}) of "
+                   f"{report['tasks']} tasks, {report['skipped']} skipped; "
+                   + ", ".join(str(out / name) for name in report["data_files"].values()))
+        if report["samples"] == 0:
+            raise NothingMade(f"export: no prompt was written ({report['skipped']} tasks skipped); the reasons are in "
+                              f"{out / 'export_report.json'}")
+        return
     budget = report["token_budget"]
     typer.echo(f"{report['samples']} samples ({report['direct']} direct, {report['zoom']} zoom), "
                f"{report['dropped']} dropped; {out / report['data_file']}")

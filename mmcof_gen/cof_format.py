@@ -77,12 +77,15 @@ def build_messages(
     return messages
 
 
-def answer_for(trajectory: Trajectory) -> str:
-    """The answer as the sample states it: the option letter for multiple choice, else the text."""
-    options, answer = trajectory.task.options, trajectory.answer or ""
+def stated_answer(answer: str, options: list[str] | None) -> str:
+    """An answer as a sample states it: the option letter for multiple choice, else the text."""
     if options and answer in options:
         return option_letter(options.index(answer))
     return answer
+
+
+def answer_for(trajectory: Trajectory) -> str:
+    return stated_answer(trajectory.answer or "", trajectory.task.options)
 
 
 def trajectory_messages(trajectory: Trajectory, system_prompt: str = SYSTEM_PROMPT) -> list[dict]:

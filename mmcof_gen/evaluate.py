@@ -138,15 +138,17 @@ def zoom_box(reply: str, frame: Image.Image) -> Box:
 
 
 async def run_episode(model: ChatModel, frame: Image.Image, question: str, options: list[str] | None,
-                      settings: EvalSettings, mode: Mode = "cof", text: str | None = None) -> Episode:
-    """The CoF inference loop on one working frame (module docstring); the baseline is one plain reply."""
+                      settings: EvalSettings, mode: Mode = "cof", text: str | None = None,
+                      temperature: float = 0.0) -> Episode:
+    """The CoF inference loop on one working frame (module docstring); the baseline is one plain reply.
+    `temperature` > 0 samples (RL export's pass rate over k samples); eval itself decodes greedily."""
     release = settings.protocol == "cof-release"
     messages = first_messages(frame, question, options, mode, text if release else None)
     episode = Episode()
     images = 1
     for _ in range(1 if mode == "no_zoom" else settings.max_generations):
         episode.max_images = max(episode.max_images, images)
-        completion = await model.complete(messages, max_tokens=settings.max_new_tokens, temperature=0.0)
+        completion = await model.complete(messages, max_tokens=settings.max_new_tokens, temperature=temperature)
         reply = completion.text
         episode.replies.append(reply)
         episode.tokens += completion.completion_tokens

@@ -77,7 +77,7 @@ CASES = [
     (["export", "rejected", "--out", "file"], 2, "mmcof-gen: --out file is a file, not a folder; pass a new or empty folder"),
     (["export", "rejected", "--out", "e", "--format", "csv"], 2,
      "mmcof-gen export: Invalid value for '--format': Value error, 'csv' is not one of 'sharegpt', 'qwen', 'parquet', "
-     "'v1', 'swift'. (see 'mmcof-gen export --help')"),
+     "'v1', 'swift', 'verl', 'swift-grpo'. (see 'mmcof-gen export --help')"),
     (["export", "rejected", "--out", "exported"], 1,
      "mmcof-gen: export: no sample was written (0 dropped, 1 not accepted); the reasons are in "
      "exported/export_report.json"),

@@ -111,6 +111,16 @@ def main() -> None:
               "export: dataset_info.json and README.md")
         run([cli, "validate", "demo/export"], work)
         check(True, "validate: every check passes (exit 0)")
+        for fmt in ("verl", "swift-grpo"):  # the run's tasks as RL prompts
+            run([cli, "export", "demo/run", "--format", fmt, "--out", f"demo/rl-{fmt}"], work)
+            rl_report = json.loads((work / f"demo/rl-{fmt}/export_report.json").read_text())
+            rl_expected = json.loads((reference / f"rl-{fmt}/export_report.json").read_text())
+            counts = {k: rl_report[k] for k in ("tasks", "samples", "train", "test", "skipped")}
+            check(counts == {k: rl_expected[k] for k in counts}, f"export --format {fmt}: {counts}, as make demo")
+            problems = run([python, "-c", "import sys; from mmcof_gen.export.rl import check_export; "
+                                          "print(*check_export(sys.argv[1]), sep=chr(10))", f"demo/rl-{fmt}"],
+                           work).stdout.strip()
+            check(not problems, f"export --format {fmt}: every image opens, every ground truth is non-empty")
         printed = run([cli, "view", "demo/run", "--out", "demo/report.html"], work).stdout.strip()
         check(printed.endswith("report.html") and (work / "demo/report.html").stat().st_size > 0, "view: report.html")
 

@@ -14,7 +14,8 @@ from functools import partial
 from pathlib import Path
 
 from mmcof_gen.budget import TokenBudget
-from mmcof_gen.export import parquet, qwen, sharegpt, swift, v1
+from mmcof_gen.errors import ConfigError
+from mmcof_gen.export import parquet, qwen, rl, sharegpt, swift, v1
 from mmcof_gen.export.base import ExportFormat, llamafactory_entry
 from mmcof_gen.export.card import dataset_card
 from mmcof_gen.export.files import IMAGES_DIR, PNG_LEVEL, ImageFiles, RecordWriter
@@ -25,8 +26,10 @@ from mmcof_gen.schema import Trajectory
 from mmcof_gen.store import (RunStore, StoreError, claim_out_dir, images_folder, record_output, remove_temporaries,
                              write_bytes_atomic, write_json_atomic)
 
-FORMATS: dict[str, ExportFormat] = {f.name: f for f in (sharegpt.FORMAT, qwen.FORMAT, parquet.FORMAT, v1.FORMAT,
-                                                         swift.FORMAT)}
+FORMATS: dict[str, ExportFormat | rl.RLFormat] = {
+    **{f.name: f for f in (sharegpt.FORMAT, qwen.FORMAT, parquet.FORMAT, v1.FORMAT, swift.FORMAT)},
+    **rl.FORMATS,  # tasks as RL prompts, not accepted chains (export/rl.py)
+}
 DEFAULT_MAX_PIXELS = 3840 * 3840  # the CoF recipe's image_max_pixels
 REPORT = "export_report.json"
 MARKER = ".mmcof-export"
@@ -43,9 +46,11 @@ def export(
     tokenizer: str | None = None,
     overwrite: bool = False,
     jobs: int = 1,
+    rl_options: rl.RLOptions | None = None,
 ) -> dict:
     """Export the accepted trajectories of `run_dir` as `fmt` into `out_dir`; returns the export report.
-    `overwrite`: replace an export of another run in `out_dir`.
+    `overwrite`: replace an export of another run in `out_dir`. An RL format (export/rl.py) exports the run's
+    tasks instead, with `rl_options`; the SFT options do not apply to it.
 
     Frames and crops are made and encoded by `jobs` processes; records are written in run order, one at
     a time, so the output is the same for any `jobs` and memory does not grow with the run."""
@@ -57,6 +62,11 @@ def export(
         FrameSource(manifest)
     except ReplayError as exc:
         raise StoreError(f"{run_dir}: {exc}") from None
+    if isinstance(form, rl.RLFormat):
+        return _export_tasks(form, store, manifest, run_dir, out_dir, rl_options or rl.RLOptions(), overwrite, jobs)
+    if rl_options is not None:
+        raise ConfigError(f"--embed-images, --test-fraction and --pass-rate-model apply to --format "
+                          f"{' or '.join(rl.FORMATS)}, not {fmt}; drop them")
     if form is parquet.FORMAT:
         require("data", "export --format parquet", ("pyarrow", "datasets"))
     budget = TokenBudget(max_pixels, tokenizer)  # the extras are checked before the folder is made
@@ -124,6 +134,25 @@ def export(
     }
     write_json_atomic(out_dir / REPORT, report)
     write_bytes_atomic(out_dir / "README.md", dataset_card(report, form).encode("utf-8"))
+    record_output(out_dir, MARKER, run_dir)
+    return report
+
+
+def _export_tasks(form: rl.RLFormat, store: RunStore, manifest: dict, run_dir: Path, out_dir: Path,
+                  options: rl.RLOptions, overwrite: bool, jobs: int) -> dict:
+    """An RL format's export, in the folder, report and card conventions of every export."""
+    if form.needs:
+        require("data", f"export --format {form.name}", form.needs)
+    _prepare_out_dir(run_dir, out_dir, overwrite)
+    images_root = Path(images_folder(manifest))
+    report = {"input": str(run_dir), "output": str(out_dir),
+              **form.export(store, manifest, out_dir, options, jobs),
+              "config_hash": manifest.get("fingerprint"),
+              "package_version": manifest.get("versions", {}).get("mmcof-gen"), "filtered": "filter" in manifest}
+    report["sources"] = {"images": str(images_root), "task_sources": report.pop("task_sources"),
+                         "licence_files": _licence_files(images_root)}
+    write_json_atomic(out_dir / REPORT, report)
+    write_bytes_atomic(out_dir / "README.md", rl.card(report, form).encode("utf-8"))
     record_output(out_dir, MARKER, run_dir)
     return report
 
