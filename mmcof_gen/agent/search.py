@@ -33,7 +33,7 @@ from mmcof_gen.agent.ocr_search import OcrSearchAgent
 from mmcof_gen.agent.verify import as_option, box_hint, verify_answer
 from mmcof_gen.cof_format import question_text
 from mmcof_gen.config import AgentConfig, ModelsConfig, PipelineConfig
-from mmcof_gen.imaging import box_area, clip_box, crop_zoom, overlap_area, scale_box, validate_box
+from mmcof_gen.imaging import box_area, checked_box, clip_box, crop_zoom, overlap_area, scale_box
 from mmcof_gen.models.chat import (ChatMessage, ChatModel, ChatModelConfig, Completion, ReplyError, chat_model,
                                    complete_json)
 from mmcof_gen.models.detect import Detector, DetectorConfig
@@ -257,6 +257,10 @@ class VlmSearchAgent:
     def detector(config: PipelineConfig) -> DetectorConfig | None:
         return config.models.detector
 
+    @staticmethod
+    def cannot_search(question) -> None:
+        return None  # the planner finds what a question asks about, with or without a box or position
+
     async def aclose(self) -> None:
         roles = self.roles
         for model in {roles.planner, roles.reader, roles.locator, roles.judge, roles.summariser} - {None}:
@@ -334,7 +338,7 @@ class VlmSearchAgent:
         box = None
         if action.box is not None:
             try:
-                box = validate_box(action.box, view.width, view.height)
+                box = checked_box(action.box, view.width, view.height)
             except ValueError as exc:
                 step.observation = f"invalid box: {exc}"
                 return []
@@ -373,7 +377,7 @@ class VlmSearchAgent:
             detections, invalid = [], []
             for values in reply.boxes:
                 try:
-                    detections.append(Detection(box=validate_box(values, view.width, view.height), score=1.0,
+                    detections.append(Detection(box=checked_box(values, view.width, view.height), score=1.0,
                                                 label=phrase))
                 except ValueError as exc:
                     invalid.append(str(exc))
