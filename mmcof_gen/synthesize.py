@@ -71,7 +71,7 @@ def task_source(config: PipelineConfig, images_dir: Path, inputs: RunInputs = Ru
     for near-duplicates."""
     kind = inputs.source_kind(images_dir)
     if kind == "questions":
-        source = questions_source(images_dir, inputs.questions)
+        source = questions_source(images_dir, inputs.questions, agent_class(config).cannot_search)
     elif kind == "coco":
         source = coco_source(images_dir, inputs.coco, config.tasks)
     elif kind == "vstar":

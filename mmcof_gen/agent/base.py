@@ -19,6 +19,7 @@ from mmcof_gen.schema import ChainStep, Step, Task, Verdict, View
 if TYPE_CHECKING:
     from mmcof_gen.config import PipelineConfig
     from mmcof_gen.models.detect import DetectorConfig
+    from mmcof_gen.tasks.sources import GivenQuestion
 
 
 @dataclass
@@ -55,6 +56,12 @@ class SearchAgent(Protocol):
     @staticmethod
     def detector(config: PipelineConfig) -> DetectorConfig | None:
         """The detector model the agent locates with, if any (the Ray executor serves it from shared actors)."""
+        ...
+
+    @staticmethod
+    def cannot_search(question: GivenQuestion) -> str | None:
+        """Why the agent could not search a given question (None: it can); asked of every `--questions` line
+        before the run, so such a file is refused in one line instead of failing once per (task, R)."""
         ...
 
     async def run(self, task: Task, frame: Image.Image, view: View) -> SearchResult:
