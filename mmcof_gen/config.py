@@ -248,8 +248,8 @@ class PipelineConfig(Section):
         return self
 
     def _roles_that_see(self) -> None:
-        """A text-only planner (`vision: false`) leaves all seeing to tools: the reader and the locator must
-        see. The OCR reader's unset acuity and score are those of the `ocr` section."""
+        """A text-only planner (`vision: false`) leaves all seeing to tools: the reader, the locator and (tasks.kind
+        vlm) the task writer must see. The OCR reader's unset acuity and score are those of the `ocr` section."""
         models = self.models
         if isinstance(models.reader, OcrReaderConfig):
             if models.reader.min_read_height is None:
@@ -265,6 +265,9 @@ class PipelineConfig(Section):
                 raise ValueError(f"models.{role} has vision: false, but the {role} must see the image; only the "
                                  "planner and the summariser may be text-only")
         if models.planner is not None and not models.planner.vision:
+            if self.tasks.kind == "vlm" and models.task_writer is None:
+                raise ValueError("models.planner has vision: false, but tasks.kind vlm makes it the task writer, "
+                                 "which must see the image: set models.task_writer (a VLM)")
             if models.reader is None:
                 raise ValueError("models.planner has vision: false, so it cannot read: set models.reader (a VLM, "
                                  "or {backend: rapidocr})")
