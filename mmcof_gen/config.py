@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator,
-                      model_validator)
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, ValidationError,
+                      field_validator, model_validator)
 
 from mmcof_gen import resources
 from mmcof_gen.errors import ConfigError
@@ -227,6 +227,8 @@ class PipelineConfig(Section):
     models: ModelsConfig = Field(default_factory=ModelsConfig)
     verify: VerifyConfig = Field(default_factory=VerifyConfig)
     filter: FilterConfig = Field(default_factory=FilterConfig)
+    # the YAML file it was read from (None: built in code); its header names the commands that start its servers
+    _file: Path | None = PrivateAttr(None)
 
     @field_validator("resolutions")
     @classmethod
@@ -337,4 +339,5 @@ def load_config(path: Path | str | None = None, overrides: dict[str, object] | N
     for folder in (config.prompts_dir, config.tasks.synthesis.prompts_dir):
         if folder is not None and not folder.is_dir():
             raise ConfigError(f"{path}: prompts_dir {folder} is not a folder")
+    config._file = path
     return config

@@ -49,8 +49,9 @@ class SearchAgent(Protocol):
         ...
 
     @staticmethod
-    def check_servers(config: PipelineConfig) -> dict[str, dict]:
-        """Ask the model servers the agent will call, before any record is written; base URL -> what each said."""
+    def check_servers(config: PipelineConfig, wait_seconds: float = 0.0) -> dict[str, dict]:
+        """Ask the model servers the agent will call, before any record is written (waiting up to `wait_seconds`
+        for one that does not answer yet); base URL -> what each said."""
         ...
 
     @staticmethod

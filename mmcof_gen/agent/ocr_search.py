@@ -56,7 +56,7 @@ class OcrSearchAgent:
                 "verifier": "rules"}
 
     @staticmethod
-    def check_servers(config: PipelineConfig) -> dict[str, dict]:
+    def check_servers(config: PipelineConfig, wait_seconds: float = 0.0) -> dict[str, dict]:
         return {}  # no model server
 
     @staticmethod

@@ -250,8 +250,8 @@ class VlmSearchAgent:
         return role_models(config.models)
 
     @staticmethod
-    def check_servers(config: PipelineConfig) -> dict[str, dict]:
-        return check_servers(config)
+    def check_servers(config: PipelineConfig, wait_seconds: float = 0.0) -> dict[str, dict]:
+        return check_servers(config, wait_seconds)
 
     @staticmethod
     def detector(config: PipelineConfig) -> DetectorConfig | None:
