@@ -138,7 +138,7 @@ def await_servers(roles: dict[str, ChatModelConfig], wait_seconds: float, pipeli
     role, model = down[0]
     waited = f" within {wait_seconds:g} s" if wait_seconds else ""
     command = server_command(pipeline, model.base_url)
-    start = f"start it first ({command})" if command else "start its server first"
+    start = f"start it first ({command})" if command else "start its server first (or check the URL)"
     raise ConfigError(f"models.{role}: no server answers at {model.base_url}{waited}; {start}, or pass "
                       "--wait-for-servers SECONDS to wait for it")
 
