@@ -23,7 +23,7 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
@@ -43,6 +43,9 @@ from mmcof_gen.models.replies import BoxValues, Phrase, ReaderReply, Thought
 from mmcof_gen.models.server_info import check_servers
 from mmcof_gen.prompts import Prompts
 from mmcof_gen.schema import Box, ChainStep, Detection, Step, Task, Verdict, View
+
+if TYPE_CHECKING:
+    from mmcof_gen.tasks.sources import GivenQuestion
 
 # ------------------------------------------------------------------------------------------ replies
 # Bounded like every reply schema (models/replies.py).
@@ -258,7 +261,7 @@ class VlmSearchAgent:
         return config.models.detector
 
     @staticmethod
-    def cannot_search(question) -> None:
+    def cannot_search(question: GivenQuestion) -> None:
         return None  # the planner finds what a question asks about, with or without a box or position
 
     async def aclose(self) -> None:
