@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export YOLO_OFFLINE := 1
 export RAY_AUTH_MODE := disabled
 
-.PHONY: demo test test-vllm test-llm install-test clean
+.PHONY: demo test test-vllm test-llm install-test chromium clean
 
 # The stamp is remade whenever pyproject.toml changes, so a re-run with an existing .venv is fast.
 $(VENV)/.installed: pyproject.toml
@@ -37,9 +37,17 @@ demo: $(VENV)/.installed
 	@echo "RL prompts (verl, ms-swift GRPO): $(DEMO)/rl-verl, $(DEMO)/rl-swift-grpo"
 	@echo "Report: $(DEMO)/report.html"
 
-# The tests, then the wheel as users install it (tests/wheel_smoke.py): its demo chain, run from a folder
-# outside the checkout, must give the counts `make demo` gives (here into build/check/demo, made afresh).
-test: $(VENV)/.installed-test
+# The HTML report tests open the report in the system Chromium (Debian's package; playwright downloads no
+# browser). Missing, it is installed when we are root on apt; otherwise make stops at once saying what to install.
+chromium:
+	@command -v chromium >/dev/null || { test "$$(id -u)" = 0 && command -v apt-get >/dev/null \
+	  && DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+	  || { echo "make test: the report tests need Chromium: run 'sudo apt-get install -y chromium' (Debian/Ubuntu), then make test again" >&2; exit 2; }
+
+# Chromium first (the one system package), then the tests, then the wheel as users install it
+# (tests/wheel_smoke.py): its demo chain, run from a folder outside the checkout, must give the counts
+# `make demo` gives (here into build/check/demo, made afresh).
+test: chromium $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q
 	rm -rf $(CHECK)
 	$(MAKE) --no-print-directory demo DEMO=$(CHECK)/demo

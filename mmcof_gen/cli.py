@@ -116,6 +116,9 @@ def synthesize(
     relocated: Annotated[bool, typer.Option(
         "--relocated", help="Resume a run whose images folder moved to --images (its images are checked to be "
                             "the same files).")] = False,
+    wait_for_servers: Annotated[float, typer.Option(
+        min=0, metavar="SECONDS", help="Wait up to SECONDS for the pipeline's model servers to answer (a run "
+                                       "started before its servers); default 0: refuse at once.")] = 0.0,
 ) -> None:
     """Search each image for the regions its questions depend on and write verified chains."""
     from mmcof_gen.stats import no_task_line
@@ -132,7 +135,8 @@ def synthesize(
     if (questions or coco) and source != SourceKind.auto:
         raise UserError(f"synthesize: --source {source.value} is for --images without --questions or --coco")
     extras.require_pipeline(pipeline)
-    stats = run(pipeline, images, out, RunInputs(questions, coco, source.value, limit), relocated=relocated)
+    stats = run(pipeline, images, out, RunInputs(questions, coco, source.value, limit), relocated=relocated,
+                wait_for_servers=wait_for_servers)
     typer.echo(f"{stats['accepted']} accepted ({stats['direct']} direct, {stats['zoom']} zoom), "
                f"{stats['rejected']} rejected, {_errors(stats)}; results in {out}")
     if stats["images_without_tasks"]:

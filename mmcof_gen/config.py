@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator,
-                      model_validator)
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, ValidationError,
+                      field_validator, model_validator)
 
 from mmcof_gen import resources
 from mmcof_gen.errors import ConfigError
@@ -227,6 +227,8 @@ class PipelineConfig(Section):
     models: ModelsConfig = Field(default_factory=ModelsConfig)
     verify: VerifyConfig = Field(default_factory=VerifyConfig)
     filter: FilterConfig = Field(default_factory=FilterConfig)
+    # the YAML file it was read from (None: built in code); its header names the commands that start its servers
+    _file: Path | None = PrivateAttr(None)
 
     @field_validator("resolutions")
     @classmethod
@@ -248,8 +250,8 @@ class PipelineConfig(Section):
         return self
 
     def _roles_that_see(self) -> None:
-        """A text-only planner (`vision: false`) leaves all seeing to tools: the reader and the locator must
-        see. The OCR reader's unset acuity and score are those of the `ocr` section."""
+        """A text-only planner (`vision: false`) leaves all seeing to tools: the reader, the locator and (tasks.kind
+        vlm) the task writer must see. The OCR reader's unset acuity and score are those of the `ocr` section."""
         models = self.models
         if isinstance(models.reader, OcrReaderConfig):
             if models.reader.min_read_height is None:
@@ -265,6 +267,9 @@ class PipelineConfig(Section):
                 raise ValueError(f"models.{role} has vision: false, but the {role} must see the image; only the "
                                  "planner and the summariser may be text-only")
         if models.planner is not None and not models.planner.vision:
+            if self.tasks.kind == "vlm" and models.task_writer is None:
+                raise ValueError("models.planner has vision: false, but tasks.kind vlm makes it the task writer, "
+                                 "which must see the image: set models.task_writer (a VLM)")
             if models.reader is None:
                 raise ValueError("models.planner has vision: false, so it cannot read: set models.reader (a VLM, "
                                  "or {backend: rapidocr})")
@@ -334,4 +339,5 @@ def load_config(path: Path | str | None = None, overrides: dict[str, object] | N
     for folder in (config.prompts_dir, config.tasks.synthesis.prompts_dir):
         if folder is not None and not folder.is_dir():
             raise ConfigError(f"{path}: prompts_dir {folder} is not a folder")
+    config._file = path
     return config

@@ -39,8 +39,8 @@ from mmcof_gen.benchmarks.table import write_tables
 from mmcof_gen.config import ImagesConfig, valid_resolutions
 from mmcof_gen.errors import ConfigError
 from mmcof_gen.extras import require
-from mmcof_gen.imaging import (MAX_ZOOM_PIXELS, MIN_PIXELS, crop_zoom, frame_from_image, image_size, load_image,
-                               make_frame, validate_box)
+from mmcof_gen.imaging import (MAX_ZOOM_PIXELS, MIN_PIXELS, checked_box, crop_zoom, frame_from_image, image_size,
+                               load_image, make_frame)
 from mmcof_gen.models.chat import ChatError, ChatMessage, ChatModel, ChatModelConfig, chat_model
 from mmcof_gen.prompts import Prompts
 from mmcof_gen.schema import Box
@@ -130,11 +130,12 @@ def first_messages(frame: Image.Image, question: str, options: list[str] | None,
 
 
 def zoom_box(reply: str, frame: Image.Image) -> Box:
-    """The box of the reply's first tool call, inside the frame; ValueError (the reason) when invalid."""
+    """The box of the reply's first tool call, inside the frame and one the zoom can show (imaging.checked_box,
+    the guard of the search agent's boxes too); ValueError (the reason) when invalid."""
     call = cof_format.parse_tool_call(reply)
     if call is None:
         raise ValueError("the <tool_call> has no closing </tool_call>")
-    return validate_box(call["arguments"]["bbox_2d"], *frame.size)
+    return checked_box(call["arguments"]["bbox_2d"], *frame.size)
 
 
 async def run_episode(model: ChatModel, frame: Image.Image, question: str, options: list[str] | None,

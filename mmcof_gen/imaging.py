@@ -261,6 +261,15 @@ def validate_box(box, width: int, height: int) -> Box:
     return x1, y1, x2, y2
 
 
+def checked_box(box, width: int, height: int) -> Box:
+    """THE guard every box a model emits passes before any crop: `box` as integer pixels inside the frame whose
+    zoom can be shown, or InvalidBox saying what is wrong, so the caller makes it an observation the model can
+    correct (a degenerate, thin, swapped, out-of-frame or non-numeric box never reaches the crop function)."""
+    box = validate_box(box, width, height)
+    zoom_plan(box, width, height)
+    return box
+
+
 def _numbers(box) -> tuple[float, float, float, float]:
     """The four coordinates of `box` as Python ints/floats (numpy scalars included), or InvalidBox."""
     if not isinstance(box, (list, tuple)) or len(box) != 4:

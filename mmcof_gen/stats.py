@@ -10,13 +10,16 @@ from mmcof_gen.store import RunStore, StoreError
 
 NO_TEXT = "no small legible text: the default pipeline asks about text; for objects use tasks.kind vlm"
 NO_OBJECT = "no small object proposed"
+NO_GIVEN = "each question given for it was refused (errors.jsonl says why)"
+# what an image without tasks and without dropped proposals means, by where the run's tasks came from
+NOTHING_FOUND = {"ocr": NO_TEXT, "vlm": NO_OBJECT, "given": NO_GIVEN}
 
 
 def no_task_reason(image: ImageTasks, tasks_kind: str) -> str:
     """Why an image gave no task: the first dropped proposal's reason (up to its colon), or what was not found."""
     if image.rejected:
         return image.rejected[0].reason.split(":")[0]
-    return NO_OBJECT if tasks_kind == "vlm" else NO_TEXT
+    return NOTHING_FOUND[tasks_kind]
 
 
 def run_stats(store: RunStore) -> dict:
@@ -80,9 +83,13 @@ def _count_calls(usage: dict[str, Counter], calls: Iterable[ModelCall]) -> None:
 
 
 def _tasks_kind(store: RunStore) -> str:
-    """tasks.kind of the run; a filtered folder is counted before its manifest is written: its tasks say."""
+    """"given" when the run's tasks were given (questions, COCO, V*), else tasks.kind of the run; a filtered
+    folder is counted before its manifest is written: its tasks say."""
     try:
-        return store.manifest()["config"]["tasks"]["kind"]
+        manifest = store.manifest()
+        if manifest.get("inputs", {}).get("source", "folder") != "folder":
+            return "given"
+        return manifest["config"]["tasks"]["kind"]
     except (StoreError, KeyError):
         sources = {task.source for image in store.image_tasks() for task in image.tasks}
         return "vlm" if "vlm-synthesis" in sources else "ocr"

@@ -71,7 +71,7 @@ def task_source(config: PipelineConfig, images_dir: Path, inputs: RunInputs = Ru
     for near-duplicates."""
     kind = inputs.source_kind(images_dir)
     if kind == "questions":
-        source = questions_source(images_dir, inputs.questions)
+        source = questions_source(images_dir, inputs.questions, agent_class(config).cannot_search)
     elif kind == "coco":
         source = coco_source(images_dir, inputs.coco, config.tasks)
     elif kind == "vstar":
@@ -88,9 +88,10 @@ def task_source(config: PipelineConfig, images_dir: Path, inputs: RunInputs = Ru
 
 
 def synthesize(config: PipelineConfig, images_dir: Path, out_dir: Path, inputs: RunInputs = RunInputs(), *,
-               relocated: bool = False, console: Console | None = None) -> dict:
+               relocated: bool = False, console: Console | None = None, wait_for_servers: float = 0.0) -> dict:
     """Run (or resume) a synthesis into `out_dir`; returns the run's stats. `relocated`: the run's images
-    folder moved to `images_dir` (checked against the image hashes the run recorded)."""
+    folder moved to `images_dir` (checked against the image hashes the run recorded). `wait_for_servers`:
+    seconds to wait for a model server that does not answer yet, before refusing the run."""
     console = console or Console(stderr=True)
     prompts = Prompts(config.prompts_dir)
     # the task prompts (text questions, or the vlm task writer's) are hashed whichever agent searches
@@ -102,9 +103,9 @@ def synthesize(config: PipelineConfig, images_dir: Path, out_dir: Path, inputs: 
         models = {**models, "task_writer": writer.name}
     fingerprint = config.fingerprint() + "-" + Prompts.combined_hash(hashes)
     provenance = Provenance(package_version=__version__, config_hash=fingerprint, models=models, prompts=hashes)
+    servers = agent.check_servers(config, wait_for_servers)  # before any work
     source_kind, source = task_source(config, images_dir, inputs)
     questions, coco = inputs.questions, inputs.coco
-    servers = agent.check_servers(config)  # before any record is written
     manifest = {
         "tool": "mmcof-gen", "config": config.model_dump(mode="json"), "prompts": hashes,
         "models": models, "versions": package_versions(),

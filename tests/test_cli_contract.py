@@ -35,6 +35,10 @@ def place(tmp_path_factory) -> Path:
     (root / "textonly").mkdir()
     (root / "textonly" / "readme.txt").write_text("no image here")
     (root / "bench.jsonl").write_text(json.dumps({"image": "images/a.png", "question": "Colour?", "answer": "red"}) + "\n")
+    (root / "dataset").mkdir()  # a LLaMA-Factory sharegpt dataset folder, as `export --format sharegpt` writes
+    (root / "dataset" / "dataset_info.json").write_text(json.dumps({"mmcof": {"file_name": "mmcof.json",
+                                                                              "formatting": "sharegpt"}}))
+    (root / "dataset" / "mmcof.json").write_text("[]")
     return root
 
 
@@ -99,6 +103,25 @@ CASES = [
      "mmcof-gen: --out file is a file, not a folder; pass a new folder for the results"),
     (["eval", "--bench", "bench.jsonl", "--endpoint", "URL", "--served-model", "m", "--out", "evaluated",
       "--resolutions", "448"], 1, "mmcof-gen: eval: every episode failed; the reasons are in evaluated/results.jsonl"),
+    # finetune (a missing [hf] extra: tests/test_cli.py::test_a_missing_extra_is_one_line_naming_it_and_exit_2)
+    (["finetune", "--out", "ft"], 2,
+     "mmcof-gen: finetune: pass --data EXPORT_DIR (a folder written by `mmcof-gen export --format sharegpt`)"),
+    (["finetune", "--data", "notarun", "--out", "ft"], 2,
+     "mmcof-gen: --data notarun: no dataset_info.json; pass a folder written by `mmcof-gen export --format "
+     "sharegpt` (or any LLaMA-Factory sharegpt dataset folder)"),
+    (["finetune", "--data", "dataset", "--out", "file"], 2,
+     "mmcof-gen: --out file is a file, not a folder; pass a new folder for the fine-tune"),
+    (["finetune", "--data", "dataset", "--out", "ft", "--resume"], 2,
+     "mmcof-gen: --resume: ft holds no checkpoint-N folder to continue from; drop --resume to start"),
+    (["finetune", "--data", "dataset", "--out", "ft", "--model", "./nowhere"], 2,
+     "mmcof-gen: --model ./nowhere: no such model folder; pass a folder holding config.json or a hub id"),
+    (["finetune", "--data", "dataset", "--out", "ft", "--config", "bad.yaml"], 2, BAD_YAML),
+    (["finetune", "--data", "dataset", "--out", "ft", "--lora-rank", "0"], 2,
+     "mmcof-gen finetune: Invalid value for '--lora-rank': Input should be greater than or equal to 1 "
+     "(see 'mmcof-gen finetune --help')"),
+    (["finetune", "--data", "dataset", "--emit-llamafactory", "file"], 2,
+     "mmcof-gen finetune: Invalid value for '--emit-llamafactory': dir 'file' is a file. "
+     "(see 'mmcof-gen finetune --help')"),
 ]
 
 

@@ -237,7 +237,7 @@ def test_view_cli_prints_the_report_path_and_refuses_a_non_run(small_run, tmp_pa
 def browser():
     if not Path(CHROMIUM).exists():
         pytest.fail("Chromium is not installed; the report test needs it: apt-get install -y chromium "
-                    "(.ci/run installs it in CI)")
+                    "(`make test` installs it)")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:

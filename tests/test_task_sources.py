@@ -207,6 +207,40 @@ def test_synthesize_questions_file_end_to_end_refuses_a_question_outside_the_fol
     assert json.loads((out / "manifest.json").read_text())["inputs"]["source"] == "questions"
 
 
+def test_questions_the_ocr_agent_cannot_search_are_refused_before_the_run_naming_the_line(tmp_path):
+    images = tmp_path / "images"
+    write_noise_image(images / "a.png", (448, 336), 0)
+    questions = tmp_path / "tasks.jsonl"
+    questions.write_text("\n".join(json.dumps(row) for row in [
+        {"image": "a.png", "question": "What does the sign say?", "answer": "EXIT", "bbox": [10, 10, 50, 30]},
+        {"image": "a.png", "question": "What does the other sign say?", "answer": "IN"},
+        {"image": "a.png", "question": "And the third?", "answer": "UP", "position": "middle"},
+    ]) + "\n")
+    out = tmp_path / "run"
+    result = subprocess.run([*CLI, "synthesize", "--images", images, "--questions", questions, "--out", out,
+                             "--resolutions", "448"], capture_output=True, text=True, timeout=300)
+    assert (result.returncode, result.stderr) == (2, (
+        "mmcof-gen: --questions tasks.jsonl:2: the OCR agent (agent.kind ocr) needs a question with a position "
+        '(e.g. "top left") or a bbox; add one, or use a pipeline with agent.kind vlm (1 more line(s) like it)\n'))
+    assert not out.exists()  # refused before the run: no record written
+
+
+def test_an_image_whose_given_questions_were_all_refused_says_so(tmp_path):
+    images = tmp_path / "images"
+    write_noise_image(images / "a.png", (448, 336), 0)
+    questions = tmp_path / "tasks.jsonl"
+    questions.write_text(json.dumps({"image": "a.png", "question": "What does the sign say?", "answer": "EXIT",
+                                     "bbox": [10, 10, 900, 30]}) + "\n")
+    out = tmp_path / "run"
+    result = subprocess.run([*CLI, "synthesize", "--images", images, "--questions", questions, "--out", out,
+                             "--resolutions", "448"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stderr
+    assert "1 image(s) gave no task: each question given for it was refused (errors.jsonl says why) (1)\n" in (
+        result.stdout)
+    error, = read_jsonl(out / "errors.jsonl", ErrorRecord)
+    assert error.reason.startswith("bbox of question 'What does the sign say?': box [10, 10, 900, 30] is outside")
+
+
 def test_synthesize_vstar_folder_end_to_end(vstar_dir, tmp_path):
     out = tmp_path / "run"
     result = subprocess.run([*CLI, "synthesize", "--images", vstar_dir, "--out", out, "--resolutions", "448"],

@@ -277,3 +277,30 @@ def test_the_vllm_pipelines_commented_synthesis_and_verify_example_loads(tmp_pat
     assert (config.models.second_reader.model, config.models.second_reader.base_url) == (
         "OpenGVLab/InternVL3-8B", "http://localhost:8001/v1")
     assert config.models.small_reader.structured_output == config.models.planner.structured_output
+
+
+@pytest.mark.parametrize("own_writer", [True, False], ids=["task-writer-set", "task-writer-defaults-to-planner"])
+def test_no_image_reaches_a_text_only_planner_in_a_run_that_synthesises_tasks(image, tmp_path, own_writer):
+    """tasks.kind vlm with a text-only planner: the task writer (a VLM) sees the image and the planner is sent
+    words only; without models.task_writer the writer would be the planner, so the config is refused and no
+    request reaches either server."""
+    with ScriptedServer(script()) as seeing, ScriptedServer(lambda body: Reply(status=400)) as blind:
+        vlm = ChatModelConfig(base_url=seeing.url, model="scripted-model", max_retries=0, timeout=10)
+        text_only = vlm.model_copy(update={"base_url": blind.url, "vision": False})
+        models = dict(planner=text_only, reader=vlm, locator=vlm, task_writer=vlm if own_writer else None)
+        tasks = TasksConfig(kind="vlm", synthesis=TaskSynthesisConfig(tiles=2, proposal_resolution=280))
+        if not own_writer:
+            with pytest.raises(ValueError, match="models.planner has vision: false, but tasks.kind vlm makes it "
+                                                 "the task writer, which must see the image: set "
+                                                 r"models.task_writer \(a VLM\)"):
+                PipelineConfig(resolutions=[448], agent=AgentConfig(kind="vlm"), models=ModelsConfig(**models),
+                               tasks=tasks)
+            assert seeing.requests == blind.requests == []
+            return
+        pipeline = PipelineConfig(resolutions=[448], agent=AgentConfig(kind="vlm"), models=ModelsConfig(**models),
+                                  tasks=tasks)
+        synthesize(pipeline, image.parent, tmp_path / "run")
+    record, = read_jsonl(tmp_path / "run" / "tasks.jsonl", ImageTasks)
+    assert [t.question for t in record.tasks] == [SIGN_Q, MUG_Q]  # written by the task writer, which saw
+    assert blind.requests and not any(images_of(body) for body in blind.requests)
+    assert {body["response_format"]["json_schema"]["name"] for body in blind.requests} == {"Targets"}

@@ -247,6 +247,7 @@ def test_a_text_only_planner_gets_no_image_probe_before_a_run(monkeypatch):
     from mmcof_gen.models import server_info
 
     probed = []
+    monkeypatch.setattr(server_info, "reachable", lambda model: True)
     monkeypatch.setattr(server_info, "server_info", lambda model: {"version": "0.32.0", "models": {model.model: 4096}})
     monkeypatch.setattr(server_info, "check_images", lambda model, images, key: probed.append((key, images)))
     reader = {**MODEL, "base_url": "http://127.0.0.1:8000/v1"}

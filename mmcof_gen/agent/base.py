@@ -19,6 +19,7 @@ from mmcof_gen.schema import ChainStep, Step, Task, Verdict, View
 if TYPE_CHECKING:
     from mmcof_gen.config import PipelineConfig
     from mmcof_gen.models.detect import DetectorConfig
+    from mmcof_gen.tasks.sources import GivenQuestion
 
 
 @dataclass
@@ -48,13 +49,20 @@ class SearchAgent(Protocol):
         ...
 
     @staticmethod
-    def check_servers(config: PipelineConfig) -> dict[str, dict]:
-        """Ask the model servers the agent will call, before any record is written; base URL -> what each said."""
+    def check_servers(config: PipelineConfig, wait_seconds: float = 0.0) -> dict[str, dict]:
+        """Ask the model servers the agent will call, before any record is written (waiting up to `wait_seconds`
+        for one that does not answer yet); base URL -> what each said."""
         ...
 
     @staticmethod
     def detector(config: PipelineConfig) -> DetectorConfig | None:
         """The detector model the agent locates with, if any (the Ray executor serves it from shared actors)."""
+        ...
+
+    @staticmethod
+    def cannot_search(question: GivenQuestion) -> str | None:
+        """Why the agent could not search a given question (None: it can); asked of every `--questions` line
+        before the run, so such a file is refused in one line instead of failing once per (task, R)."""
         ...
 
     async def run(self, task: Task, frame: Image.Image, view: View) -> SearchResult:

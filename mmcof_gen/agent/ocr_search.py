@@ -10,7 +10,7 @@ in the chain, coarse to fine.
 from __future__ import annotations
 
 import time
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from PIL import Image
 
@@ -22,6 +22,9 @@ from mmcof_gen.models.ocr import OcrEngine, TextHit, centre_in as _centre_in
 from mmcof_gen.positions import cell_box, cell_named, cell_of, position_name
 from mmcof_gen.prompts import Prompts
 from mmcof_gen.schema import Box, ChainStep, Detection, Step, Task, View
+
+if TYPE_CHECKING:
+    from mmcof_gen.tasks.sources import GivenQuestion
 
 OCR_MODEL = "rapidocr-onnxruntime/PP-OCRv4"
 
@@ -53,12 +56,25 @@ class OcrSearchAgent:
                 "verifier": "rules"}
 
     @staticmethod
-    def check_servers(config: PipelineConfig) -> dict[str, dict]:
+    def check_servers(config: PipelineConfig, wait_seconds: float = 0.0) -> dict[str, dict]:
         return {}  # no model server
 
     @staticmethod
     def detector(config: PipelineConfig) -> None:
         return None  # OCR locates
+
+    @staticmethod
+    def cannot_search(question: GivenQuestion) -> str | None:
+        """It searches the grid cell the question names, or else the cell of its box (`search_region`)."""
+        if question.position:
+            try:
+                cell_named(question.position)
+            except ValueError as exc:
+                return f"the OCR agent (agent.kind ocr) cannot search it: {exc}"
+        elif not question.boxes:
+            return ("the OCR agent (agent.kind ocr) needs a question with a position (e.g. \"top left\") or a bbox; "
+                    "add one, or use a pipeline with agent.kind vlm")
+        return None
 
     async def aclose(self) -> None:
         """Nothing to release: the engine belongs to the worker."""

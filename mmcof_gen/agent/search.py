@@ -23,7 +23,7 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
@@ -33,7 +33,7 @@ from mmcof_gen.agent.ocr_search import OcrSearchAgent
 from mmcof_gen.agent.verify import as_option, box_hint, verify_answer
 from mmcof_gen.cof_format import question_text
 from mmcof_gen.config import AgentConfig, ModelsConfig, PipelineConfig
-from mmcof_gen.imaging import box_area, clip_box, crop_zoom, overlap_area, scale_box, validate_box
+from mmcof_gen.imaging import box_area, checked_box, clip_box, crop_zoom, overlap_area, scale_box
 from mmcof_gen.models.chat import (ChatMessage, ChatModel, ChatModelConfig, Completion, ReplyError, chat_model,
                                    complete_json)
 from mmcof_gen.models.detect import Detector, DetectorConfig
@@ -43,6 +43,9 @@ from mmcof_gen.models.replies import BoxValues, Phrase, ReaderReply, Thought
 from mmcof_gen.models.server_info import check_servers
 from mmcof_gen.prompts import Prompts
 from mmcof_gen.schema import Box, ChainStep, Detection, Step, Task, Verdict, View
+
+if TYPE_CHECKING:
+    from mmcof_gen.tasks.sources import GivenQuestion
 
 # ------------------------------------------------------------------------------------------ replies
 # Bounded like every reply schema (models/replies.py).
@@ -250,12 +253,16 @@ class VlmSearchAgent:
         return role_models(config.models)
 
     @staticmethod
-    def check_servers(config: PipelineConfig) -> dict[str, dict]:
-        return check_servers(config)
+    def check_servers(config: PipelineConfig, wait_seconds: float = 0.0) -> dict[str, dict]:
+        return check_servers(config, wait_seconds)
 
     @staticmethod
     def detector(config: PipelineConfig) -> DetectorConfig | None:
         return config.models.detector
+
+    @staticmethod
+    def cannot_search(question: GivenQuestion) -> None:
+        return None  # the planner finds what a question asks about, with or without a box or position
 
     async def aclose(self) -> None:
         roles = self.roles
@@ -334,7 +341,7 @@ class VlmSearchAgent:
         box = None
         if action.box is not None:
             try:
-                box = validate_box(action.box, view.width, view.height)
+                box = checked_box(action.box, view.width, view.height)
             except ValueError as exc:
                 step.observation = f"invalid box: {exc}"
                 return []
@@ -373,7 +380,7 @@ class VlmSearchAgent:
             detections, invalid = [], []
             for values in reply.boxes:
                 try:
-                    detections.append(Detection(box=validate_box(values, view.width, view.height), score=1.0,
+                    detections.append(Detection(box=checked_box(values, view.width, view.height), score=1.0,
                                                 label=phrase))
                 except ValueError as exc:
                     invalid.append(str(exc))

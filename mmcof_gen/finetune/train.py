@@ -62,7 +62,10 @@ def finetune(config: FinetuneConfig) -> dict:
 
     if config.data is None:
         raise ConfigError("finetune: pass --data EXPORT_DIR (a folder written by `mmcof-gen export --format sharegpt`)")
+    samples = read_dataset(config.data)  # a wrong --data is said before a model loads
     out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder; pass a new folder for the fine-tune")
     checkpoint = get_last_checkpoint(str(out)) if out.is_dir() else None
     if config.resume and checkpoint is None:
         raise ConfigError(f"--resume: {out} holds no checkpoint-N folder to continue from; drop --resume to start")
@@ -86,7 +89,7 @@ def finetune(config: FinetuneConfig) -> dict:
     try:
         processor = AutoProcessor.from_pretrained(
             source, size={"shortest_edge": config.image_min_pixels, "longest_edge": config.image_max_pixels})
-        dataset = ConversationDataset(read_dataset(config.data), processor, config.max_length)
+        dataset = ConversationDataset(samples, processor, config.max_length)
         if len(dataset) == 0:
             raise ConfigError(f"--data {config.data}: no usable sample ({dataset.report['drop_reasons']}); "
                               "see the reasons, or raise --max-length")

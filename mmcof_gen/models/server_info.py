@@ -5,15 +5,21 @@ the search's are refused here, in one line, before any record is written; what i
 run manifest.
 
 Servers that do not answer `/version` with a version (OpenAI, other proxies) are not asked anything more:
-their refusals surface in the run itself (models/chat.py names the setting for each).
+their refusals surface in the run itself (models/chat.py names the setting for each). A server that does not
+answer at all is refused first, naming the role, the URL and the command the pipeline's header gives to start
+it; `--wait-for-servers SECONDS` polls until every server answers, for runs started before their servers.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
+from pathlib import Path
 
 from mmcof_gen.config import PipelineConfig
 from mmcof_gen.errors import ConfigError
@@ -23,6 +29,9 @@ TIMEOUT = 10.0  # seconds per question; a server that does not answer in time is
 
 # the probe's image: the smallest a Qwen2-VL-style processor takes without complaint
 PROBE_SIDE = 28
+POLL_SECONDS = 1.0  # --wait-for-servers asks a server that does not answer again this often
+# the roles a pipeline may serve over HTTP, in the order they are checked
+ROLES = ("planner", "reader", "locator", "verifier", "summariser", "task_writer", "second_reader", "small_reader")
 
 
 def _request(url: str, config: ChatModelConfig, body: dict | None = None) -> tuple[int, object]:
@@ -85,17 +94,67 @@ def check_images(config: ChatModelConfig, images: int, key: str) -> None:
                           "agent.max_zooms (a search sends up to max_zooms + 2 images in one request)")
 
 
-def check_servers(config: PipelineConfig) -> dict[str, dict]:
-    """Ask every vLLM server of the pipeline's roles, refuse what cannot work; base URL -> what it said."""
+def reachable(config: ChatModelConfig) -> bool:
+    """Whether anything answers HTTP at the model's base URL (any status: a 401 or a 404 is a server)."""
+    return _request(f"{config.base_url.rstrip('/')}/models", config)[0] != 0
+
+
+def server_command(pipeline: Path | None, base_url: str) -> str | None:
+    """The command that the header comment of the pipeline YAML gives for the server at `base_url` (the
+    indented command line with its `--port`, continuation lines joined), or None when it gives none."""
+    if pipeline is None:
+        return None
+    header = []
+    for line in pipeline.read_text(encoding="utf-8").splitlines():
+        if not line.startswith("#"):
+            break
+        header.append(line[1:])
+    commands, joined = [], None
+    for text in header:
+        if joined is None and not text.startswith("  "):
+            continue
+        joined = (joined + " " if joined else "") + text.strip().removesuffix("\\").strip()
+        if not text.rstrip().endswith("\\"):
+            commands.append(joined)
+            joined = None
+    port = urllib.parse.urlsplit(base_url).port
+    return next((c for c in commands if re.search(rf"--port[ =]{port}\b", c)), None)
+
+
+def await_servers(roles: dict[str, ChatModelConfig], wait_seconds: float, pipeline: Path | None) -> None:
+    """Every server of `roles` answers, asked again every POLL_SECONDS for up to `wait_seconds`; else a
+    ConfigError naming the first that does not: its role, its URL and how to start it."""
+    first: dict[str, tuple[str, ChatModelConfig]] = {}
+    for role, model in roles.items():
+        first.setdefault(model.base_url, (role, model))
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        down = [(role, model) for role, model in first.values() if not reachable(model)]
+        if not down:
+            return
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(min(POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+    role, model = down[0]
+    waited = f" within {wait_seconds:g} s" if wait_seconds else ""
+    command = server_command(pipeline, model.base_url)
+    start = f"start it first ({command})" if command else "start its server first (or check the URL)"
+    raise ConfigError(f"models.{role}: no server answers at {model.base_url}{waited}; {start}, or pass "
+                      "--wait-for-servers SECONDS to wait for it")
+
+
+def check_servers(config: PipelineConfig, wait_seconds: float = 0.0) -> dict[str, dict]:
+    """Refuse a server that does not answer (after `wait_seconds` of polling), then ask every vLLM server of
+    the pipeline's roles and refuse what cannot work; base URL -> what it said."""
     models = config.models
     # the most images one request of each role holds: the planner sees the frame and its zooms, the
     # summariser the frame and every kept crop (the zooms and the evidence box)
     images = {"planner": config.agent.max_zooms + 1, "summariser": config.agent.max_zooms + 2}
+    served = {role: model for role in ROLES
+              if (model := getattr(models, role)) is not None and model.backend == "openai"}
+    await_servers(served, wait_seconds, config._file)
     servers: dict[str, dict | None] = {}
-    for role in ("planner", "reader", "locator", "verifier", "summariser", "task_writer"):
-        model = getattr(models, role)
-        if model is None or model.backend != "openai":
-            continue
+    for role, model in served.items():
         if model.base_url not in servers:
             servers[model.base_url] = server_info(model)
         info = servers[model.base_url]

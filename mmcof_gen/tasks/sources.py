@@ -8,12 +8,13 @@ given-question sources (a V*-format folder: `tasks.vstar.vstar_source`; COCO-sty
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from mmcof_gen.errors import ConfigError
 from mmcof_gen.imaging import discover_images, validate_box
 from mmcof_gen.schema import Box, ErrorRecord, Task, invalid_fields, short_hash, task_id
 from mmcof_gen.store import jsonl_lines
@@ -95,10 +96,14 @@ def _problem(exc: ValueError) -> str:
     return str(exc)[:300]
 
 
-def questions_source(images_dir: Path, questions_file: Path) -> WorkSource:
-    """Questions grouped by image in file order; bad lines become error records, never a crash."""
+def questions_source(images_dir: Path, questions_file: Path,
+                     cannot_search: Callable[[GivenQuestion], str | None] = lambda question: None) -> WorkSource:
+    """Questions grouped by image in file order; bad lines become error records, never a crash. A valid line
+    the agent `cannot_search` (SearchAgent.cannot_search) refuses the file before the run: ConfigError naming
+    the first such line, since every one of them would fail at every resolution."""
     by_image: dict[str, list[GivenQuestion]] = {}
     errors = []
+    unsearchable: list[tuple[str, str]] = []
     for number, line in jsonl_lines(questions_file, errors="replace"):
         where = f"{questions_file.name}:{number}"
         try:
@@ -114,7 +119,14 @@ def questions_source(images_dir: Path, questions_file: Path) -> WorkSource:
             errors.append(ErrorRecord(id="q-" + short_hash(line), stage="tasks", image=given.image[:300],
                                       reason=f"{where}: image {given.image[:300]!r} {why}; refused"))
             continue
+        if (why := cannot_search(given)) is not None:
+            unsearchable.append((where, why))
+            continue
         by_image.setdefault(given.image, []).append(given)
+    if unsearchable:
+        where, why = unsearchable[0]
+        more = f" ({len(unsearchable) - 1} more line(s) like it)" if len(unsearchable) > 1 else ""
+        raise ConfigError(f"--questions {where}: {why}{more}")
     units = (ImageUnit(images_dir / rel, rel, questions, f"questions:{questions_file.name}")
              for rel, questions in by_image.items())
     return WorkSource(units, errors)

@@ -64,15 +64,16 @@ class ScriptedServer:
     """Serves `script` (a list played in order, or a function of the request body) until stopped.
 
     `requests` records every request body received, in arrival order; `headers` the HTTP headers of each
-    (names lower-cased). A script function is called on the server's loop, one request at a time.
+    (names lower-cased). A script function is called on the server's loop, one request at a time. `port`: a
+    given port (a server that starts late on the port a run was told), else a free one.
     """
 
-    def __init__(self, script: Script, model: str = "scripted-model"):
+    def __init__(self, script: Script, model: str = "scripted-model", port: int = 0):
         self.script = script
         self.model = model
         self.requests: list[dict] = []
         self.headers: list[dict[str, str]] = []
-        self._socket = socket.create_server(("127.0.0.1", 0))
+        self._socket = socket.create_server(("127.0.0.1", port))
         self.url = f"http://127.0.0.1:{self._socket.getsockname()[1]}/v1"
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
