@@ -363,9 +363,9 @@ def measure_pass_rates(prompts: list[Prompt], settings: PassRate) -> dict:
     histogram: Counter = Counter()
     for prompt, outcomes in zip(prompts, asyncio.run(measure())):
         done = [o for o in outcomes if o is not None]
-        rate = round(sum(done) / len(done), 4) if done else None
-        prompt.difficulty.update(pass_rate=rate, samples=len(done))
-        histogram["unmeasured" if rate is None else f"{min(math.floor(rate * 10), 9) / 10:.1f}"] += 1
+        share = round(sum(done) / len(done), 4) if done else None
+        prompt.difficulty.update(pass_rate=share, samples=len(done))
+        histogram["unmeasured" if share is None else f"{min(math.floor(share * 10), 9) / 10:.1f}"] += 1
     return {"model": settings.model.model, "samples": settings.samples,
             "temperature": settings.temperature, "band": list(settings.band) if settings.band else None,
             "histogram": dict(sorted(histogram.items()))}
