@@ -1,0 +1,199 @@
+"""Export targets: the student model a dataset is written for (`export --target`), not its file format.
+
+A target fixes what a sample shows that model: the frame as its processor sizes it, each zoom as a call of
+its own zoom tool (that tool's signature and box convention), and each tool result as exactly the crop that
+tool makes from the call's arguments. `validate` and `eval` re-execute calls with the same `crop`, so a
+target's crop rule lives here once.
+
+- `qwen2.5-vl` (default, the CoF release): the working frame (factor 28), `bbox_2d` in its pixels, the CoF crop
+  function (imaging.crop_zoom).
+- `qwen3-vl`: the frame smart-resized with factor 32 (patch 16, merge 2), `image_zoom_in_tool` with
+  `bbox_2d` in 0-1000, `label` and `img_idx` (Qwen-Agent `qwen_agent/tools/image_zoom_in_qwen3vl.py`), each crop
+  made by that tool's rule (`qwen3_zoom`). The box of a call is the region the CoF crop showed the reader (the
+  chain box enlarged 1.5x), so the crop still shows what the verified answer was read from.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from PIL import Image
+
+from mmcof_gen import cof_format, resources
+from mmcof_gen.conventions import CONVENTIONS, write_box
+from mmcof_gen.imaging import (MIN_PIXELS, ImageError, InvalidBox, crop_zoom, load_image, smart_resize,
+                               zoom_region)
+from mmcof_gen.replay import FrameSource, ReplayError, chain_crops
+from mmcof_gen.schema import Trajectory, View
+
+# Qwen3-VL's image processor (transformers Qwen2VLImageProcessor with the Qwen3-VL checkpoints'
+# preprocessor_config.json: patch_size 16, merge_size 2, size.shortest_edge 65536).
+QWEN3_FACTOR = 32
+QWEN3_MIN_PIXELS = 65536
+# Qwen-Agent's image_zoom_in_tool for Qwen3-VL: boxes under 32 px grow to 32 about their centre; the crop is
+# smart-resized with factor 32 within [256*32*32, 12845056] pixels, bicubic.
+QWEN3_TOOL_MIN_SIDE = 32
+QWEN3_TOOL_MIN_PIXELS = 256 * 32 * 32
+QWEN3_TOOL_MAX_PIXELS = 12845056
+QWEN3_LABEL = "the detail"  # a zoom's label when the chain step names none (the tool requires one)
+
+_BOX_TEXT = re.compile(r"\[(\d+), (\d+), (\d+), (\d+)\]")
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    title: str
+    """the model family as people write it, for messages"""
+    factor: int
+    """pixels per image-token side of its processor (patch x merge): frames are resized to multiples of it"""
+    min_pixels: int
+    """its processor's smallest image area (larger of it and ours)"""
+    boxes: str
+    """the box convention of its tool calls (conventions.CONVENTIONS)"""
+    llamafactory_template: str
+    swift_model: str
+    frame_size: Callable[[View], tuple[int, int]]
+    """(W, H) of `images[0]` for a trajectory's view"""
+    calls: Callable[[Trajectory], list[dict]]
+    """the tool-call arguments of each zoom of the chain"""
+    crop: Callable[[list[Image.Image], dict], Image.Image]
+    """its zoom tool: the conversation's images so far and a call's arguments -> the crop it shows"""
+    pictures: Callable[[FrameSource, Trajectory], list[Image.Image]]
+    """`images` of a sample: the frame, then one crop per zoom"""
+    messages: Callable[[Trajectory, "str | None"], list[dict]] | None = None
+    """the sample's messages; none: the export format's own"""
+    formats: tuple[str, ...] | None = None
+    """the export formats it can be written as; none: all"""
+    card: str | None = None
+    """its section of the dataset card, a file in `resources/cards/` (`{max_pixels}`, `{cutoff_len}` filled in)"""
+
+    def card_text(self) -> str | None:
+        return None if self.card is None else (resources.CARDS / self.card).read_text(encoding="utf-8").removesuffix("\n")
+
+
+# ------------------------------------------------------------------------------------------ qwen2.5-vl
+
+
+def _run_frame_size(view: View) -> tuple[int, int]:
+    return view.width, view.height
+
+
+def _cof_calls(trajectory: Trajectory) -> list[dict]:
+    return [{"bbox_2d": [int(v) for v in step.box]} for step in trajectory.chain]
+
+
+def _cof_crop(images: list[Image.Image], arguments: dict) -> Image.Image:
+    """The CoF release's tool: always the frame, `images[0]`, in its pixels."""
+    return crop_zoom(images[0], arguments["bbox_2d"])
+
+
+def _cof_pictures(frames: FrameSource, trajectory: Trajectory) -> list[Image.Image]:
+    frame = frames.frame(trajectory)
+    return [frame, *chain_crops(frame, trajectory)]
+
+
+# ------------------------------------------------------------------------------------------ qwen3-vl
+
+
+def qwen3_frame_size(view: View) -> tuple[int, int]:
+    """The frame at R as Qwen3-VL's processor sizes it: factor 32, at most R*R pixels."""
+    h, w = smart_resize(view.original_height, view.original_width, QWEN3_FACTOR, QWEN3_MIN_PIXELS,
+                        view.resolution * view.resolution)
+    return w, h
+
+
+def qwen3_calls(trajectory: Trajectory) -> list[dict]:
+    """Each zoom as Qwen3-VL's `image_zoom_in_tool` call: the region the CoF crop showed, in 0-1000 of the frame."""
+    width, height = trajectory.view.width, trajectory.view.height
+    return [{"bbox_2d": write_box(zoom_region(step.box, width, height), CONVENTIONS["rel1000"], width, height),
+             "label": step.label or QWEN3_LABEL, "img_idx": 0} for step in trajectory.chain]
+
+
+def qwen3_region(bbox_2d, width: int, height: int) -> tuple[float, float, float, float]:
+    """The part of a width x height image the tool crops for `bbox_2d` (0-1000): clipped to the image, and
+    grown about its centre to 32 px on the short side when smaller (kept as is when growing cannot help)."""
+    x1, y1, x2, y2 = CONVENTIONS["rel1000"].to_pixels(bbox_2d, width, height)
+    left, top, right, bottom = max(0, x1), max(0, y1), min(width, x2), min(height, y2)
+    box_w, box_h = right - left, bottom - top
+    if min(box_w, box_h) >= QWEN3_TOOL_MIN_SIDE:
+        return left, top, right, bottom
+    if min(box_w, box_h) <= 0:
+        raise InvalidBox(f"box {list(bbox_2d)} is empty inside the {width}x{height} image")
+    grow = QWEN3_TOOL_MIN_SIDE / min(box_w, box_h)
+    half_w, half_h = math.ceil(box_w * grow * 0.5), math.ceil(box_h * grow * 0.5)
+    cx, cy = (left + right) / 2, (top + bottom) / 2
+    grown = (max(0, math.floor(cx - half_w)), max(0, math.floor(cy - half_h)),
+             min(width, math.ceil(cx + half_w)), min(height, math.ceil(cy + half_h)))
+    if grown[2] - grown[0] > QWEN3_TOOL_MIN_SIDE and grown[3] - grown[1] > QWEN3_TOOL_MIN_SIDE:
+        return grown
+    return left, top, right, bottom
+
+
+def qwen3_zoom(image: Image.Image, bbox_2d) -> Image.Image:
+    """What Qwen3-VL's `image_zoom_in_tool` shows for `bbox_2d` on `image`: the region, smart-resized with
+    factor 32 within its pixel bounds, bicubic. InvalidBox for a box it cannot crop."""
+    left, top, right, bottom = qwen3_region(bbox_2d, *image.size)
+    try:
+        new_w, new_h = smart_resize(right - left, bottom - top, QWEN3_FACTOR, QWEN3_TOOL_MIN_PIXELS,
+                                    QWEN3_TOOL_MAX_PIXELS)  # (width, height) in, (width, height) out: symmetric
+    except ValueError as exc:
+        raise InvalidBox(f"box {list(bbox_2d)} is too thin to zoom ({exc})") from None
+    return image.crop((left, top, right, bottom)).resize((new_w, new_h), Image.BICUBIC).convert("RGB")
+
+
+def _qwen3_crop(images: list[Image.Image], arguments: dict) -> Image.Image:
+    index = arguments.get("img_idx", 0)
+    if isinstance(index, bool) or not isinstance(index, (int, float)) or index != int(index) \
+            or not 0 <= index < len(images):
+        raise InvalidBox(f"img_idx {index!r} names none of the {len(images)} image(s) so far")
+    return qwen3_zoom(images[int(index)], arguments["bbox_2d"])
+
+
+def _qwen3_pictures(frames: FrameSource, trajectory: Trajectory) -> list[Image.Image]:
+    """The frame made from the original at Qwen3-VL's size (after the run's frame is proven, so the original is
+    the one the chain was made on), and the tool's crop of each call."""
+    frames.frame(trajectory)
+    size = qwen3_frame_size(trajectory.view)
+    try:
+        image = load_image(frames.images_root / trajectory.task.image, frames.max_pixels, target_size=size)
+    except ImageError as exc:
+        raise ReplayError(str(exc)) from None
+    frame = image if image.size == size else image.resize(size, Image.LANCZOS)
+    try:
+        return [frame, *(qwen3_zoom(frame, call["bbox_2d"]) for call in qwen3_calls(trajectory))]
+    except InvalidBox as exc:
+        raise ReplayError(f"a zoom cannot be cropped by the Qwen3-VL tool: {exc}") from None
+
+
+QWEN3_SYSTEM_PROMPT = (resources.prompts("cof") / "system_qwen3_vl.txt").read_text(encoding="utf-8").removesuffix("\n")
+
+
+def qwen3_messages(trajectory: Trajectory, system_prompt: str | None) -> list[dict]:
+    """The CoF conversation with Qwen3-VL's tool calls; boxes the thoughts mention are rewritten in 0-1000."""
+    view = trajectory.view
+
+    def relative(text: str) -> str:
+        return _BOX_TEXT.sub(lambda m: str(write_box(tuple(int(v) for v in m.groups()), CONVENTIONS["rel1000"],
+                                                     view.width, view.height)), text)
+
+    turns = [cof_format.call_turn(relative(step.thought), cof_format.call_text(call))
+             for step, call in zip(trajectory.chain, qwen3_calls(trajectory))]
+    return cof_format.conversation(trajectory.task.question, trajectory.task.options, turns,
+                                   relative(trajectory.final_thought), cof_format.answer_for(trajectory),
+                                   system_prompt or QWEN3_SYSTEM_PROMPT)
+
+
+TARGETS: dict[str, Target] = {t.name: t for t in (
+    Target("qwen2.5-vl", "Qwen2.5-VL", factor=28, min_pixels=MIN_PIXELS, boxes="pixels", llamafactory_template="qwen2_vl",
+           swift_model="Qwen/Qwen2.5-VL-7B-Instruct", frame_size=_run_frame_size,
+           calls=_cof_calls, crop=_cof_crop, pictures=_cof_pictures),
+    Target("qwen3-vl", "Qwen3-VL", factor=QWEN3_FACTOR, min_pixels=QWEN3_MIN_PIXELS, boxes="rel1000",
+           llamafactory_template="qwen3_vl", swift_model="Qwen/Qwen3-VL-8B-Instruct", frame_size=qwen3_frame_size,
+           calls=qwen3_calls, crop=_qwen3_crop, pictures=_qwen3_pictures, messages=qwen3_messages,
+           formats=("sharegpt", "qwen", "parquet", "swift"), card="target-qwen3-vl.md"),
+)}
+DEFAULT_TARGET = "qwen2.5-vl"
