@@ -15,17 +15,19 @@ target's crop rule lives here once.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from PIL import Image
 
 from mmcof_gen import cof_format, resources
 from mmcof_gen.conventions import CONVENTIONS, write_box
-from mmcof_gen.imaging import (MIN_PIXELS, ImageError, InvalidBox, crop_zoom, load_image, smart_resize,
-                               zoom_region)
+from mmcof_gen.imaging import (MIN_PIXELS, ImageError, InvalidBox, crop_zoom, image_size, load_image, make_frame,
+                               smart_resize, zoom_region)
 from mmcof_gen.replay import FrameSource, ReplayError, chain_crops
 from mmcof_gen.schema import Trajectory, View
 
@@ -33,6 +35,7 @@ from mmcof_gen.schema import Trajectory, View
 # preprocessor_config.json: patch_size 16, merge_size 2, size.shortest_edge 65536).
 QWEN3_FACTOR = 32
 QWEN3_MIN_PIXELS = 65536
+QWEN3_MAX_PIXELS = 16777216
 # Qwen-Agent's image_zoom_in_tool for Qwen3-VL: boxes under 32 px grow to 32 about their centre; the crop is
 # smart-resized with factor 32 within [256*32*32, 12845056] pixels, bicubic.
 QWEN3_TOOL_MIN_SIDE = 32
@@ -56,8 +59,12 @@ class Target:
     """the box convention of its tool calls (conventions.CONVENTIONS)"""
     llamafactory_template: str
     swift_model: str
+    system_prompt: str
+    """the default system prompt: the CoF instructions with its zoom tool declared"""
     frame_size: Callable[[View], tuple[int, int]]
     """(W, H) of `images[0]` for a trajectory's view"""
+    make_frame: Callable[[Path, int, int], Image.Image]
+    """(image file, R, images.max_pixels) -> the frame it sees at R (eval)"""
     calls: Callable[[Trajectory], list[dict]]
     """the tool-call arguments of each zoom of the chain"""
     crop: Callable[[list[Image.Image], dict], Image.Image]
@@ -99,11 +106,18 @@ def _cof_pictures(frames: FrameSource, trajectory: Trajectory) -> list[Image.Ima
 # ------------------------------------------------------------------------------------------ qwen3-vl
 
 
-def qwen3_frame_size(view: View) -> tuple[int, int]:
-    """The frame at R as Qwen3-VL's processor sizes it: factor 32, at most R*R pixels."""
-    h, w = smart_resize(view.original_height, view.original_width, QWEN3_FACTOR, QWEN3_MIN_PIXELS,
-                        view.resolution * view.resolution)
+def qwen3_size(width: int, height: int, resolution: int) -> tuple[int, int]:
+    """(W, H) of a width x height image at R as Qwen3-VL sees it: smart-resized with factor 32 to at most R*R
+    pixels, then as its processor resizes that (a frame under its 65536-pixel minimum is enlarged), so the
+    processor leaves the frame as it is."""
+    h, w = smart_resize(height, width, QWEN3_FACTOR, QWEN3_MIN_PIXELS, resolution * resolution)
+    h, w = smart_resize(h, w, QWEN3_FACTOR, QWEN3_MIN_PIXELS, QWEN3_MAX_PIXELS)
     return w, h
+
+
+def qwen3_frame_size(view: View) -> tuple[int, int]:
+    """The frame of a trajectory's view as Qwen3-VL's processor sizes it (`qwen3_size`)."""
+    return qwen3_size(view.original_width, view.original_height, view.resolution)
 
 
 def qwen3_calls(trajectory: Trajectory) -> list[dict]:
@@ -153,16 +167,22 @@ def _qwen3_crop(images: list[Image.Image], arguments: dict) -> Image.Image:
     return qwen3_zoom(images[int(index)], arguments["bbox_2d"])
 
 
+def qwen3_make_frame(path: Path, resolution: int, max_pixels: int) -> Image.Image:
+    """The frame of an image file at R as Qwen3-VL's processor sizes it, decoded straight at (about) that size."""
+    size = qwen3_size(*image_size(path, max_pixels), resolution)
+    image = load_image(path, max_pixels, target_size=size)
+    return image if image.size == size else image.resize(size, Image.LANCZOS)
+
+
 def _qwen3_pictures(frames: FrameSource, trajectory: Trajectory) -> list[Image.Image]:
     """The frame made from the original at Qwen3-VL's size (after the run's frame is proven, so the original is
     the one the chain was made on), and the tool's crop of each call."""
     frames.frame(trajectory)
-    size = qwen3_frame_size(trajectory.view)
     try:
-        image = load_image(frames.images_root / trajectory.task.image, frames.max_pixels, target_size=size)
+        frame = qwen3_make_frame(frames.images_root / trajectory.task.image, trajectory.view.resolution,
+                                 frames.max_pixels)
     except ImageError as exc:
         raise ReplayError(str(exc)) from None
-    frame = image if image.size == size else image.resize(size, Image.LANCZOS)
     try:
         return [frame, *(qwen3_zoom(frame, call["bbox_2d"]) for call in qwen3_calls(trajectory))]
     except InvalidBox as exc:
@@ -189,11 +209,28 @@ def qwen3_messages(trajectory: Trajectory, system_prompt: str | None) -> list[di
 
 TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("qwen2.5-vl", "Qwen2.5-VL", factor=28, min_pixels=MIN_PIXELS, boxes="pixels", llamafactory_template="qwen2_vl",
-           swift_model="Qwen/Qwen2.5-VL-7B-Instruct", frame_size=_run_frame_size,
+           swift_model="Qwen/Qwen2.5-VL-7B-Instruct", system_prompt=cof_format.SYSTEM_PROMPT,
+           frame_size=_run_frame_size, make_frame=make_frame,
            calls=_cof_calls, crop=_cof_crop, pictures=_cof_pictures),
     Target("qwen3-vl", "Qwen3-VL", factor=QWEN3_FACTOR, min_pixels=QWEN3_MIN_PIXELS, boxes="rel1000",
-           llamafactory_template="qwen3_vl", swift_model="Qwen/Qwen3-VL-8B-Instruct", frame_size=qwen3_frame_size,
+           llamafactory_template="qwen3_vl", swift_model="Qwen/Qwen3-VL-8B-Instruct",
+           system_prompt=QWEN3_SYSTEM_PROMPT, frame_size=qwen3_frame_size, make_frame=qwen3_make_frame,
            calls=qwen3_calls, crop=_qwen3_crop, pictures=_qwen3_pictures, messages=qwen3_messages,
            formats=("sharegpt", "qwen", "parquet", "swift"), card="target-qwen3-vl.md"),
 )}
 DEFAULT_TARGET = "qwen2.5-vl"
+MODEL_TYPES = {"qwen2_5_vl": "qwen2.5-vl", "qwen3_vl": "qwen3-vl", "qwen3_vl_moe": "qwen3-vl"}
+"""transformers `model_type` of a checkpoint -> the target it is a student of"""
+
+
+def student_target(model: str) -> Target:
+    """The target a model is trained and evaluated as: by the `model_type` of a local folder's config.json, else
+    by its name (`Qwen/Qwen3-VL-8B-Instruct`); the default target when neither tells."""
+    config = Path(model) / "config.json"
+    try:
+        model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        model_type = None
+    key = model.lower().replace("_", "-")
+    name = MODEL_TYPES.get(model_type) or next((name for name in TARGETS if name in key), DEFAULT_TARGET)
+    return TARGETS[name]
