@@ -118,3 +118,30 @@ def test_box_convention_per_role_defaults_by_family_and_refuses_unknown_values(t
         load_config(path)
     assert str(refused.value) == (f"{path}: models.planner.boxes: Value error, unknown box convention 'rel100'; "
                                   "use one of pixels, rel1000, rel1")
+
+
+def test_a_task_writer_in_thousandths_proposes_the_boxes_a_pixel_writer_proposes(tmp_path, monkeypatch):
+    """Task synthesis' proposer (models.task_writer, here the planner) reads its boxes in its convention too."""
+    from mmcof_gen.imaging import file_sha256, load_image, make_frame
+    from mmcof_gen.tasks.synthesis import TaskWriter, task_prompts
+    from tests import test_task_synthesis as pixels
+    from tests.support.runs import write_noise_image
+
+    rel = CONVENTIONS["rel1000"]
+    thousandths = [{"objects": [{"name": o["name"], "box": [round(v) for v in rel.from_pixels(o["box"], 308, 224)]}
+                                for o in reply["objects"]]} for reply in pixels.PROPOSALS]
+    monkeypatch.setattr(pixels, "PROPOSALS", thousandths)
+    path = write_noise_image(tmp_path / "images" / "street.png", pixels.SIZE, 0)
+    with ScriptedServer(pixels.script()) as server:
+        pipeline = pixels.config(server)
+        pipeline.models.planner.boxes = "rel1000"
+        model = chat_model(pipeline.models.planner)
+        writer = TaskWriter(model, model, None, task_prompts(pipeline), Prompts(pipeline.prompts_dir), pipeline)
+        made = asyncio.run(writer.synthesize(load_image(path, 10**9), make_frame(path, 448, 10**9), pixels.SIZE,
+                                             "street.png", file_sha256(path)))
+        proposal_prompt = pixels.prompt_of(server.requests[0])
+    assert "relative coordinates from 0 to 1000" in proposal_prompt
+    assert [t.question for t in made.tasks] == [pixels.SIGN_Q, pixels.MUG_Q]
+    for task, expected in zip(made.tasks, [(200, 77, 240, 116), (80, 637, 120, 686)]):
+        assert max(abs(a - b) for a, b in zip(task.gt_boxes[0], expected)) <= 2
+    assert made.rejected[0].reason.startswith("proposer: box [974, 45, 1039, 134] is outside the rel1000 range")
