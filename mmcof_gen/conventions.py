@@ -81,8 +81,13 @@ def convention(name: str) -> BoxConvention:
 
 def family_default(model: str) -> str:
     """The convention of a model by its name (`Qwen/Qwen3-VL-8B-Instruct` -> rel1000); pixels if unknown."""
+    return by_family(model, FAMILIES, DEFAULT)
+
+
+def by_family(model: str, families: dict[str, str], default: str) -> str:
+    """The value of the first family whose name is in the model's name (lower case, `_` read as `-`)."""
     key = model.lower().replace("_", "-")
-    return next((name for family, name in FAMILIES.items() if family in key), DEFAULT)
+    return next((value for family, value in families.items() if family in key), default)
 
 
 def read_box(values, boxes: BoxConvention, width: int, height: int):

@@ -249,7 +249,8 @@ def validate(
 
     for row in results.values():
         row["rate"] = round(row["failed"] / row["checked"], 4) if row["checked"] else 0.0
-    return {"input": str(path), "target": student.name, "samples": samples, "ok": all(r["failed"] == 0 for r in results.values()),
+    return {"input": str(path), "target": student.name, "samples": samples,
+            "ok": all(r["failed"] == 0 for r in results.values()),
             "checks": results, "token_budget": budget.summary(), "tolerance": tolerance}
 
 

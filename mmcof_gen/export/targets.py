@@ -25,7 +25,7 @@ from pathlib import Path
 from PIL import Image
 
 from mmcof_gen import cof_format, resources
-from mmcof_gen.conventions import CONVENTIONS, write_box
+from mmcof_gen.conventions import CONVENTIONS, by_family, write_box
 from mmcof_gen.imaging import (MIN_PIXELS, ImageError, InvalidBox, crop_zoom, image_size, load_image, make_frame,
                                smart_resize, zoom_region)
 from mmcof_gen.replay import FrameSource, ReplayError, chain_crops
@@ -58,15 +58,12 @@ class Target:
     boxes: str
     """the box convention of its tool calls (conventions.CONVENTIONS)"""
     llamafactory_template: str
-    swift_model: str
     system_prompt: str
     """the default system prompt: the CoF instructions with its zoom tool declared"""
     frame_size: Callable[[View], tuple[int, int]]
     """(W, H) of `images[0]` for a trajectory's view"""
     make_frame: Callable[[Path, int, int], Image.Image]
     """(image file, R, images.max_pixels) -> the frame it sees at R (eval)"""
-    calls: Callable[[Trajectory], list[dict]]
-    """the tool-call arguments of each zoom of the chain"""
     crop: Callable[[list[Image.Image], dict], Image.Image]
     """its zoom tool: the conversation's images so far and a call's arguments -> the crop it shows"""
     pictures: Callable[[FrameSource, Trajectory], list[Image.Image]]
@@ -79,7 +76,9 @@ class Target:
     """its section of the dataset card, a file in `resources/cards/` (`{max_pixels}`, `{cutoff_len}` filled in)"""
 
     def card_text(self) -> str | None:
-        return None if self.card is None else (resources.CARDS / self.card).read_text(encoding="utf-8").removesuffix("\n")
+        if self.card is None:
+            return None
+        return (resources.CARDS / self.card).read_text(encoding="utf-8").removesuffix("\n")
 
 
 # ------------------------------------------------------------------------------------------ qwen2.5-vl
@@ -87,10 +86,6 @@ class Target:
 
 def _run_frame_size(view: View) -> tuple[int, int]:
     return view.width, view.height
-
-
-def _cof_calls(trajectory: Trajectory) -> list[dict]:
-    return [{"bbox_2d": [int(v) for v in step.box]} for step in trajectory.chain]
 
 
 def _cof_crop(images: list[Image.Image], arguments: dict) -> Image.Image:
@@ -208,14 +203,12 @@ def qwen3_messages(trajectory: Trajectory, system_prompt: str | None) -> list[di
 
 
 TARGETS: dict[str, Target] = {t.name: t for t in (
-    Target("qwen2.5-vl", "Qwen2.5-VL", factor=28, min_pixels=MIN_PIXELS, boxes="pixels", llamafactory_template="qwen2_vl",
-           swift_model="Qwen/Qwen2.5-VL-7B-Instruct", system_prompt=cof_format.SYSTEM_PROMPT,
-           frame_size=_run_frame_size, make_frame=make_frame,
-           calls=_cof_calls, crop=_cof_crop, pictures=_cof_pictures),
+    Target("qwen2.5-vl", "Qwen2.5-VL", factor=28, min_pixels=MIN_PIXELS, boxes="pixels",
+           llamafactory_template="qwen2_vl", system_prompt=cof_format.SYSTEM_PROMPT,
+           frame_size=_run_frame_size, make_frame=make_frame, crop=_cof_crop, pictures=_cof_pictures),
     Target("qwen3-vl", "Qwen3-VL", factor=QWEN3_FACTOR, min_pixels=QWEN3_MIN_PIXELS, boxes="rel1000",
-           llamafactory_template="qwen3_vl", swift_model="Qwen/Qwen3-VL-8B-Instruct",
-           system_prompt=QWEN3_SYSTEM_PROMPT, frame_size=qwen3_frame_size, make_frame=qwen3_make_frame,
-           calls=qwen3_calls, crop=_qwen3_crop, pictures=_qwen3_pictures, messages=qwen3_messages,
+           llamafactory_template="qwen3_vl", system_prompt=QWEN3_SYSTEM_PROMPT,
+           frame_size=qwen3_frame_size, make_frame=qwen3_make_frame, crop=_qwen3_crop, pictures=_qwen3_pictures, messages=qwen3_messages,
            formats=("sharegpt", "qwen", "parquet", "swift"), card="target-qwen3-vl.md"),
 )}
 DEFAULT_TARGET = "qwen2.5-vl"
@@ -231,6 +224,4 @@ def student_target(model: str) -> Target:
         model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
     except (OSError, ValueError, AttributeError):
         model_type = None
-    key = model.lower().replace("_", "-")
-    name = MODEL_TYPES.get(model_type) or next((name for name in TARGETS if name in key), DEFAULT_TARGET)
-    return TARGETS[name]
+    return TARGETS[MODEL_TYPES.get(model_type) or by_family(model, {name: name for name in TARGETS}, DEFAULT_TARGET)]
