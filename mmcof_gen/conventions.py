@@ -29,10 +29,6 @@ class BoxConvention:
     wording: str
     """how a prompt states the convention, a `str.format` template with `{width}` and `{height}`"""
 
-    def bounds(self, width: int, height: int) -> tuple[float, float]:
-        """The largest x and y a box of a width x height image may have in this convention."""
-        return (width, height) if self.full is None else (self.full, self.full)
-
     def to_pixels(self, values, width: int, height: int) -> Values:
         """`values` in this convention as (unrounded) pixels of a width x height image."""
         x1, y1, x2, y2 = _numbers(values)
@@ -97,11 +93,14 @@ def read_box(values, boxes: BoxConvention, width: int, height: int):
     range: a Qwen3-VL reply [120, 40, 980, 700] read as pixels of a 448x336 frame is refused, never clipped.
     """
     numbers = _numbers(values)
-    max_x, max_y = boxes.bounds(width, height)
-    if boxes.full is not None and (min(numbers) < 0 or max(numbers[0], numbers[2]) > max_x
-                                   or max(numbers[1], numbers[3]) > max_y):
-        raise InvalidBox(f"box {_shown(values)} is outside the {boxes.name} range "
-                         f"(x and y must be within 0..{boxes.full:g})")
+    if boxes.full is not None:
+        x1, y1, x2, y2 = numbers
+        if x2 <= x1 or y2 <= y1:
+            raise InvalidBox(f"box {_shown(values)} has {'x2 <= x1' if x2 <= x1 else 'y2 <= y1'}")
+        slack = boxes.full * 1e-9  # float noise of a conversion (837 / 837 * 1000 = 1000.0000000000001) is in range
+        if min(numbers) < -slack or max(numbers) > boxes.full + slack:
+            raise InvalidBox(f"box {_shown(values)} is outside the {boxes.name} range "
+                             f"(x and y must be within 0..{boxes.full:g})")
     try:
         return validate_box(boxes.to_pixels(numbers, width, height), width, height)
     except InvalidBox as exc:

@@ -36,6 +36,8 @@ def test_out_of_range_reply_is_refused_with_the_convention_range():
         read_box([120, 40, 980, 700], CONVENTIONS["pixels"], 448, 336)
     with pytest.raises(InvalidBox, match=r"outside the rel1 range"):
         read_box([0.1, 0.1, 2, 0.5], CONVENTIONS["rel1"], 448, 336)
+    with pytest.raises(InvalidBox, match=r"box \[800, 10, 700, 20\] has x2 <= x1"):
+        read_box([800, 10, 700, 20], CONVENTIONS["rel1000"], 448, 336)
     with pytest.raises(InvalidBox, match="empty at pixel resolution"):
         read_box([500, 500, 500.1, 600], CONVENTIONS["rel1000"], 448, 336)
 
