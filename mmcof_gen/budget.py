@@ -1,9 +1,10 @@
-"""Token budget of a sample for Qwen2.5-VL, so that a trainer's `cutoff_len` never truncates image
-tokens and a vLLM server accepts as many images as a sample holds (its default is one per prompt).
+"""Token budget of a sample for Qwen2.5-VL (or, with `factor` 32, Qwen3-VL), so that a trainer's `cutoff_len`
+never truncates image tokens and a vLLM server accepts as many images as a sample holds (its default is one per prompt).
 
 An image costs `(h/28) * (w/28)` tokens after `smart_resize(max_pixels)` (one token per 2x2 merge of
 14-pixel patches), plus `<|vision_start|>` and `<|vision_end|>`. Text is counted exactly with a tokenizer
-(`AutoTokenizer.from_pretrained`), else estimated.
+(`AutoTokenizer.from_pretrained`), else estimated. Qwen3-VL's processor counts the same way with 16-pixel patches
+(32 pixels per token side) and the same chat markup; each export target (export/targets.py) gives its factor.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ ESTIMATE_BYTES_PER_TOKEN = 3  # Qwen's BPE averages about 4 bytes per token on t
 CUTOFF_STEP = 128
 
 
-def image_tokens(width: int, height: int, max_pixels: int, min_pixels: int = MIN_PIXELS) -> int:
-    h, w = smart_resize(height, width, factor=PATCH, min_pixels=min_pixels, max_pixels=max_pixels)
-    return (h // PATCH) * (w // PATCH)
+def image_tokens(width: int, height: int, max_pixels: int, min_pixels: int = MIN_PIXELS, factor: int = PATCH) -> int:
+    """Tokens of one image: its processor's grid at `factor` pixels per token side (28 Qwen2.5-VL, 32 Qwen3-VL)."""
+    h, w = smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
+    return (h // factor) * (w // factor)
 
 
 def chat_text(messages: list[dict]) -> str:
@@ -35,8 +37,9 @@ def chat_text(messages: list[dict]) -> str:
 class TokenBudget:
     """Counts tokens per sample at `max_pixels`; `summary()` gives cutoff_len and the vLLM image limit."""
 
-    def __init__(self, max_pixels: int, tokenizer_path: str | None = None, min_pixels: int = MIN_PIXELS):
-        self.max_pixels, self.min_pixels = max_pixels, min_pixels
+    def __init__(self, max_pixels: int, tokenizer_path: str | None = None, min_pixels: int = MIN_PIXELS,
+                 factor: int = PATCH):
+        self.max_pixels, self.min_pixels, self.factor = max_pixels, min_pixels, factor
         self.tokenizer = None
         if tokenizer_path:
             require("hf", "--tokenizer", ("transformers",))
@@ -56,7 +59,7 @@ class TokenBudget:
     def count(self, messages: list[dict], sizes: list[tuple[int, int]]) -> int:
         """Tokens of one sample whose images have `sizes` (width, height), in placeholder order."""
         text = chat_text(messages)
-        pads = sum(image_tokens(w, h, self.max_pixels, self.min_pixels) for w, h in sizes)
+        pads = sum(image_tokens(w, h, self.max_pixels, self.min_pixels, self.factor) for w, h in sizes)
         if self.tokenizer is not None:
             return self.text_tokens(text) + pads - len(sizes)  # each <|image_pad|> expands to its grid
         return self.text_tokens(text.replace(VISION_MARKUP, "")) + 2 * len(sizes) + pads  # + start/end markers

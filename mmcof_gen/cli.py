@@ -15,6 +15,7 @@ from rich.table import Table
 from mmcof_gen import extras, resources
 from mmcof_gen.config import MAX_SIDE, MIN_SIDE, load_config, valid_resolutions
 from mmcof_gen.errors import ConfigError
+from mmcof_gen.export.targets import DEFAULT_TARGET, TARGETS
 from mmcof_gen.store import RunStore, StoreError
 
 try:  # typer >= 0.20 vendors its own click
@@ -225,6 +226,9 @@ from mmcof_gen.export import FORMATS as EXPORT_FORMATS  # noqa: E402 - the regis
 ExportFormatName = Enum("ExportFormatName", {name: name for name in EXPORT_FORMATS}, type=str)
 
 
+TargetName = Enum("TargetName", {name: name for name in TARGETS}, type=str)  # the student models, export/targets.py
+
+
 @app.command("export")
 def export_command(
     run_dir: Annotated[Path, typer.Argument(help="A run folder (synthesize) or a filtered folder (filter).",
@@ -237,6 +241,10 @@ def export_command(
              "swift: ms-swift messages/images JSONL; verl / swift-grpo: the run's TASKS as RL prompts (train/test "
              "parquet for verl's zoom-in tool agent, JSONL for ms-swift's multi-turn GRPO), docs/format.md.")
     ] = ExportFormatName.sharegpt,
+    target: Annotated[TargetName, typer.Option(
+        "--target", help="The student model: its processor's frame size, its zoom tool's call signature and box "
+                         "convention, and that tool's crops (qwen2.5-vl: frame pixels, the CoF crop; qwen3-vl: "
+                         "0-1000 image_zoom_in_tool).")] = TargetName(DEFAULT_TARGET),
     system_prompt: Annotated[Optional[Path], typer.Option(
         help="Text file whose content replaces the system prompt.", exists=True, dir_okay=False)] = None,
     max_pixels: Annotated[int, typer.Option(
@@ -276,7 +284,7 @@ def export_command(
     prompt = system_prompt.read_text(encoding="utf-8").removesuffix("\n") if system_prompt else None
     report = export(run_dir, format.value, out, system_prompt=prompt, max_pixels=max_pixels,
                     absolute_paths=absolute_paths, tokenizer=tokenizer, overwrite=overwrite,
-                    jobs=jobs, rl_options=rl_options)
+                    jobs=jobs, rl_options=rl_options, target=target.value)
     if format.value in rl.FORMATS:  # tasks, not samples
         typer.echo(f"{report['samples']} prompts (train {report['train']}, test {report['test']}) of "
                    f"{report['tasks']} tasks, {report['skipped']} skipped; "
@@ -308,6 +316,9 @@ def validate_command(
         min=0, help="Mean absolute pixel difference (0-255) allowed between a stored crop and the re-crop "
                     "(0 = exact; e.g. 2 for crops saved as JPEG).")] = 0.0,
     tokenizer: Annotated[Optional[str], typer.Option(help="Tokenizer for exact text token counts.")] = None,
+    target: Annotated[Optional[TargetName], typer.Option(
+        "--target", help="The student model the data is for (its crop rule, box convention and processor); "
+                         "default: the target export_report.json names, else qwen2.5-vl.")] = None,
     report: Annotated[Optional[Path], typer.Option(help="Also write the report as JSON here.", dir_okay=False)] = None,
 ) -> None:
     """Check a sharegpt-style zoom dataset (ours or anyone's): images open, <image> placeholders match the
@@ -317,7 +328,7 @@ def validate_command(
     from mmcof_gen.validate import report_table, validate
 
     result = validate(path, image_root=image_root, max_pixels=max_pixels, cutoff_len=cutoff_len,
-                      tolerance=tolerance, tokenizer=tokenizer)
+                      tolerance=tolerance, tokenizer=tokenizer, target=target.value if target else None)
     Console().print(report_table(result))
     if report:
         write_json_atomic(report, result)

@@ -48,11 +48,20 @@ def tool_call(box: Box, label: str | None = None) -> str:
     arguments: dict = {"bbox_2d": [int(v) for v in box]}
     if label:
         arguments["label"] = label
+    return call_text(arguments)
+
+
+def call_text(arguments: dict) -> str:
+    """One `<tool_call>` of the zoom tool with these arguments (each export target has its own signature)."""
     return "<tool_call>\n" + json.dumps({"name": TOOL_NAME, "arguments": arguments}) + "\n</tool_call>"
 
 
 def zoom_turn(thought: str, box: Box, label: str | None = None) -> str:
-    return f"<think> {thought} </think>\n{tool_call(box, label)}"
+    return call_turn(thought, tool_call(box, label))
+
+
+def call_turn(thought: str, call: str) -> str:
+    return f"<think> {thought} </think>\n{call}"
 
 
 def answer_turn(thought: str, answer: str) -> str:
@@ -68,10 +77,17 @@ def build_messages(
     system_prompt: str = SYSTEM_PROMPT,
 ) -> list[dict]:
     """ShareGPT-style messages; `images[0]` is the frame and `images[k]` the crop of the k-th zoom."""
+    return conversation(question, options, [zoom_turn(thought, box) for thought, box in chain], final_thought,
+                        answer, system_prompt)
+
+
+def conversation(question: str, options: list[str] | None, zoom_turns: list[str], final_thought: str, answer: str,
+                 system_prompt: str) -> list[dict]:
+    """The messages of a sample whose assistant zoom turns are `zoom_turns`, each followed by its crop."""
     messages = [{"role": "system", "content": system_prompt},
                 {"role": "user", "content": user_prompt(question, options)}]
-    for thought, box in chain:
-        messages.append({"role": "assistant", "content": zoom_turn(thought, box)})
+    for turn in zoom_turns:
+        messages.append({"role": "assistant", "content": turn})
         messages.append({"role": "user", "content": TOOL_RESULT})
     messages.append({"role": "assistant", "content": answer_turn(final_thought, answer)})
     return messages

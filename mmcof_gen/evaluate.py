@@ -37,10 +37,11 @@ from mmcof_gen import benchmarks, cof_format, cof_release, resources
 from mmcof_gen.benchmarks.embedded import local_image
 from mmcof_gen.benchmarks.table import write_tables
 from mmcof_gen.config import ImagesConfig, valid_resolutions
+from mmcof_gen.conventions import CONVENTIONS, read_box
 from mmcof_gen.errors import ConfigError
+from mmcof_gen.export.targets import DEFAULT_TARGET, TARGETS, Target, student_target
 from mmcof_gen.extras import require
-from mmcof_gen.imaging import (MAX_ZOOM_PIXELS, MIN_PIXELS, checked_box, crop_zoom, frame_from_image, image_size,
-                               load_image, make_frame)
+from mmcof_gen.imaging import MAX_ZOOM_PIXELS, MIN_PIXELS, frame_from_image, image_size, load_image
 from mmcof_gen.models.chat import ChatError, ChatMessage, ChatModel, ChatModelConfig, chat_model
 from mmcof_gen.prompts import Prompts
 from mmcof_gen.schema import Box
@@ -115,8 +116,9 @@ def record_id(item: BenchItem, resolution: int, mode: Mode) -> str:
 
 
 def first_messages(frame: Image.Image, question: str, options: list[str] | None, mode: Mode,
-                   text: str | None = None) -> list[ChatMessage]:
-    """System + first user turn: the CoF prompt with the tool, or (baseline) a plain assistant, no tool.
+                   text: str | None = None, system_prompt: str = cof_format.SYSTEM_PROMPT) -> list[ChatMessage]:
+    """System + first user turn: the CoF prompt with the tool (`system_prompt`: the student's own declaration of
+    it), or (baseline) a plain assistant, no tool.
 
     `text` (cof-release): the benchmark's question text, sent verbatim instead of being rebuilt."""
     if text is not None:
@@ -125,28 +127,35 @@ def first_messages(frame: Image.Image, question: str, options: list[str] | None,
     if mode == "no_zoom":
         return [ChatMessage("system", PROMPTS.render("direct_system")),
                 ChatMessage("user", cof_format.question_text(question, options), [frame])]
-    return [ChatMessage("system", cof_format.SYSTEM_PROMPT),
+    return [ChatMessage("system", system_prompt),
             ChatMessage("user", cof_format.question_text(question, options) + cof_format.FORMAT_SUFFIX, [frame])]
 
 
-def zoom_box(reply: str, frame: Image.Image) -> Box:
-    """The box of the reply's first tool call, inside the frame and one the zoom can show (imaging.checked_box,
-    the guard of the search agent's boxes too); ValueError (the reason) when invalid."""
+def zoom_call(reply: str, frame: Image.Image, target: Target) -> tuple[Box, dict]:
+    """(the box in frame pixels, the arguments) of the reply's first tool call, read in the box convention of
+    the model's `target` (Qwen3-VL: 0-1000); ValueError (the reason) when invalid."""
     call = cof_format.parse_tool_call(reply)
     if call is None:
         raise ValueError("the <tool_call> has no closing </tool_call>")
-    return checked_box(call["arguments"]["bbox_2d"], *frame.size)
+    return read_box(call["arguments"]["bbox_2d"], CONVENTIONS[target.boxes], *frame.size), call["arguments"]
+
+
+def model_target(model: ChatModel) -> Target:
+    """The student family of the evaluated model (its frame size, tool prompt, box convention and crop rule)."""
+    return student_target(model.name.partition(":")[2] or model.name)
 
 
 async def run_episode(model: ChatModel, frame: Image.Image, question: str, options: list[str] | None,
                       settings: EvalSettings, mode: Mode = "cof", text: str | None = None,
-                      temperature: float = 0.0) -> Episode:
-    """The CoF inference loop on one working frame (module docstring); the baseline is one plain reply.
-    `temperature` > 0 samples (RL export's pass rate over k samples); eval itself decodes greedily."""
+                      temperature: float = 0.0, target: Target = TARGETS[DEFAULT_TARGET]) -> Episode:
+    """The CoF inference loop on one working frame (module docstring); the baseline is one plain reply. Each
+    call is read and executed as the `target` model's own tool does it. `temperature` > 0 samples (RL export's
+    pass rate over k samples); eval itself decodes greedily."""
     release = settings.protocol == "cof-release"
-    messages = first_messages(frame, question, options, mode, text if release else None)
+    messages = first_messages(frame, question, options, mode, text if release else None, target.system_prompt)
     episode = Episode()
     images = 1
+    shown = [frame]  # the conversation's images, which a call's img_idx indexes
     for _ in range(1 if mode == "no_zoom" else settings.max_generations):
         episode.max_images = max(episode.max_images, images)
         completion = await model.complete(messages, max_tokens=settings.max_new_tokens, temperature=temperature)
@@ -171,8 +180,8 @@ async def run_episode(model: ChatModel, frame: Image.Image, question: str, optio
             messages.append(ChatMessage("user", TOOL_RESULT_TEXT, [image]))
             continue
         try:
-            box = zoom_box(reply, frame)
-            crop = None if images == settings.max_images else await asyncio.to_thread(crop_zoom, frame, box)
+            box, arguments = zoom_call(reply, frame, target)
+            crop = None if images == settings.max_images else await asyncio.to_thread(target.crop, shown, arguments)
         except ValueError as exc:  # parse_tool_call's reasons, InvalidBox
             episode.bad_calls.append(str(exc))
             error = PROMPTS.render("tool_error", reason=exc, width=frame.width, height=frame.height)
@@ -183,6 +192,7 @@ async def run_episode(model: ChatModel, frame: Image.Image, question: str, optio
             break
         episode.zooms.append(box)
         images += 1
+        shown.append(crop)
         messages.append(ChatMessage("user", TOOL_RESULT_TEXT, [crop]))
     episode.stop = episode.stop or ("answer" if episode.answer else "no_answer")
     if release and episode.answer is None:
@@ -197,18 +207,19 @@ async def evaluate_one(model: ChatModel, item: BenchItem, resolution: int, mode:
                 mode=mode, expected=item.answer)
     start = time.perf_counter()
     try:
+        target = model_target(model)
         with local_image(item.image) as path:  # an image inside the benchmark file is decoded for this episode only
             size = await asyncio.to_thread(image_size, path, settings.max_pixels)
             if settings.protocol == "cof-release":  # the release decodes the whole JPEG, then resizes
                 frame = await asyncio.to_thread(
                     lambda: frame_from_image(load_image(path, settings.max_pixels), resolution))
             else:
-                frame = await asyncio.to_thread(make_frame, path, resolution, settings.max_pixels)
+                frame = await asyncio.to_thread(target.make_frame, path, resolution, settings.max_pixels)
         if settings.protocol == "cof-release":
             episode = await run_episode(model, frame, item.question, item.options, settings, mode, item.text)
             verdict = await score_release(item, episode.answer, judge)
         else:
-            episode = await run_episode(model, frame, item.question, item.options, settings, mode)
+            episode = await run_episode(model, frame, item.question, item.options, settings, mode, target=target)
             verdict = await benchmarks.score_answer(item, episode.answer, judge, PROMPTS)
     except Exception as exc:  # one bad sample never kills a run
         return EvalRecord(**base, error=f"{type(exc).__name__}: {exc}", stop="error",
@@ -397,13 +408,15 @@ async def check_image_tokens(model: ChatModel, item: BenchItem, settings: EvalSe
 
     In process: the processor's pixel bounds are widened to the zoom tool's (112^2 .. 3840^2), which holds
     every frame and crop, so nothing is resized. A server is asked: the prompt tokens of the first item's
-    frame minus those of the same text alone; fewer than the frame's own patches (Qwen: 28x28 pixels a
-    token) means the server downsizes it, and that R is refused. Under cof-release nothing is changed or
+    frame minus those of the same text alone; fewer than the frame's own patches (Qwen2.5-VL: 28x28 pixels a
+    token, Qwen3-VL: 32x32) means the server downsizes it, and that R is refused. Under cof-release nothing is changed or
     refused (the release ran with the checkpoint's own processor limits); the counts are only recorded.
     Returns, per R, the frame's size and its image tokens (None: the server does not count them)."""
     release = settings.protocol == "cof-release"
+    target = model_target(model)
     with local_image(item.image) as path:
-        frames = {r: await asyncio.to_thread(make_frame, path, r, settings.max_pixels) for r in settings.resolutions}
+        frames = {r: await asyncio.to_thread(target.make_frame, path, r, settings.max_pixels)
+                  for r in settings.resolutions}
     processor = getattr(getattr(model, "processor", None), "image_processor", None)
     if processor is not None:
         size = processor.size
@@ -422,7 +435,7 @@ async def check_image_tokens(model: ChatModel, item: BenchItem, settings: EvalSe
     for resolution, frame in frames.items():
         with_frame = (await model.complete([ChatMessage("user", "?", [frame])], max_tokens=1)).prompt_tokens
         tokens = with_frame - text_only - 2 if with_frame > text_only else None  # 2: the vision start/end markers
-        patches = frame.width * frame.height // (28 * 28)
+        patches = frame.width * frame.height // (target.factor * target.factor)
         if tokens is not None and tokens < patches and not release:
             raise ConfigError(f"--resolutions {resolution}: {model.name} turns a {frame.width}x{frame.height} frame "
                               f"into {tokens} image tokens, not its {patches}: the server downsizes it (vLLM: serve "

@@ -1,9 +1,11 @@
 """`mmcof-gen validate`: check any sharegpt-style zoom dataset, ours or someone else's, before training on it.
 
 Published zoom datasets have been found whose crops do not show their boxes; a trainer never notices.
-This re-executes every tool call with the crop function on `images[0]` and compares the result with the
+This re-executes every tool call with the crop rule of the dataset's student model (its export target:
+`--target`, else the `target` its export_report.json names, else qwen2.5-vl) and compares the result with the
 stored crop, and checks what silently breaks training: `<image>` placeholders vs images, turn order,
-boxes outside the frame, frames a processor would resize (which moves every box) and token budgets.
+boxes outside their convention's range, frames that model's processor would resize (which moves every pixel
+box) and token budgets at that processor's patch size.
 
 Reads LLaMA-Factory sharegpt (`messages` / `role` / `content`, or `conversations` / `from` / `value`),
 the Qwen fine-tune layout (`image` + `conversations`), ms-swift JSONL and our Parquet; image paths are
@@ -26,7 +28,9 @@ from mmcof_gen import cof_format
 from mmcof_gen.budget import TokenBudget
 from mmcof_gen.errors import ConfigError
 from mmcof_gen.extras import require
-from mmcof_gen.imaging import crop_zoom, image_sha256, smart_resize, validate_box
+from mmcof_gen.conventions import CONVENTIONS, read_box
+from mmcof_gen.export.targets import DEFAULT_TARGET, TARGETS, Target
+from mmcof_gen.imaging import image_sha256, smart_resize
 from mmcof_gen.store import jsonl_lines
 
 CHECKS = ("images", "placeholders", "turn_order", "boxes", "frame_size", "token_budget", "recrop")
@@ -133,19 +137,34 @@ def turn_order_problem(messages: list[dict]) -> str | None:
     return None
 
 
-def zoom_boxes(messages: list[dict]) -> list:
-    """The box of every zoom, in order: the first tool call of each assistant turn (what the CoF eval loop
-    executes), or the v1 form's `<|box_start|>[...]<|box_end|><|image_zoomin|>`. ValueError if malformed."""
-    boxes = []
+def zoom_calls(messages: list[dict]) -> list[dict]:
+    """The arguments of every zoom, in order: the first tool call of each assistant turn (what the CoF eval
+    loop executes), or the v1 form's `<|box_start|>[...]<|box_end|><|image_zoomin|>`. ValueError if malformed."""
+    calls = []
     for message in messages:
         if message["role"] != "assistant":
             continue
         call = cof_format.parse_tool_call(message["content"])
         if call is not None:
-            boxes.append(call["arguments"]["bbox_2d"])
+            calls.append(call["arguments"])
         for match in _V1_BOX.finditer(message["content"]):
-            boxes.append(json.loads(f"[{match.group(1)}]"))
-    return boxes
+            calls.append({"bbox_2d": json.loads(f"[{match.group(1)}]")})
+    return calls
+
+
+def export_target(path: Path) -> Target:
+    """The student model an export was written for: the `target` of the export_report.json in its folder
+    (qwen2.5-vl for exports that predate targets, and for data that is not ours)."""
+    folder = Path(path) if Path(path).is_dir() else Path(path).parent
+    report = folder / "export_report.json"
+    try:
+        name = json.loads(report.read_text(encoding="utf-8")).get("target", DEFAULT_TARGET)
+    except (OSError, ValueError, AttributeError):
+        return TARGETS[DEFAULT_TARGET]
+    if name not in TARGETS:
+        raise ConfigError(f"{report} names target {name!r}, which this version does not know; pass --target "
+                          f"({', '.join(TARGETS)})")
+    return TARGETS[name]
 
 
 def crop_difference(expected: Image.Image, stored: Image.Image, tolerance: float) -> str | None:
@@ -166,10 +185,14 @@ def validate(
     cutoff_len: int | None = None,
     tolerance: float = 0.0,
     tokenizer: str | None = None,
+    target: str | None = None,
 ) -> dict:
-    """Run every check on every sample of `path`; returns the report (`ok` is False when any check failed)."""
+    """Run every check on every sample of `path` for the student model `target` (none: the export's own);
+    returns the report (`ok` is False when any check failed)."""
+    student = TARGETS[target] if target else export_target(path)
+    boxes = CONVENTIONS[student.boxes]
     results = {name: {"checked": 0, "failed": 0, "examples": []} for name in CHECKS}
-    budget = TokenBudget(max_pixels, tokenizer)
+    budget = TokenBudget(max_pixels, tokenizer, student.min_pixels, student.factor)
 
     def record(name: str, sample: Sample, problem: str | None, count: int = 1) -> None:
         results[name]["checked"] += count
@@ -194,34 +217,40 @@ def validate(
         if not images:
             continue
         frame = images[0]
-        resized = smart_resize(frame.height, frame.width, max_pixels=max_pixels)
+        resized = smart_resize(frame.height, frame.width, student.factor, student.min_pixels, max_pixels)
         record("frame_size", sample, None if resized == (frame.height, frame.width) else
-               f"images[0] is {frame.width}x{frame.height}; a Qwen2.5-VL processor at max_pixels {max_pixels} "
+               f"images[0] is {frame.width}x{frame.height}; a {student.title} processor at max_pixels {max_pixels} "
                f"resizes it to {resized[1]}x{resized[0]}, which moves every box")
         tokens = budget.add(sample.id, sample.messages, [image.size for image in images])
         record("token_budget", sample, f"{tokens} tokens > cutoff_len {cutoff_len}"
                if cutoff_len and tokens > cutoff_len else None)
         try:
-            boxes = zoom_boxes(sample.messages)
+            calls = zoom_calls(sample.messages)
         except ValueError as exc:
             record("boxes", sample, str(exc))
             continue
-        problem = None if len(boxes) == len(images) - 1 else f"{len(boxes)} zooms for {len(images) - 1} crops"
-        for number, box in enumerate(boxes if problem is None else [], 1):
+        problem = None if len(calls) == len(images) - 1 else f"{len(calls)} zooms for {len(images) - 1} crops"
+        for number, call in enumerate(calls if problem is None else [], 1):
             try:
-                validate_box(box, frame.width, frame.height)
+                read_box(call["bbox_2d"], boxes, frame.width, frame.height)
             except ValueError as exc:
                 problem = f"zoom {number}: {exc}"
                 break
         record("boxes", sample, problem)
         if problem:
             continue
-        for number, box in enumerate(boxes[: len(images) - 1], 1):
-            record("recrop", sample, crop_difference(crop_zoom(frame, box), images[number], tolerance))
+        for number, call in enumerate(calls, 1):
+            try:
+                recropped = student.crop(images[:number], call)
+            except ValueError as exc:  # imaging.InvalidBox: the target's tool refuses the call
+                record("recrop", sample, f"zoom {number}: {exc}")
+                continue
+            record("recrop", sample, crop_difference(recropped, images[number], tolerance))
 
     for row in results.values():
         row["rate"] = round(row["failed"] / row["checked"], 4) if row["checked"] else 0.0
-    return {"input": str(path), "samples": samples, "ok": all(r["failed"] == 0 for r in results.values()),
+    return {"input": str(path), "target": student.name, "samples": samples,
+            "ok": all(r["failed"] == 0 for r in results.values()),
             "checks": results, "token_budget": budget.summary(), "tolerance": tolerance}
 
 

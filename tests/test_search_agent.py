@@ -262,7 +262,7 @@ def test_synthesize_cli_runs_the_vlm_pipeline_against_a_server(tmp_path):
     assert usage["planner"]["cost_usd"] == pytest.approx(6 * (10 * 1.0 + 5 * 2.0) / 1e6)
 
 
-@pytest.mark.parametrize("name", ["vllm-qwen2.5-vl", "openai-api", "transformers-local"])
+@pytest.mark.parametrize("name", ["vllm-qwen2.5-vl", "vllm-qwen3-vl", "openai-api", "transformers-local"])
 def test_ready_vlm_pipelines_load_with_the_agent_prompts(name):
     from mmcof_gen.config import load_config
 

@@ -128,7 +128,7 @@ def main() -> None:
         listing = run([cli, "pipelines"], work).stdout
         check([line.split()[0] for line in listing.splitlines()] ==
               ["default", "finetune", "llm-planner-ocr", "llm-planner-vlm-tools", "openai-api", "transformers-local",
-               "vllm-qwen2.5-vl"], "pipelines lists 7")
+               "vllm-qwen2.5-vl", "vllm-qwen3-vl"], "pipelines lists 8")
         (work / "empty").mkdir()
         stderr = run([cli, "synthesize", "--images", "empty", "--out", "vllm-run", "--config", "vllm-qwen2.5-vl"],
                      work, expect=1).stderr  # nothing to do, but the config resolved and the run folder opened

@@ -33,7 +33,8 @@ from mmcof_gen.agent.ocr_search import OcrSearchAgent
 from mmcof_gen.agent.verify import as_option, box_hint, verify_answer
 from mmcof_gen.cof_format import question_text
 from mmcof_gen.config import AgentConfig, ModelsConfig, PipelineConfig
-from mmcof_gen.imaging import box_area, checked_box, clip_box, crop_zoom, overlap_area, scale_box
+from mmcof_gen.conventions import CONVENTIONS, DEFAULT, BoxConvention, read_box, write_box
+from mmcof_gen.imaging import box_area, clip_box, crop_zoom, overlap_area, scale_box
 from mmcof_gen.models.chat import (ChatMessage, ChatModel, ChatModelConfig, Completion, ReplyError, chat_model,
                                    complete_json)
 from mmcof_gen.models.detect import Detector, DetectorConfig
@@ -172,6 +173,11 @@ class Roles:
     judge: ChatModel | None = None
     summariser: ChatModel | None = None
     blind: frozenset[str] = frozenset()  # roles whose model is sent text only (vision: false)
+    boxes: dict[str, str] = field(default_factory=dict)  # role -> box convention (conventions.py); none: pixels
+
+    def convention(self, role: str) -> BoxConvention:
+        """How `role` writes boxes and is told them: its replies are read, its prompts worded, in this."""
+        return CONVENTIONS[self.boxes.get(role, DEFAULT)]
 
     @classmethod
     def build(cls, models: ModelsConfig, shared_detector: Detector | None = None) -> Roles:
@@ -190,10 +196,12 @@ class Roles:
         reader = OcrReader(models.reader) if isinstance(models.reader, OcrReaderConfig) else make(models.reader)
         blind = frozenset(role for role in ("planner", "summariser")
                           if getattr(models, role) is not None and not getattr(models, role).vision)
+        boxes = {role: config.box_convention.name for role, config in
+                 (("planner", models.planner), ("locator", models.locator or models.planner)) if config is not None}
         return cls(planner=planner, reader=reader or planner,
                    locator=None if models.detector else (make(models.locator) or planner),
                    detector=shared_detector or (detector(models.detector) if models.detector else None),
-                   judge=make(models.verifier), summariser=make(models.summariser), blind=blind)
+                   judge=make(models.verifier), summariser=make(models.summariser), blind=blind, boxes=boxes)
 
 
 def role_models(models: ModelsConfig) -> dict[str, str]:
@@ -306,6 +314,7 @@ class VlmSearchAgent:
         messages = [
             ChatMessage("system", self.prompts.render("planner" if sees else "planner_text", width=search.view.width,
                                                       height=search.view.height,
+                                                      boxes=self._wording("planner", search.view),
                                                       max_steps=self.config.max_steps,
                                                       max_zooms=self.config.max_zooms)),
             ChatMessage("user", f"{question_text(task.question, task.options)}\nFrom the whole image the reader "
@@ -329,6 +338,14 @@ class VlmSearchAgent:
 
     # ------------------------------------------------------------------ actions
 
+    def _wording(self, role: str, view: View) -> str:
+        """How the prompts of `role` state its box convention."""
+        return self.roles.convention(role).describe(view.width, view.height)
+
+    def _shown(self, box: Box, view: View) -> list:
+        """A frame box as the planner writes boxes, for the observations it reads."""
+        return write_box(box, self.roles.convention("planner"), view.width, view.height)
+
     async def _act(self, search: Search, step: Step, action: PlannerAction) -> list[Image.Image]:
         """Carry out one action; its outcome (or what was wrong with it) becomes the step's observation."""
         view = search.view
@@ -341,13 +358,13 @@ class VlmSearchAgent:
         box = None
         if action.box is not None:
             try:
-                box = checked_box(action.box, view.width, view.height)
+                box = read_box(action.box, self.roles.convention("planner"), view.width, view.height)
             except ValueError as exc:
                 step.observation = f"invalid box: {exc}"
                 return []
         if action.action == "adjust":
             step.box = adjust_box(box, action.instruction, action.direction, view.width, view.height)
-            step.observation = f"adjusted box: {list(step.box)}"
+            step.observation = f"adjusted box: {self._shown(step.box, view)}"
             return []
         if action.action == "zoom":
             if len(search.zooms) >= self.config.max_zooms:
@@ -356,7 +373,7 @@ class VlmSearchAgent:
             step.box = box
             search.zooms.append(box)
             crop = crop_zoom(search.frame, box)
-            step.observation = f"the zoomed view of {list(box)} ({crop.width}x{crop.height})"
+            step.observation = f"the zoomed view of {self._shown(box, view)} ({crop.width}x{crop.height})"
             return [crop]
         step.box = box
         await self._read(search, box, step)
@@ -374,14 +391,15 @@ class VlmSearchAgent:
             detections = await asyncio.to_thread(detect)
             step.seconds += round(time.perf_counter() - start, 4)
         else:
-            prompt = self.prompts.render("locator", phrase=phrase, width=view.width, height=view.height)
+            prompt = self.prompts.render("locator", phrase=phrase, width=view.width, height=view.height,
+                                         boxes=self._wording("locator", view))
             reply = await self._ask(search, step, "locator", self.roles.locator,
                                     [ChatMessage("user", prompt, [search.frame])], LocateReply)
             detections, invalid = [], []
             for values in reply.boxes:
                 try:
-                    detections.append(Detection(box=checked_box(values, view.width, view.height), score=1.0,
-                                                label=phrase))
+                    detections.append(Detection(box=read_box(values, self.roles.convention("locator"), view.width,
+                                                             view.height), score=1.0, label=phrase))
                 except ValueError as exc:
                     invalid.append(str(exc))
             if invalid:
@@ -389,7 +407,7 @@ class VlmSearchAgent:
         step.detections = detections
         for detection in detections:
             search.found.setdefault(detection.box, phrase)
-        shown = ", ".join(f"{list(d.box)} ({d.score:.2f})" for d in detections)
+        shown = ", ".join(f"{self._shown(d.box, view)} ({d.score:.2f})" for d in detections)
         step.observation += f"{len(detections)} candidate(s) for {phrase!r}" + (f": {shown}" if shown else "")
 
     async def _read(self, search: Search, box: Box | None, step: Step | None = None) -> tuple[str | None, Verdict]:

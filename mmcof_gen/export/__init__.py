@@ -19,9 +19,10 @@ from mmcof_gen.export import parquet, qwen, rl, sharegpt, swift, v1
 from mmcof_gen.export.base import ExportFormat, llamafactory_entry
 from mmcof_gen.export.card import dataset_card
 from mmcof_gen.export.files import IMAGES_DIR, PNG_LEVEL, ImageFiles, RecordWriter
+from mmcof_gen.export.targets import DEFAULT_TARGET, TARGETS, Target
 from mmcof_gen.extras import require
 from mmcof_gen.imaging import image_to_png_bytes
-from mmcof_gen.replay import WINDOW, FrameSource, ReplayError, chain_crops, replayed
+from mmcof_gen.replay import WINDOW, FrameSource, ReplayError, replayed
 from mmcof_gen.schema import Trajectory
 from mmcof_gen.store import (RunStore, StoreError, claim_out_dir, images_folder, record_output, remove_temporaries,
                              write_bytes_atomic, write_json_atomic)
@@ -47,15 +48,19 @@ def export(
     overwrite: bool = False,
     jobs: int = 1,
     rl_options: rl.RLOptions | None = None,
+    target: str = DEFAULT_TARGET,
 ) -> dict:
-    """Export the accepted trajectories of `run_dir` as `fmt` into `out_dir`; returns the export report.
-    `overwrite`: replace an export of another run in `out_dir`. An RL format (export/rl.py) exports the run's
-    tasks instead, with `rl_options`; the SFT options do not apply to it.
+    """Export the accepted trajectories of `run_dir` as `fmt` for the student model `target` (export/targets.py)
+    into `out_dir`; returns the export report. `overwrite`: replace an export of another run in `out_dir`. An RL
+    format (export/rl.py) exports the run's tasks instead, with `rl_options`; the SFT options do not apply to it.
 
     Frames and crops are made and encoded by `jobs` processes; records are written in run order, one at
     a time, so the output is the same for any `jobs` and memory does not grow with the run."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    form = FORMATS[fmt]
+    form, student = FORMATS[fmt], TARGETS[target]
+    if student.formats is not None and fmt not in student.formats:
+        raise ConfigError(f"--format {fmt} cannot be written for --target {target}; use one of "
+                          f"{', '.join(student.formats)}")
     store = RunStore(run_dir)
     manifest = store.manifest()
     try:
@@ -67,9 +72,11 @@ def export(
     if rl_options is not None:
         raise ConfigError(f"--embed-images, --test-fraction and --pass-rate-model apply to --format "
                           f"{' or '.join(rl.FORMATS)}, not {fmt}; drop them")
+    sample_messages = student.messages or form.messages
     if form is parquet.FORMAT:
         require("data", "export --format parquet", ("pyarrow", "datasets"))
-    budget = TokenBudget(max_pixels, tokenizer)  # the extras are checked before the folder is made
+    # the extras are checked before the folder is made
+    budget = TokenBudget(max_pixels, tokenizer, student.min_pixels, student.factor)
     _prepare_out_dir(run_dir, out_dir, overwrite)
 
     files = None if form is parquet.FORMAT else ImageFiles(out_dir, absolute_paths)
@@ -84,21 +91,21 @@ def export(
     dropped = []
     image_names: set[str] = set()
     images_written = 0
-    todo = ((None if _not_exported(t, max_pixels) else t, t) for t in store.trajectories())
+    todo = ((None if _not_exported(t, max_pixels, student) else t, t) for t in store.trajectories())
     # Parquet's pictures carry their PNG bytes: it keeps the run's order rather than hold a window of them.
     window = 1 if files is None else WINDOW
-    for trajectory, pictures in replayed(todo, partial(sample_images, files), manifest, jobs, window):
+    for trajectory, pictures in replayed(todo, partial(sample_images, files, student.name), manifest, jobs, window):
         if trajectory.status != "accepted":
             tally["not_accepted"] += 1
             continue
         view = trajectory.view
         if pictures is None:  # not replayed: its frame is too large
-            dropped.append({"id": trajectory.id, "reason": _not_exported(trajectory, max_pixels)})
+            dropped.append({"id": trajectory.id, "reason": _not_exported(trajectory, max_pixels, student)})
             continue
         if isinstance(pictures, ReplayError):
             dropped.append({"id": trajectory.id, "reason": str(pictures)})
             continue
-        messages = form.messages(trajectory, system_prompt)
+        messages = sample_messages(trajectory, system_prompt)
         writer.write(form.record(trajectory.id, messages, [picture.ref for picture in pictures]))
         budget.add(trajectory.id, messages, [picture.size for picture in pictures])
         image_names.update(picture.name for picture in pictures if picture.name)
@@ -115,7 +122,8 @@ def export(
         write_json_atomic(out_dir / "dataset_info.json", {form.llamafactory_name: llamafactory_entry(form.data_file)})
     images_root = Path(images_folder(manifest))
     report = {
-        "input": str(run_dir), "output": str(out_dir), "format": form.name, "data_file": form.data_file,
+        "input": str(run_dir), "output": str(out_dir), "format": form.name, "target": student.name,
+        "data_file": form.data_file,
         "samples": writer.count, "direct": tally["direct"], "zoom": tally["zoom"],
         "not_accepted": tally["not_accepted"], "dropped": len(dropped), "dropped_samples": dropped,
         "images": tally["images"], "image_files": len(image_names) if files else None,
@@ -133,7 +141,7 @@ def export(
                     "licence_files": _licence_files(images_root)},
     }
     write_json_atomic(out_dir / REPORT, report)
-    write_bytes_atomic(out_dir / "README.md", dataset_card(report, form).encode("utf-8"))
+    write_bytes_atomic(out_dir / "README.md", dataset_card(report, form, student).encode("utf-8"))
     record_output(out_dir, MARKER, run_dir)
     return report
 
@@ -157,13 +165,13 @@ def _export_tasks(form: rl.RLFormat, store: RunStore, manifest: dict, run_dir: P
     return report
 
 
-def _not_exported(trajectory: Trajectory, max_pixels: int) -> str | None:
+def _not_exported(trajectory: Trajectory, max_pixels: int, target: Target) -> str | None:
     """Why a trajectory gets no sample without replaying it: not accepted, or a frame over `max_pixels`."""
-    view = trajectory.view
     if trajectory.status != "accepted":
         return "not accepted"
-    if view.width * view.height > max_pixels:
-        return (f"frame {view.width}x{view.height} is above --max-pixels {max_pixels}: a trainer would "
+    width, height = target.frame_size(trajectory.view)
+    if width * height > max_pixels:
+        return (f"frame {width}x{height} is above --max-pixels {max_pixels}: a trainer would "
                 "downscale it and break its box coordinates")
     return None
 
@@ -179,11 +187,11 @@ class Picture:
     written: bool = False
 
 
-def sample_images(files: ImageFiles | None, frames: FrameSource, trajectory: Trajectory) -> list[Picture]:
-    """The frame and the crops of one sample, written as files (or encoded to embed when `files` is None);
-    runs in an export's worker processes."""
-    frame = frames.frame(trajectory)
-    pictures = [frame, *chain_crops(frame, trajectory)]
+def sample_images(files: ImageFiles | None, target: str, frames: FrameSource,
+                  trajectory: Trajectory) -> list[Picture]:
+    """The frame and the crops of one sample for the target named `target`, written as files (or encoded to
+    embed when `files` is None); runs in an export's worker processes."""
+    pictures = TARGETS[target].pictures(frames, trajectory)
     if files is None:
         return [Picture(image_to_png_bytes(p, PNG_LEVEL), p.size) for p in pictures]
     written = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from mmcof_gen.cof_format import ZOOMIN
 from mmcof_gen.export.base import ExportFormat
+from mmcof_gen.export.targets import TARGETS, Target
 
 
 def _table(header: tuple[str, ...], rows: list[tuple]) -> str:
@@ -12,7 +13,7 @@ def _table(header: tuple[str, ...], rows: list[tuple]) -> str:
     return "\n".join(lines)
 
 
-def dataset_card(report: dict, fmt: ExportFormat) -> str:
+def dataset_card(report: dict, fmt: ExportFormat, target: Target = TARGETS["qwen2.5-vl"]) -> str:
     budget = report["token_budget"]
     per_r = report["per_resolution"]
     licence_files = report["sources"]["licence_files"]
@@ -43,6 +44,11 @@ def dataset_card(report: dict, fmt: ExportFormat) -> str:
         + (f"Licence files found beside the images: {', '.join(f'`{f}`' for f in licence_files)}."
            if licence_files else "No licence file was found beside the images."),
     ]
+    student = target.card_text()
+    if student is not None:  # after How to train, whose trainer settings it replaces
+        parts.insert(3, f"## Student model: {target.name}\n" + student.format(
+            max_pixels=budget["max_pixels"], cutoff_len=budget["cutoff_len"],
+            max_image_tokens=budget["max_pixels"] // (target.factor * target.factor)))
     if fmt.name == "v1":
         parts.append(f"## The `{ZOOMIN}` token\n{ZOOMIN} is not a Qwen2.5-VL token; see *How to train*.")
     return "\n\n".join(parts) + "\n"

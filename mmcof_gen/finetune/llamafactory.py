@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from mmcof_gen.errors import ConfigError
+from mmcof_gen.export.targets import student_target
 from mmcof_gen.finetune.settings import FinetuneConfig
 from mmcof_gen.store import write_bytes_atomic, write_json_atomic
 
@@ -22,12 +23,14 @@ CONFIG_FILE = "mmcof_sft.yaml"
 
 
 def llamafactory_config(config: FinetuneConfig, dataset_names: list[str], emit_dir: Path) -> dict:
-    """The LLaMA-Factory training arguments equal to `config`."""
+    """The LLaMA-Factory training arguments equal to `config`; the template and the smallest image are those of
+    the model's family (export/targets.py: qwen2_vl for Qwen2.5-VL, qwen3_vl and 65536 pixels for Qwen3-VL)."""
     lora = config.method == "lora"
+    student = student_target(config.model)
     return {
         "model_name_or_path": config.model,
         "image_max_pixels": config.image_max_pixels,
-        "image_min_pixels": config.image_min_pixels,
+        "image_min_pixels": max(config.image_min_pixels, student.min_pixels),
         "trust_remote_code": True,
         "stage": "sft",
         "do_train": True,
@@ -39,7 +42,7 @@ def llamafactory_config(config: FinetuneConfig, dataset_names: list[str], emit_d
         "dataset": ",".join(dataset_names),
         "dataset_dir": str(emit_dir.resolve()),
         "media_dir": str(Path(config.data).resolve()),
-        "template": "qwen2_vl",
+        "template": student.llamafactory_template,
         "cutoff_len": config.max_length,
         "output_dir": str(Path(config.out).resolve()),
         "logging_steps": 1,

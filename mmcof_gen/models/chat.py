@@ -30,8 +30,9 @@ from typing import Literal, Protocol, TypeVar
 
 import pydantic_core
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from mmcof_gen.conventions import BoxConvention, convention, family_default
 from mmcof_gen.errors import ConfigError
 from mmcof_gen.extras import require
 from mmcof_gen.imaging import image_to_png_bytes
@@ -101,6 +102,9 @@ class ChatModelConfig(BaseModel):
     model: str = Field(description="served model name (openai) or hub id / local folder (transformers)")
     vision: bool = Field(True, description="whether the model is sent images; false: a text-only LLM, for the "
                                            "planner (which then reads every observation as text) or the summariser")
+    boxes: str | None = Field(None, description="how the model writes boxes: pixels (of the image it is shown), "
+                                                "rel1000 (Qwen3-VL's 0-1000) or rel1 (fractions); none: by the "
+                                                "model's family (conventions.FAMILIES), else pixels")
     # openai backend
     base_url: str = Field("http://localhost:8000/v1", description="OpenAI-compatible endpoint, ending in /v1")
     api_key_env: str | None = Field(None, description="env var holding the API key; none: a dummy key (vLLM)")
@@ -127,14 +131,26 @@ class ChatModelConfig(BaseModel):
     device: str = Field("auto", description="transformers: torch device, or auto (cuda when there is one)")
     dtype: str = Field("auto", description="transformers: torch dtype name, or auto (the checkpoint's)")
 
+    @field_validator("boxes")
+    @classmethod
+    def _known_convention(cls, value: str | None) -> str | None:
+        return value if value is None else convention(value).name
+
     @property
     def name(self) -> str:
         return f"{self.backend}:{self.model}"
+
+    @property
+    def box_convention(self) -> BoxConvention:
+        """The convention this model's replies are read in and its prompts state."""
+        return convention(self.boxes or family_default(self.model))
 
     def identity(self) -> dict:
         """What changes replies (for the run fingerprint): not the endpoint, limits, prices or device."""
         identity = self.model_dump(include={"backend", "model", "structured_output", "dtype", "top_p",
                                             "repetition_penalty"})
+        if self.boxes is not None:  # only when set: the default follows the model's name, already in here
+            identity["boxes"] = self.boxes
         if not self.vision:  # only when set, so that the fingerprints of seeing models stay as they were
             identity["vision"] = False
         return identity

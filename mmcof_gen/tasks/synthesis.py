@@ -38,7 +38,8 @@ from mmcof_gen import resources
 from mmcof_gen.agent.verify import as_option, normalize_text, verify_answer
 from mmcof_gen.cof_format import question_text
 from mmcof_gen.config import PipelineConfig, QuestionType
-from mmcof_gen.imaging import InvalidBox, box_area, clip_box, crop_zoom, frame_from_image, iou, scale_box, validate_box
+from mmcof_gen.conventions import CONVENTIONS, DEFAULT, read_box
+from mmcof_gen.imaging import InvalidBox, box_area, clip_box, crop_zoom, frame_from_image, iou, scale_box
 from mmcof_gen.models.chat import ChatMessage, ChatModel, ReplyError, complete_json
 from mmcof_gen.models.detect import Detector
 from mmcof_gen.models.replies import BoxValues, Phrase, ReaderReply
@@ -131,6 +132,8 @@ class TaskWriter:
         self.settings = config.tasks.synthesis
         self.resolution = max(config.resolutions)
         self.reply_tokens = config.agent.reply_tokens
+        writer_config = config.models.task_writer or config.models.planner
+        self.writer_boxes = writer_config.box_convention if writer_config else CONVENTIONS[DEFAULT]
 
     async def synthesize(self, image: Image.Image, frame: Image.Image, original_size: tuple[int, int], rel: str,
                          sha256: str) -> SynthesizedTasks:
@@ -178,6 +181,7 @@ class TaskWriter:
             per_tile = []
             for view in shown:
                 prompt = self.prompts.render("propose", width=view.width, height=view.height,
+                                             boxes=self.writer_boxes.describe(view.width, view.height),
                                              max_objects=self.settings.max_proposals)
                 try:
                     reply = await self._ask(self.writer, "task_writer", prompt, [view], Proposals, out.calls)
@@ -186,11 +190,12 @@ class TaskWriter:
                     reply = Proposals(objects=[])
                 per_tile.append([(o.name.strip(), o.box) for o in reply.objects])
         candidates = []
+        boxes = CONVENTIONS[DEFAULT] if self.detector is not None else self.writer_boxes
         for tile, view, objects in zip(tiles, shown, per_tile):
             tile_scale = (tile[2] - tile[0]) / view.width, (tile[3] - tile[1]) / view.height
             for name, values in objects:
                 try:
-                    x1, y1, x2, y2 = scale_box(validate_box(values, view.width, view.height), *tile_scale)
+                    x1, y1, x2, y2 = scale_box(read_box(values, boxes, view.width, view.height), *tile_scale)
                     box = clip_box((x1 + tile[0], y1 + tile[1], x2 + tile[0], y2 + tile[1]), image.width, image.height)
                 except InvalidBox as exc:
                     out.rejected.append(RejectedTask(object=name, reason=f"proposer: {exc}"))

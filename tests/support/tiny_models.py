@@ -3,6 +3,7 @@
 
     path = build_tiny_qwen25vl(tmp_path / "qwen")   # a few seconds, ~2 MB
     path = build_tiny_qwen25vl(tmp_path / "qwen", for_vllm=True)   # what a vLLM server loads (make test-vllm)
+    path = build_tiny_qwen3vl(tmp_path / "qwen3")    # Qwen3-VL: patch 16, its own chat template
     path = build_tiny_owlv2(tmp_path / "owl")        # GroundingDINO, OWLv2, YOLO: about a second each
 """
 
@@ -88,6 +89,65 @@ def build_tiny_qwen25vl(path: Path, seed: int = 0, for_vllm: bool = False, corpu
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     if for_vllm:
         model = model.to(torch.bfloat16)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+# Qwen3-VL-Instruct's chat template for text and images, without tools: unlike Qwen2-VL's it adds no default
+# system turn.
+QWEN3_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_tiny_qwen3vl(path: Path, seed: int = 0, corpus: list[str] | None = None, vocab_size: int = 400,
+                       max_pixels: int = 256 * 256) -> Path:
+    """A randomly initialised Qwen3-VL (hidden 64, 2 layers, vision patch 16 with deepstack) with its processor
+    (factor 32, its chat template), saved to `path`."""
+    import torch
+    from transformers import (Qwen2VLImageProcessor, Qwen3VLConfig, Qwen3VLForConditionalGeneration,
+                              Qwen3VLProcessor, Qwen3VLVideoProcessor)
+
+    from mmcof_gen import cof_format
+    from mmcof_gen.export.targets import QWEN3_SYSTEM_PROMPT
+
+    path = Path(path)
+    corpus = corpus or [QWEN3_SYSTEM_PROMPT, cof_format.FORMAT_SUFFIX, "<think> the text says </think> <answer> A </answer>",
+              '<tool_call>\n{"name": "image_zoom_in_tool", "arguments": {"bbox_2d": [10, 20, 300, 400], '
+              '"label": "the sign", "img_idx": 0}}\n</tool_call>',
+              "Question: What does the small text in the bottom left part of the image say? 0123456789"] * 4
+    tokenizer = _tiny_tokenizer(corpus, vocab_size)
+    tokenizer.chat_template = QWEN3_CHAT_TEMPLATE
+    image_processor = Qwen2VLImageProcessor(min_pixels=32 * 32, max_pixels=max_pixels, patch_size=16,
+                                            temporal_patch_size=2, merge_size=2, image_mean=[0.5] * 3,
+                                            image_std=[0.5] * 3)
+    processor = Qwen3VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                                 video_processor=Qwen3VLVideoProcessor(), chat_template=QWEN3_CHAT_TEMPLATE)
+    ids = {name: tokenizer.convert_tokens_to_ids(name) for name in QWEN_SPECIAL_TOKENS}
+    config = Qwen3VLConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=4096,
+                         rope_parameters={"rope_type": "default", "rope_theta": 5000000.0,
+                                          "mrope_section": [2, 3, 3], "mrope_interleaved": True},
+                         pad_token_id=ids["<|endoftext|>"]),
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                           patch_size=16, spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64,
+                           deepstack_visual_indexes=[1]),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(seed)
+    model = Qwen3VLForConditionalGeneration(config)
+    model.generation_config.eos_token_id = ids["<|im_end|>"]
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return path
