@@ -1,11 +1,11 @@
-"""The closed loop: export -> `mmcof-gen finetune` -> eval's own request path, on a tiny Qwen2.5-VL trained
-from scratch. It guards the agreement of the export format, finetune's label masking and eval's prompt, not
-accuracy: a model that learned the exported chains must answer eval's first request in their form, and its
-first reply must depend on the resolution (the frame's size reaches it).
+"""The closed loop on the demo pipeline's own data, through eval's own episode loop.
 
-The data are the demo scenes (`mmcof_gen.scenes`): for each sign, a chain built from the scene's ground truth
-(a zoom on the sign at R=224, and at R=448 for the small signs; a direct answer otherwise), exported with
-`mmcof-gen export --format sharegpt`. Run alone with `pytest -m closed_loop`."""
+Three demo scenes (`mmcof_gen.scenes`) go through the demo chain as `make demo` runs it: `synthesize` with
+pipelines/default.yaml (its resolutions cut to the smallest and a middle one, 448 and 1024, so that a tiny
+model trains on CPU in minutes), `filter` with the held-out scene excluded (`--exclude`), `export --format
+sharegpt`. A tiny Qwen2.5-VL trained from scratch by `mmcof-gen finetune` on that export is then run through
+`evaluate.run_episode` (eval's loop, with eval's crop function watched) on the held-out scene's questions at
+both resolutions. Run alone with `pytest -m closed_loop` (measured in docs/eval.md)."""
 
 from __future__ import annotations
 
@@ -14,101 +14,110 @@ import json
 
 import pytest
 import torch
+import yaml
 
-from mmcof_gen import cof_format
-from mmcof_gen.cli import main
-from mmcof_gen.evaluate import EvalSettings, check_image_tokens, first_messages
-from mmcof_gen.imaging import make_frame, scale_box
+from mmcof_gen import cof_format, evaluate, resources
+from mmcof_gen.evaluate import EvalSettings, check_image_tokens, run_episode
+from mmcof_gen.imaging import crop_zoom, make_frame
 from mmcof_gen.models.chat import ChatModelConfig, chat_model
 from mmcof_gen.scenes import generate_scenes
 from mmcof_gen.tasks.vstar import BenchItem
-from tests.support.runs import MAX_PIXELS, make_trajectory, write_run
+from tests.support.runs import MAX_PIXELS
 from tests.support.tiny_models import build_tiny_qwen25vl
 
 pytestmark = pytest.mark.closed_loop
 
-RESOLUTIONS = (224, 448)
-STEPS = 150
-ROWS, COLUMNS = ("top", "middle", "bottom"), ("left", "centre", "right")
+RESOLUTIONS = [448, 1024]
+HELD_OUT = "scene_002.jpg"  # its questions need a zoom at 448 and none at 1024 in the demo pipeline
+STEPS = 120
 
 
-def chains(images, scenes):
-    """One trajectory per sign and R: (trajectory, question) in frame pixels."""
-    made = []
-    for scene in scenes["scenes"]:
-        for sign in scene["signs"]:
-            row, column = sign["cell"]
-            question = f"What does the sign in the {ROWS[row]} {COLUMNS[column]} part of the image say?"
-            for resolution in RESOLUTIONS:
-                frame = make_frame(images / scene["file"], resolution, MAX_PIXELS)
-                sx, sy = frame.width / scene["width"], frame.height / scene["height"]
-                zoom = resolution == RESOLUTIONS[0] or sign["tier"] == "small"
-                boxes = [scale_box(sign["box"], sx, sy)] if zoom else []
-                trajectory = make_trajectory(images, scene["file"], resolution, boxes=boxes, question=question,
-                                             answer=sign["text"], thoughts=[f"The sign is at the {ROWS[row]}."])
-                made.append(trajectory.model_copy(update={"final_thought": f"The sign reads {sign['text']}."}))
-    return made
+def demo_export(tmp_path):
+    """scenes -> synthesize (default pipeline) -> filter (held-out scene excluded) -> export; returns the
+    images folder, the export folder and the run's accepted trajectories of the held-out scene."""
+    images = tmp_path / "images"
+    generate_scenes(images, count=3, seed=0)
+    pipeline = yaml.safe_load((resources.pipelines()["default"]).read_text(encoding="utf-8"))
+    pipeline["resolutions"] = RESOLUTIONS
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(yaml.safe_dump(pipeline), encoding="utf-8")
+    (tmp_path / "exclude.txt").write_text(HELD_OUT + "\n", encoding="utf-8")
+    assert main_exit(["synthesize", "--images", str(images), "--out", str(tmp_path / "run"), "--config",
+                      str(config)]) == 0
+    assert main_exit(["filter", str(tmp_path / "run"), "--out", str(tmp_path / "filtered"), "--config", str(config),
+                      "--exclude", str(tmp_path / "exclude.txt")]) == 0
+    assert main_exit(["export", str(tmp_path / "filtered"), "--format", "sharegpt", "--out",
+                      str(tmp_path / "export")]) == 0
+    run = [json.loads(line) for line in (tmp_path / "run" / "trajectories.jsonl").read_text().splitlines()]
+    held_out = [t for t in run if t["task"]["image"] == HELD_OUT and t["status"] == "accepted"]
+    return images, tmp_path / "export", held_out
 
 
-def well_formed(reply: str) -> bool:
-    """`<think>...</think>`, then one tool call eval can parse (JSON, the tool's name, a bbox_2d) or an `<answer>`.
-
-    Whether the box is right is accuracy, which this test does not ask of a 150-step model."""
-    if not reply.startswith("<think>") or "</think>" not in reply:
-        return False
-    if reply.count("<tool_call>") == 1:
+def kind(reply: str) -> str:
+    """zoom: a tool call eval parses; direct: an answer and no tool call; else what is wrong with it."""
+    if "<tool_call>" in reply:
         try:
-            return cof_format.parse_tool_call(reply) is not None
-        except ValueError:
-            return False
-    return "<tool_call>" not in reply and cof_format.extract_answer(reply) is not None
+            return "zoom" if cof_format.parse_tool_call(reply) is not None else "unclosed call"
+        except ValueError as exc:
+            return f"bad call: {exc}"
+    return "direct" if cof_format.extract_answer(reply) is not None else "no answer"
 
 
-def test_a_model_trained_on_the_export_answers_eval_in_the_exported_form(tmp_path):
+def test_a_model_trained_on_the_demo_export_zooms_at_low_r_and_answers_directly_at_high_r(tmp_path, monkeypatch):
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        images = tmp_path / "images"
-        generate_scenes(images, count=2, seed=0)
-        scenes = json.loads((images / "scenes.json").read_text())
-        trajectories = chains(images, scenes)
-        run = write_run(tmp_path / "run", images, trajectories)
-        assert main_exit(["export", str(run), "--format", "sharegpt", "--out", str(tmp_path / "export")]) == 0
-        samples = json.loads((tmp_path / "export" / "mmcof.json").read_text())
-        corpus = [message["content"] for sample in samples for message in sample["messages"]]
-        base = build_tiny_qwen25vl(tmp_path / "tiny", corpus=corpus * 4, vocab_size=1200, max_pixels=448 * 448)
+        images, export, held_out = demo_export(tmp_path)
+        samples = json.loads((export / "mmcof.json").read_text())
+        assert samples and not any(HELD_OUT in image for sample in samples for image in sample["images"])
+        questions = {t["task"]["question"]: {} for t in held_out}
+        for trajectory in held_out:
+            questions[trajectory["task"]["question"]][trajectory["view"]["resolution"]] = trajectory["needs_zoom"]
+        both = [q for q, by_r in questions.items() if by_r == {RESOLUTIONS[0]: True, RESOLUTIONS[-1]: False}]
+        assert both, questions  # the pipeline itself zooms at 448 and not at 1024 on the held-out questions
 
+        corpus = [message["content"] for sample in samples for message in sample["messages"]]
+        base = build_tiny_qwen25vl(tmp_path / "tiny", corpus=corpus * 4, vocab_size=1200, max_pixels=1400 * 1400)
         out = tmp_path / "finetuned"
-        assert main_exit(["finetune", "--data", str(tmp_path / "export"), "--model", str(base), "--out", str(out),
-                          "--full", "--max-steps", str(STEPS), "--batch-size", "2", "--grad-accum", "1",
-                          "--lr", "3e-3", "--image-max-pixels", str(448 * 448), "--image-min-pixels", str(56 * 56),
+        assert main_exit(["finetune", "--data", str(export), "--model", str(base), "--out", str(out), "--full",
+                          "--max-steps", str(STEPS), "--batch-size", "2", "--grad-accum", "1", "--lr", "3e-3",
+                          "--image-max-pixels", str(1400 * 1400), "--image-min-pixels", str(56 * 56),
                           "--save-steps", str(10 * STEPS)]) == 0
         losses = [json.loads(line)["loss"] for line in (out / "loss.jsonl").read_text().splitlines()]
         assert losses[-1] * 5 <= losses[0], losses
 
+        crops = []
+
+        def watched_crop(frame, box):
+            crop = crop_zoom(frame, box)
+            crops.append((frame.size, box, crop.size))
+            return crop
+
+        monkeypatch.setattr(evaluate, "crop_zoom", watched_crop)
         model = chat_model(ChatModelConfig(backend="transformers", model=str(out / "model"), device="cpu"))
-        settings = EvalSettings(resolutions=list(RESOLUTIONS))
-        item = BenchItem(id="x", image=images / scenes["scenes"][0]["file"], question="", options=None, answer=None,
-                         category="all")
-        asyncio.run(check_image_tokens(model, item, settings))  # eval's processor bounds: frames reach it whole
-        first = {}
-        formed = []
-        for trajectory in trajectories:
-            frame = make_frame(images / trajectory.task.image, trajectory.view.resolution, MAX_PIXELS)
-            messages = first_messages(frame, trajectory.task.question, None, "cof")
-            reply = asyncio.run(model.complete(messages, max_tokens=64)).text
-            formed.append(well_formed(reply))
-            first[(trajectory.task.image, trajectory.task.question, trajectory.view.resolution)] = reply
-        assert sum(formed) >= 0.7 * len(formed), list(first.values())
-        pairs = [(first[(image, question, RESOLUTIONS[0])], first[(image, question, RESOLUTIONS[-1])])
-                 for image, question, resolution in first if resolution == RESOLUTIONS[0]]
-        assert any(small != large for small, large in pairs), pairs
+        settings = EvalSettings(resolutions=RESOLUTIONS, max_new_tokens=96, max_generations=3)
+        image = images / HELD_OUT
+        asyncio.run(check_image_tokens(model, BenchItem("x", image, "", None, None, "all"), settings))
+        episodes = {}
+        for question in questions:
+            for resolution in RESOLUTIONS:
+                frame = make_frame(image, resolution, MAX_PIXELS)
+                episodes[question, resolution] = asyncio.run(run_episode(model, frame, question, None, settings))
+        replies = {key: [kind(reply) for reply in episode.replies] for key, episode in episodes.items()}
+        calls = [k for kinds in replies.values() for k in kinds if k not in ("direct", "no answer")]
+        assert calls and all(k == "zoom" for k in calls), replies  # every tool call the model wrote parses
+        zoomed = [episode for episode in episodes.values() if episode.zooms]
+        assert zoomed and len(crops) == sum(len(episode.zooms) for episode in episodes.values()), (replies, crops)
+        differ = [q for q in both if replies[q, RESOLUTIONS[0]][0] == "zoom" and replies[q, RESOLUTIONS[-1]][0] == "direct"]
+        assert differ, replies
     finally:
         torch.set_num_threads(threads)
 
 
 def main_exit(argv) -> int:
     import sys
+
+    from mmcof_gen.cli import main
 
     old = sys.argv
     sys.argv = ["mmcof-gen", *argv]
