@@ -11,7 +11,10 @@ judge script do where they differ from this project's own protocol, rule for rul
 - scoring, case-sensitive, against the option letter: `A`, a two-character answer with a dot holding the
   letter (`A.`), a three-character one with both parentheses (`(A)`), or an answer containing `(A) <option
   text>` exactly; anything else (the empty answer included) goes to the LLM judge, whose reference is the
-  bare letter and whose reply is read as the release reads it.
+  bare letter and whose reply is read as the release reads it; the judge request carries only
+  `temperature: 0` (the server chooses the rest, as for the release's OpenAI client);
+- the image the model sees: the checkpoint's own processor limits (Qwen2.5-VL: 3136 to 12,845,056 pixels,
+  sides multiples of 28), so an R=3840 frame is resized again inside the model (`image_tokens`).
 
     image, box, problem = zoom(frame, reply)   # what goes back to the model; the box cropped; what went wrong
 """
@@ -20,13 +23,14 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 from PIL import Image
 
 from mmcof_gen import cof_format, resources
-from mmcof_gen.imaging import zoom_image, zoom_region
+from mmcof_gen.imaging import smart_resize, zoom_image, zoom_region
+from mmcof_gen.models.chat import ChatModelConfig
 
+MIN_PIXELS, MAX_PIXELS = 56 * 56, 28 * 28 * 16384  # Qwen2.5-VL-7B's preprocessor_config.json, which the release used
 JUDGE_SYSTEM = "You are a helpful assistant."
 JUDGE_PROMPT = (resources.prompts("cof") / "release_judge.txt").read_text(
     encoding="utf-8").removesuffix("\n")
@@ -106,3 +110,15 @@ def read_judgement(reply: str) -> bool:
         verdict = reply.split("Judgement:")[-1].strip()
         return "1" in verdict
     return reply == "1"
+
+
+def image_tokens(width: int, height: int) -> int:
+    """The image tokens of a width x height image under the release's processor (28 x 28 pixels a token)."""
+    h_bar, w_bar = smart_resize(height, width, 28, MIN_PIXELS, MAX_PIXELS)
+    return h_bar * w_bar // (28 * 28)
+
+
+def judge_config(config: ChatModelConfig) -> ChatModelConfig:
+    """The judge as the release's script calls it: `temperature=0` and nothing else (no top_p, no
+    repetition_penalty; `score_release` sends no max_tokens)."""
+    return config.model_copy(update={"top_p": None, "repetition_penalty": None})

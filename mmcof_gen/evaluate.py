@@ -10,12 +10,15 @@ instead of the whole frame; several resolutions; a no-tool baseline (`baseline_n
 
 Two protocols (docs/eval.md): `mmcof` (the default, above) and `cof-release`, the published V* protocol to
 the letter (`cof_release`: V* text verbatim, the release's tool-call handling, first-answer extraction,
-rule scoring and judge, full JPEG decoding; its R=3840 row is the one comparable with published numbers).
+rule scoring and judge, full JPEG decoding; its R=3840 row is the one comparable with published numbers,
+when the run is whole, error-free and its image inputs were checked equal to the release's: `not_comparable`).
 Decoding is explicit on every request (greedy, top_p 1, repetition_penalty 1 unless the model config says
 otherwise) and recorded with the protocol in `eval.json` and `report.json`.
 
 Results stream to `<out>/results.jsonl` (one line per question x resolution x mode, flushed), so a killed
-run resumes where it stopped (errored samples are retried); `report.json`, `report.png` summarise them.
+run resumes where it stopped (errored samples are retried); `report.json`, `report.png` summarise them. A
+folder resumes only with the same fingerprint (`fingerprint`: every prompt file and setting a request depends
+on), never into results made otherwise.
 
     report = evaluate(chat_model(config), load_bench(Path("vstar_bench")), EvalSettings(), Path("outputs/eval"))
 """
@@ -41,7 +44,7 @@ from mmcof_gen.conventions import CONVENTIONS, read_box
 from mmcof_gen.errors import ConfigError
 from mmcof_gen.export.targets import DEFAULT_TARGET, TARGETS, Target, student_target
 from mmcof_gen.extras import require
-from mmcof_gen.imaging import MAX_ZOOM_PIXELS, MIN_PIXELS, frame_from_image, image_size, load_image
+from mmcof_gen.imaging import MAX_ZOOM_PIXELS, MIN_PIXELS, file_sha256, frame_from_image, image_size, load_image
 from mmcof_gen.models.chat import ChatError, ChatMessage, ChatModel, ChatModelConfig, chat_model
 from mmcof_gen.prompts import Prompts
 from mmcof_gen.schema import Box
@@ -55,6 +58,7 @@ RESULTS, REPORT, PLOT, SETTINGS = "results.jsonl", "report.json", "report.png", 
 Mode = Literal["cof", "no_zoom"]
 Protocol = Literal["mmcof", "cof-release"]
 COMPARABLE_RESOLUTION = 3840  # the only budget the release evaluates at
+RELEASE_LIMITS = {"max_generations": 6, "max_images": 6, "max_new_tokens": 512}  # the release's loop
 
 
 class EvalSettings(BaseModel):
@@ -237,7 +241,7 @@ async def score_release(item: BenchItem, predicted: str, judge: ChatModel) -> Sc
         return Score(decided, "rule")
     prompt = cof_release.judge_prompt(item.text, item.label, predicted)
     reply = await judge.complete([ChatMessage("system", cof_release.JUDGE_SYSTEM), ChatMessage("user", prompt)],
-                                 max_tokens=512, temperature=0.0)
+                                 max_tokens=None, temperature=0.0)
     return Score(cof_release.read_judgement(reply.text), "judge")
 
 
@@ -261,15 +265,58 @@ def check_protocol(model: ChatModel, items: list[BenchItem], settings: EvalSetti
         raise ConfigError("--protocol cof-release sends every answer its rules cannot score to an LLM judge: pass "
                           "--judge-endpoint URL --judge-model NAME")
     decoding = decoding_of(model, settings)
-    if decoding and (decoding["top_p"] != 1.0 or decoding.get("repetition_penalty") != 1.0):
+    if decoding and (decoding.get("top_p") != 1.0 or decoding.get("repetition_penalty") != 1.0):
         raise ConfigError(f"--protocol cof-release decodes greedily with top_p 1.0 and repetition_penalty 1.0; "
                           f"the model config says {decoding}")
+    config = getattr(judge, "config", None)
+    if isinstance(config, ChatModelConfig) and config.decoding(None, 0.0) != {"temperature": 0.0}:
+        raise ConfigError(f"--protocol cof-release sends the judge only temperature 0, as the release does; its "
+                          f"config sends {config.decoding(None, 0.0)}: build it with cof_release.judge_config")
 
 
-def summarize(records: list[EvalRecord], protocol: Protocol = "mmcof") -> list[dict]:
+def request_prompts() -> dict[str, str]:
+    """sha256[:16] of every prompt file an eval request is made of (the CoF format's and eval's own)."""
+    return {f"{kind}/{path.name}": file_sha256(path)[:16] for kind in ("cof", "eval")
+            for path in sorted(resources.prompts(kind).glob("*.txt"))}
+
+
+def fingerprint(model: ChatModel, settings: EvalSettings, judge: ChatModel | None, bench: str) -> dict:
+    """Everything a request or a score depends on: a results folder holding another fingerprint is refused."""
+    def identity(chat: ChatModel | None) -> dict | str | None:
+        config = getattr(chat, "config", None)
+        return config.identity() if isinstance(config, ChatModelConfig) else getattr(chat, "name", None)
+
+    return {"model": model.name, "bench": bench, "judge": judge.name if judge else None,
+            "protocol": settings.protocol, "decoding": decoding_of(model, settings), "model_identity": identity(model),
+            "judge_identity": identity(judge), "prompts": request_prompts(),
+            "settings": settings.model_dump(exclude={"concurrency"})}
+
+
+def not_comparable(settings: EvalSettings, records: list[EvalRecord], full: bool,
+                   image_tokens: dict | None) -> list[str]:
+    """Why the R=3840 rows cannot stand next to the published numbers (none: they can)."""
+    reasons = []
+    if settings.protocol != "cof-release":
+        reasons.append(f"protocol {settings.protocol}, not cof-release")
+    if COMPARABLE_RESOLUTION not in settings.resolutions:
+        reasons.append(f"no R={COMPARABLE_RESOLUTION}")
+    changed = {k: v for k, v in RELEASE_LIMITS.items() if getattr(settings, k) != v}
+    if changed:
+        reasons.append(f"settings {changed} differ from the release's {RELEASE_LIMITS}")
+    if not full:
+        reasons.append("a part of the benchmark (--limit)")
+    errors = sum(r.error is not None for r in records if r.resolution == COMPARABLE_RESOLUTION)
+    if errors:
+        reasons.append(f"{errors} error record(s) at R={COMPARABLE_RESOLUTION}")
+    if (image_tokens or {}).get(str(COMPARABLE_RESOLUTION), {}).get("release") is not True:
+        reasons.append(f"the image tokens at R={COMPARABLE_RESOLUTION} were not checked equal to the release's")
+    return reasons
+
+
+def summarize(records: list[EvalRecord], comparable: bool = False) -> list[dict]:
     """One row per (mode, resolution, category), plus category "all": accuracy, zoom rate, failures.
 
-    `comparable`: the row was made as the published numbers were (cof-release at R=3840)."""
+    `comparable` (the run was made as the published numbers were, `not_comparable`): its R=3840 rows are."""
     groups: dict[tuple[str, int, str], list[EvalRecord]] = {}
     for record in records:
         for category in dict.fromkeys(("all", record.category)):  # a record of category "all" counts once
@@ -288,7 +335,7 @@ def summarize(records: list[EvalRecord], protocol: Protocol = "mmcof") -> list[d
             "bad_call": sum(bool(r.bad_calls) for r in group),
             "errors": sum(r.error is not None for r in group),
             "judged": sum(r.method.startswith("judge") for r in group),
-            "comparable": protocol == "cof-release" and resolution == COMPARABLE_RESOLUTION,
+            "comparable": comparable and resolution == COMPARABLE_RESOLUTION,
         })
     return rows
 
@@ -322,21 +369,20 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def evaluate(model: ChatModel, items: list[BenchItem], settings: EvalSettings, out: Path,
              judge: ChatModel | None = None, bench: str = "", image_tokens: dict | None = None,
-             benchmark: benchmarks.Benchmark | None = None) -> dict:
+             benchmark: benchmarks.Benchmark | None = None, full: bool = False) -> dict:
     """Run every (item, resolution, mode) not yet in `out`, then write the report and the results table
     (`results.md`, `results.csv`); returns the report.
 
     `image_tokens` (from `check_image_tokens`) goes into the report as it is; `benchmark` (default: the
-    one of the items) scores the published figures."""
+    one of the items) scores the published figures; `full`: `items` are the whole benchmark (a condition of
+    `comparable`)."""
     missing = [item.id for item in items if item.answer is None]
     if missing:
         raise ConfigError(f"--bench: {len(missing)} questions have no answer to score against (first: {missing[0]})")
     check_protocol(model, items, settings, judge)
     out = Path(out)
-    fingerprint = {"model": model.name, "bench": bench, "judge": judge.name if judge else None,
-                   "protocol": settings.protocol, "decoding": decoding_of(model, settings),
-                   "prompts": PROMPTS.hashes, "settings": settings.model_dump(exclude={"concurrency"})}
-    _open_results(out, fingerprint)
+    made_with = fingerprint(model, settings, judge, bench)
+    _open_results(out, made_with)
     done = {record.id: record for record in read_jsonl(out / RESULTS, EvalRecord)}
     modes: list[Mode] = ["cof", "no_zoom"] if settings.baseline_no_zoom else ["cof"]
     work = {record_id(item, r, mode): (item, r, mode) for item in items for r in settings.resolutions for mode in modes}
@@ -344,9 +390,10 @@ def evaluate(model: ChatModel, items: list[BenchItem], settings: EvalSettings, o
     for record in asyncio.run(_run_all(model, todo, settings, judge, out / RESULTS)):
         done[record.id] = record
     records = [done[key] for key in work]
-    rows = summarize(records, settings.protocol)
+    reasons = not_comparable(settings, records, full, image_tokens)
+    rows = summarize(records, comparable=not reasons)
     benchmark = benchmark or benchmarks.BENCHMARKS[items[0].bench if items else "vstar"]
-    report = {**fingerprint, "image_tokens": image_tokens, "rows": rows, "benchmark": {
+    report = {**made_with, "image_tokens": image_tokens, "not_comparable": reasons, "rows": rows, "benchmark": {
         "name": benchmark.name, "title": benchmark.title(Path(bench)), "scoring": benchmark.scoring,
         "results": benchmarks.published(benchmark, records, {item.id: item for item in items})}}
     write_json_atomic(out / REPORT, report)
@@ -409,9 +456,11 @@ async def check_image_tokens(model: ChatModel, item: BenchItem, settings: EvalSe
     In process: the processor's pixel bounds are widened to the zoom tool's (112^2 .. 3840^2), which holds
     every frame and crop, so nothing is resized. A server is asked: the prompt tokens of the first item's
     frame minus those of the same text alone; fewer than the frame's own patches (Qwen2.5-VL: 28x28 pixels a
-    token, Qwen3-VL: 32x32) means the server downsizes it, and that R is refused. Under cof-release nothing is changed or
-    refused (the release ran with the checkpoint's own processor limits); the counts are only recorded.
-    Returns, per R, the frame's size and its image tokens (None: the server does not count them)."""
+    token, Qwen3-VL: 32x32) means the server downsizes it, and that R is refused. Under cof-release nothing is
+    widened: the release ran with the checkpoint's own processor limits, so each R's count must equal what those
+    give (`cof_release.image_tokens`; a server widened as the default protocol needs is refused), and is marked
+    `release: true` when it was checked so. Returns, per R, the frame's size and its image tokens (None: the
+    server does not count them)."""
     release = settings.protocol == "cof-release"
     target = model_target(model)
     with local_image(item.image) as path:
@@ -424,13 +473,15 @@ async def check_image_tokens(model: ChatModel, item: BenchItem, settings: EvalSe
             processor.size = {"shortest_edge": min(size["shortest_edge"], MIN_PIXELS),
                               "longest_edge": max(size["longest_edge"], MAX_ZOOM_PIXELS)}
         merge = getattr(processor, "merge_size", 1) ** 2
-        return {str(r): {"frame": list(f.size),
-                         "tokens": processor.get_number_of_image_patches(f.height, f.width) // merge}
-                for r, f in frames.items()}
+        found = {str(r): {"frame": list(f.size),
+                          "tokens": processor.get_number_of_image_patches(f.height, f.width) // merge}
+                 for r, f in frames.items()}
+        return _against_release(model, found) if release else found
     try:
         text_only = (await model.complete([ChatMessage("user", "?")], max_tokens=1)).prompt_tokens
     except ChatError:  # a server that refuses the probe is left to the episodes, which record why
-        return {str(r): {"frame": list(f.size), "tokens": None} for r, f in frames.items()}
+        found = {str(r): {"frame": list(f.size), "tokens": None} for r, f in frames.items()}
+        return _against_release(model, found) if release else found
     found = {}
     for resolution, frame in frames.items():
         with_frame = (await model.complete([ChatMessage("user", "?", [frame])], max_tokens=1)).prompt_tokens
@@ -441,6 +492,20 @@ async def check_image_tokens(model: ChatModel, item: BenchItem, settings: EvalSe
                               f"into {tokens} image tokens, not its {patches}: the server downsizes it (vLLM: serve "
                               f"with --mm-processor-kwargs '{{\"max_pixels\": {MAX_ZOOM_PIXELS}}}'), or drop {resolution}")
         found[str(resolution)] = {"frame": list(frame.size), "tokens": tokens}
+    return _against_release(model, found) if release else found
+
+
+def _against_release(model: ChatModel, found: dict[str, dict]) -> dict[str, dict]:
+    """cof-release: each counted R must give the model the release's image tokens; marks those checked."""
+    for resolution, entry in found.items():
+        expected = cof_release.image_tokens(*entry["frame"])
+        if entry["tokens"] is not None and entry["tokens"] != expected:
+            width, height = entry["frame"]
+            raise ConfigError(f"--protocol cof-release: {model.name} turns the {width}x{height} frame of "
+                              f"R={resolution} into {entry['tokens']} image tokens, the release's processor into "
+                              f"{expected}: serve the model with its checkpoint's own image limits (no "
+                              "--mm-processor-kwargs max_pixels), or use --protocol mmcof")
+        entry["release"] = entry["tokens"] is not None
     return found
 
 
@@ -451,11 +516,14 @@ def evaluate_bench(bench: Path, out: Path, settings: EvalSettings, model: ChatMo
     what each R becomes in the model, evaluate, report."""
     require("data", "eval (its report.png)", ("matplotlib",))
     benchmark = benchmarks.detect(bench, bench_format)
-    items = benchmarks.select(benchmark.load(Path(bench)), categories, limit)
+    every = benchmark.load(Path(bench))
+    items = benchmarks.select(every, categories, limit)
     if model.backend == "openai":
         _check_server(model, settings)
+    if judge is not None and settings.protocol == "cof-release":
+        judge = cof_release.judge_config(judge)
     chat, judging = chat_model(model), chat_model(judge) if judge else None
     check_protocol(chat, items, settings, judging)  # before the first request
     image_tokens = asyncio.run(check_image_tokens(chat, items[0], settings)) if items else None
     return evaluate(chat, items, settings, out, judging, bench=str(bench), image_tokens=image_tokens,
-                    benchmark=benchmark)
+                    benchmark=benchmark, full=len(items) == len(every))

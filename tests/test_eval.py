@@ -7,6 +7,7 @@ import asyncio
 import base64
 import io
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
-from mmcof_gen import cof_format
+from mmcof_gen import cof_format, resources
 from mmcof_gen.evaluate import TOOL_RESULT_TEXT, EvalRecord, EvalSettings, evaluate, evaluate_bench, run_episode, summarize
 from mmcof_gen.imaging import crop_zoom, make_frame
 from mmcof_gen.models.chat import ChatModelConfig, chat_model
@@ -282,6 +283,35 @@ def test_failed_samples_are_recorded_then_retried_on_resume(tmp_path):
     assert server.requests == []
     with pytest.raises(ValueError, match="holds results of another evaluation \\(settings differ\\)"):
         evaluate(openai_model(server), [glove], EvalSettings(resolutions=[448]), tmp_path / "out")
+
+
+def test_a_changed_prompt_file_or_judge_is_a_new_evaluation_never_a_resume(tmp_path, monkeypatch):
+    """Every prompt file a request is made of (the CoF format's, the release's judge prompt, eval's own) and
+    the judge's request settings are in the fingerprint: a folder made with other ones is refused."""
+    glove = load_bench(write_vstar(tmp_path / "vstar"))[0]
+    prompts = tmp_path / "prompts"
+    for kind in ("cof", "eval"):
+        shutil.copytree(resources.prompts(kind), prompts / kind)
+    monkeypatch.setattr(resources, "prompts", lambda kind: prompts / kind)
+    settings, out = EvalSettings(resolutions=[224]), tmp_path / "out"
+    with ScriptedServer(lambda body: Reply("<answer> a bluish one </answer>")) as server, \
+            ScriptedServer(lambda body: Reply('{"correct": true}')) as judge:
+        evaluate(openai_model(server), [glove], settings, out, judge=openai_model(judge))
+        for name in ("cof/release_judge.txt", "cof/system.txt", "cof/format_suffix.txt", "eval/tool_error.txt"):
+            original = (prompts / name).read_text(encoding="utf-8")
+            (prompts / name).write_text(original + "edited\n", encoding="utf-8")
+            with pytest.raises(ValueError, match="^--out .* holds results of another evaluation \\(prompts differ\\)"):
+                evaluate(openai_model(server), [glove], settings, out, judge=openai_model(judge))
+            (prompts / name).write_text(original, encoding="utf-8")
+        with pytest.raises(ValueError, match="another evaluation \\(judge_identity differ\\)"):
+            evaluate(openai_model(server), [glove], settings, out,
+                     judge=openai_model(judge, structured_output="json_object"))
+        asked = len(server.requests)
+        evaluate(openai_model(server), [glove], settings, out, judge=openai_model(judge))  # the same: a resume
+    assert len(server.requests) == asked == 1
+    made_with = json.loads((out / "eval.json").read_text())
+    assert set(made_with["prompts"]) == {f"{kind}/{path.name}" for kind in ("cof", "eval")
+                                         for path in (prompts / kind).glob("*.txt")}
 
 
 def test_an_unreadable_image_is_one_error_record_and_the_rest_still_runs(tmp_path):

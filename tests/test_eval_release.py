@@ -23,7 +23,8 @@ import pytest
 from jinja2 import Template
 from PIL import Image
 
-from mmcof_gen.evaluate import EvalSettings, evaluate
+from mmcof_gen import cof_release
+from mmcof_gen.evaluate import EvalSettings, evaluate, evaluate_bench
 from mmcof_gen.imaging import frame_from_image, image_sha256, load_image, make_frame
 from mmcof_gen.models.chat import ChatModelConfig, chat_model
 from mmcof_gen.tasks.vstar import load_bench
@@ -134,6 +135,10 @@ def model(server: ScriptedServer):
     return chat_model(ChatModelConfig(backend="openai", base_url=server.url, model="m", timeout=10.0))
 
 
+def release_judge(server: ScriptedServer):
+    return chat_model(cof_release.judge_config(ChatModelConfig(base_url=server.url, model="j", timeout=10.0)))
+
+
 def short_sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -166,7 +171,8 @@ def test_cof_release_gives_the_release_verdict_requests_and_judge_prompts_on_eve
 
     settings = EvalSettings(protocol="cof-release", resolutions=[3840])
     with ScriptedServer(answer) as server, ScriptedServer(judgement) as judge:
-        report = evaluate(model(server), load_bench(bench), settings, tmp_path / "out", judge=model(judge))
+        report = evaluate(model(server), load_bench(bench), settings, tmp_path / "out", judge=release_judge(judge),
+                          full=True)
 
     records = {r["item"]: r for r in map(json.loads, (tmp_path / "out" / "results.jsonl").read_text().splitlines())}
     template = Template(QWEN_CHAT_TEMPLATE)
@@ -181,13 +187,15 @@ def test_cof_release_gives_the_release_verdict_requests_and_judge_prompts_on_eve
         assert images_of(requests[-1]) == [tuple(i) for i in item.images], name
         assert [short_sha(r["messages"][1]["content"]) for r in asked] == item.judge_prompts, name
         assert all(r["messages"][0] == {"role": "system", "content": "You are a helpful assistant."}
-                   and r["temperature"] == 0.0 for r in asked)
+                   and set(r) == {"model", "messages", "temperature"} and r["temperature"] == 0.0 for r in asked)
     for request in server.requests:  # the release's SamplingParams(max_tokens=512, temperature=0), with nothing left
         assert {k: request[k] for k in ("temperature", "top_p", "max_tokens", "repetition_penalty")} == {
             "temperature": 0.0, "top_p": 1.0, "max_tokens": 512, "repetition_penalty": 1.0}
     assert report["protocol"] == "cof-release"
     overall = report["rows"][0]
-    assert (overall["resolution"], overall["n"], overall["accuracy"], overall["comparable"]) == (3840, 10, 0.5, True)
+    assert (overall["resolution"], overall["n"], overall["accuracy"]) == (3840, 10, 0.5)
+    assert overall["comparable"] is False  # evaluate() alone probes no image tokens (evaluate_bench does)
+    assert report["not_comparable"] == ["the image tokens at R=3840 were not checked equal to the release's"]
     assert overall["judged"] == sum(bool(item.judge) for item in RELEASE) == 5
 
 
@@ -197,9 +205,11 @@ def test_the_default_protocol_differs_where_the_release_does(tmp_path):
     bench = write_bench(tmp_path / "vstar")
     with ScriptedServer(lambda body: Reply(item_of(body).replies[sum(m["role"] == "assistant"
                                                                      for m in body["messages"])])) as server:
-        evaluate(model(server), load_bench(bench)[:3], EvalSettings(resolutions=[3840]), tmp_path / "out")
+        report = evaluate(model(server), load_bench(bench)[:3], EvalSettings(resolutions=[3840]), tmp_path / "out",
+                          full=True, image_tokens={"3840": {"frame": [588, 448], "tokens": 336, "release": True}})
     records = {r["item"]: r for r in map(json.loads, (tmp_path / "out" / "results.jsonl").read_text().splitlines())}
     assert [records[f"direct_attributes/sa_{n}"]["correct"] for n in (1, 2, 3)] == [True, True, True]
+    assert report["not_comparable"] == ["protocol mmcof, not cof-release"] and not report["rows"][0]["comparable"]
 
 
 def test_cof_release_decodes_the_whole_jpeg_before_resizing(tmp_path):
@@ -216,7 +226,7 @@ def test_cof_release_decodes_the_whole_jpeg_before_resizing(tmp_path):
     with ScriptedServer(lambda body: Reply("<answer>A</answer>")) as server, \
             ScriptedServer(lambda body: Reply("0")) as judge:
         evaluate(model(server), load_bench(root), EvalSettings(protocol="cof-release", resolutions=[448]),
-                 tmp_path / "out", judge=model(judge))
+                 tmp_path / "out", judge=release_judge(judge))
     full = frame_from_image(load_image(root / "direct_attributes/a.jpg", 10**9), 448)
     drafted = make_frame(root / "direct_attributes/a.jpg", 448, 10**9)
     [(width, height, sent)] = images_of(server.requests[0])
@@ -244,3 +254,77 @@ def test_cof_release_refuses_what_the_release_could_not_run(tmp_path):
     with pytest.raises(ValueError, match="sends V\\*'s question text verbatim: pass a --bench folder"):
         evaluate(model(ScriptedServer([])), load_bench(tmp_path / "folders"), EvalSettings(protocol="cof-release"),
                  tmp_path / "out2", judge=model(ScriptedServer([])))
+
+
+def release_server(tokens_of=cof_release.image_tokens, fail: str | None = None) -> ScriptedServer:
+    """A model server that counts an image's prompt tokens with `tokens_of(width, height)` (the release's
+    processor by default) and answers every question "A" (HTTP 500 for the item whose text starts `fail`)."""
+    def answer(body):
+        user = body["messages"][-1]["content"]
+        images = [Image.open(io.BytesIO(base64.b64decode(part["image_url"]["url"].split(",", 1)[1])))
+                  for part in user if part["type"] == "image_url"] if isinstance(user, list) else []
+        text = user if isinstance(user, str) else user[-1]["text"]
+        if fail is not None and text.startswith(f"Question: {fail}"):
+            return Reply(status=500)
+        return Reply("<answer>(A) no</answer>", prompt_tokens=10 + sum(2 + tokens_of(*i.size) for i in images))
+    return ScriptedServer(answer)
+
+
+def test_only_a_whole_error_free_run_with_the_release_image_tokens_is_comparable(tmp_path):
+    """The R=3840 rows are comparable for the whole bench, every record without error, and a server whose
+    image tokens were probed equal to the release processor's; --limit, an error record, or a server that
+    does not count tokens each make them not comparable, with the reason in the report. The judge request
+    carries temperature 0 and nothing else, as the release's judge script sends."""
+    bench = write_bench(tmp_path / "vstar")
+    settings = EvalSettings(protocol="cof-release", resolutions=[448, 3840])
+    config = dict(backend="openai", model="m", timeout=10.0, max_retries=0)
+
+    def run(name, server, judge, **kwargs):
+        return evaluate_bench(bench, tmp_path / name, settings, ChatModelConfig(base_url=server.url, **config),
+                              ChatModelConfig(base_url=judge.url, model="j", timeout=10.0), **kwargs)
+
+    with release_server() as server, ScriptedServer(lambda body: Reply("Judgement: 0")) as judge:
+        whole = run("whole", server, judge)
+        part = run("part", server, judge, limit=3)
+    comparable = {(row["resolution"], row["category"]): row["comparable"] for row in whole["rows"]}
+    assert comparable == {(448, "all"): False, (448, "direct_attributes"): False, (448, "relative_position"): False,
+                          (3840, "all"): True, (3840, "direct_attributes"): True, (3840, "relative_position"): True}
+    assert whole["not_comparable"] == [] and whole["image_tokens"]["3840"]["release"] is True
+    assert judge.requests and all(set(r) == {"model", "messages", "temperature"} and r["temperature"] == 0.0
+                                  for r in judge.requests)
+    assert part["not_comparable"] == ["a part of the benchmark (--limit)"]
+    assert not any(row["comparable"] for row in part["rows"])
+
+    with release_server(fail=RELEASE[4].question) as server, ScriptedServer(lambda b: Reply("0")) as judge:
+        failed = run("failed", server, judge)
+    assert failed["not_comparable"] == ["1 error record(s) at R=3840"]
+    assert not any(row["comparable"] for row in failed["rows"])
+
+    with release_server(tokens_of=lambda w, h: -12) as server, ScriptedServer(lambda b: Reply("0")) as judge:
+        uncounted = run("uncounted", server, judge)  # prompt tokens of a frame = those of the text: not counted
+    assert uncounted["image_tokens"]["3840"] == {"frame": [588, 448], "tokens": None, "release": False}
+    assert uncounted["not_comparable"] == ["the image tokens at R=3840 were not checked equal to the release's"]
+
+
+def test_cof_release_refuses_a_server_that_widens_the_image_limits(tmp_path):
+    """A server started with the max_pixels the default protocol needs gives an R=3840 frame of more than
+    12,845,056 pixels all its patches; the release's processor shrinks it. cof-release refuses before the run."""
+    root = tmp_path / "vstar"
+    (root / "direct_attributes").mkdir(parents=True)
+    Image.new("RGB", (4480, 3360), (40, 90, 160)).save(root / "direct_attributes/big.jpg", quality=90)
+    (root / "test_questions.jsonl").write_text(json.dumps({
+        "image": "direct_attributes/big.jpg", "text": "Which color?\n(A) blue\n(B) red" + MC,
+        "category": "direct_attributes", "label": "A"}) + "\n", encoding="utf-8")
+    frame = make_frame(root / "direct_attributes/big.jpg", 3840, 10**9)
+    assert frame.width * frame.height > cof_release.MAX_PIXELS
+    widened = frame.width * frame.height // 784
+    with release_server(tokens_of=lambda w, h: w * h // 784) as server, ScriptedServer([]) as judge:
+        with pytest.raises(ValueError) as refused:
+            evaluate_bench(root, tmp_path / "out", EvalSettings(protocol="cof-release", resolutions=[3840]),
+                           ChatModelConfig(base_url=server.url, model="m", timeout=10.0),
+                           ChatModelConfig(base_url=judge.url, model="j", timeout=10.0))
+    assert str(refused.value) == (
+        f"--protocol cof-release: openai:m turns the {frame.width}x{frame.height} frame of R=3840 into {widened} image "
+        f"tokens, the release's processor into {cof_release.image_tokens(*frame.size)}: serve the model with its "
+        "checkpoint's own image limits (no --mm-processor-kwargs max_pixels), or use --protocol mmcof")
+    assert not (tmp_path / "out").exists() and judge.requests == []

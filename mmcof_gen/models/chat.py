@@ -66,11 +66,12 @@ class ChatModel(Protocol):
         self,
         messages: list[ChatMessage],
         *,
-        max_tokens: int = 512,
+        max_tokens: int | None = 512,
         temperature: float = 0.0,
         json_schema: dict | None = None,
     ) -> Completion:
-        """One reply; `json_schema` constrains it where the backend supports that (and is validated anyway)."""
+        """One reply; `json_schema` constrains it where the backend supports that (and is validated anyway).
+        `max_tokens` None: not sent, the server decides (the release's judge does so)."""
         ...
 
     async def aclose(self) -> None:
@@ -124,7 +125,7 @@ class ChatModelConfig(BaseModel):
     price_output_per_million: float = Field(0.0, ge=0, description="USD per million completion tokens")
     # decoding: sent with every request, so that a server's or checkpoint's generation config (Qwen2.5-VL's
     # repetition_penalty 1.05) never fills them in unseen; the temperature and max_tokens come with each call
-    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass (1.0: off)")
+    top_p: float | None = Field(1.0, gt=0, le=1, description="nucleus sampling mass (1.0: off; null: not sent)")
     repetition_penalty: float | None = Field(1.0, gt=0, description="1.0: off; null: not sent (APIs without "
                                                                       "the parameter, such as api.openai.com)")
     # transformers backend
@@ -155,12 +156,11 @@ class ChatModelConfig(BaseModel):
             identity["vision"] = False
         return identity
 
-    def decoding(self, max_tokens: int, temperature: float) -> dict:
-        """The decoding parameters of a call, as sent (and as results record them)."""
-        decoding = {"temperature": temperature, "top_p": self.top_p, "max_tokens": max_tokens}
-        if self.repetition_penalty is not None:
-            decoding["repetition_penalty"] = self.repetition_penalty
-        return decoding
+    def decoding(self, max_tokens: int | None, temperature: float) -> dict:
+        """The decoding parameters of a call, as sent (and as results record them); None is not sent."""
+        decoding = {"temperature": temperature, "top_p": self.top_p, "max_tokens": max_tokens,
+                    "repetition_penalty": self.repetition_penalty}
+        return {name: value for name, value in decoding.items() if value is not None}
 
 
 def chat_model(config: ChatModelConfig) -> ChatModel:
@@ -359,7 +359,7 @@ class OpenAIChat:
             await self._closer.aclose()
             self._loop = self._session = self._closer = self._semaphore = None
 
-    def request(self, messages: list[ChatMessage], max_tokens: int, temperature: float,
+    def request(self, messages: list[ChatMessage], max_tokens: int | None, temperature: float,
                 json_schema: dict | None) -> dict:
         """The JSON body of the chat-completions request, as sent (pure)."""
         body: dict = {"model": self.config.model, "messages": openai_messages(messages),
@@ -373,7 +373,7 @@ class OpenAIChat:
             body["response_format"] = {"type": "json_object", "schema": json_schema}
         return body
 
-    def request_bytes(self, messages: list[ChatMessage], max_tokens: int, temperature: float,
+    def request_bytes(self, messages: list[ChatMessage], max_tokens: int | None, temperature: float,
                       json_schema: dict | None) -> bytes:
         """`request` as the JSON bytes sent: each image part as encoded once (`image_part`), the rest by
         pydantic's JSON encoder (Rust, a tenth of the standard library's time), all copied once (one join)."""
@@ -408,7 +408,7 @@ class OpenAIChat:
         base = min(self.config.backoff_seconds * 2 ** retry, self.config.max_backoff_seconds)
         return base * (0.5 + random.random() / 2)
 
-    async def complete(self, messages: list[ChatMessage], *, max_tokens: int = 512, temperature: float = 0.0,
+    async def complete(self, messages: list[ChatMessage], *, max_tokens: int | None = 512, temperature: float = 0.0,
                        json_schema: dict | None = None) -> Completion:
         session, semaphore = await self._bind()
         body = self.request_bytes(messages, max_tokens, temperature, json_schema)
@@ -561,7 +561,7 @@ class TransformersChat:
         # 1.05, top_k 1) would otherwise apply to whatever is not given here
         sampling = {"do_sample": temperature > 0, "repetition_penalty": self.config.repetition_penalty or 1.0}
         if temperature > 0:
-            sampling |= {"temperature": temperature, "top_p": self.config.top_p, "top_k": 0}
+            sampling |= {"temperature": temperature, "top_p": self.config.top_p or 1.0, "top_k": 0}
         with self._lock:
             start = time.perf_counter()
             with torch.inference_mode():
