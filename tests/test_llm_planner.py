@@ -30,7 +30,7 @@ from tests.support.scripted_server import ScriptedServer
 
 URL = os.environ.get("MMCOF_LLM_URL", "")
 MODEL = os.environ.get("MMCOF_LLM_MODEL", "")
-SCENES = int(os.environ.get("MMCOF_LLM_SCENES", "3"))
+SCENES = int(os.environ.get("MMCOF_LLM_SCENES", "2"))
 RESOLUTIONS = os.environ.get("MMCOF_LLM_RESOLUTIONS", "448")
 MAX_STEPS = int(os.environ.get("MMCOF_LLM_MAX_STEPS", "4"))
 MAX_CALL_SECONDS = float(os.environ.get("MMCOF_LLM_MAX_CALL_SECONDS", "10"))
