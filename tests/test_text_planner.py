@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import re
 
 import pytest
 from PIL import Image, ImageDraw
@@ -310,12 +311,14 @@ def test_a_chooser_that_reads_the_candidate_list_solves_the_zoom_task(position):
     assert not any(has_image(r) for r in requests)
     first = requests[0]["messages"][1]["content"]
     assert f"text line, {position} of the image" in first and f"region, the {position} ninth of the image" in first
-    listed = [int(n) for n in __import__("re").findall(r"^(\d+)\. ", first, __import__("re").M)]
+    listed = [int(n) for n in re.findall(r"^(\d+)\. ", first, re.M)]
     assert options(requests[0])["read"] == listed and "answer" not in options(requests[0])
     # the chain's thought says what the chooser was shown and what it chose, in those terms
     assert evidence.thought.startswith(f"The tools proposed {len(listed)} candidate(s); I chose to read candidate ")
-    assert f"a text line, {position} of the image" not in evidence.thought  # no invented wording
-    assert f"text line, {position} of the image" in evidence.thought
+    number = result.steps[-2].arguments["candidate"]
+    shown = dict(re.findall(r"^(\d+)\. (.+)$", requests[-1]["messages"][-1]["content"], re.M))
+    assert evidence.thought.endswith(f"I chose to read candidate {number}: {shown[str(number)]}.")
+    assert shown[str(number)].startswith(f"text line, {position} of the image, ")
 
 
 def test_a_chooser_that_zooms_into_a_region_gets_the_lines_found_inside_it():
