@@ -46,7 +46,7 @@ test: $(VENV)/.installed-test
 test-vllm: $(VENV)/.installed-test
 	tests/vllm/stage.sh
 
-# A real text LLM (Gemma-3-270M GGUF, llama-cpp-python server in .venv-llm) plans over RapidOCR: docs/planner.md
+# A real text LLM (SmolLM2-135M-Instruct GGUF, llama-cpp-python server in .venv-llm) chooses over RapidOCR: docs/planner.md
 test-llm: $(VENV)/.installed-test
 	tests/llm/stage.sh
 
