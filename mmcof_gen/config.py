@@ -107,6 +107,9 @@ class AgentConfig(Section):
     max_tokens: int = Field(60_000, ge=1, description="vlm: prompt + completion tokens per search, all roles")
     max_seconds: float = Field(600.0, gt=0, description="vlm: wall seconds per search")
     reply_tokens: int = Field(512, ge=16, description="vlm: max new tokens per model reply")
+    planner_actions: Literal["boxes", "choose"] = Field(
+        "boxes", description="vlm: boxes: the planner writes boxes; choose: it picks among numbered candidates the "
+                             "tools propose (a small text LLM; agent/candidates.py)")
 
 
 def _reader_kind(value) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import re
 
 import pytest
 from PIL import Image, ImageDraw
@@ -258,3 +259,127 @@ def test_a_text_only_planner_gets_no_image_probe_before_a_run(monkeypatch):
     seeing = PipelineConfig.model_validate(pipeline(planner=reader))
     server_info.check_servers(seeing)
     assert probed == [("models.planner", 4)]
+
+
+# ------------------------------------------------------------------------------------------ choose action space
+
+
+def sign_at(position: str) -> tuple[Image.Image, Task]:
+    """A 1344x1008 picture with a large "WELCOME" banner and a small "EXIT 42" sign in the named corner, and the
+    task that asks for the sign by its place."""
+    from mmcof_gen.scenes import _font
+
+    image = Image.new("RGB", (1344, 1008), "white")
+    draw = ImageDraw.Draw(image)
+    draw.text((380, 420), "WELCOME", fill="black", font=_font(110))
+    x, y = {"bottom right": (1080, 880), "top left": (60, 60), "bottom left": (80, 900)}[position]
+    draw.text((x, y), "EXIT 42", fill="black", font=_font(30))
+    task = Task(id="t3", image="signs.png", image_sha256="0" * 64, question=f"What does the small text in the "
+                f"{position} part of the image say?", answer="EXIT 42", source="text", question_type="text",
+                position=position, gt_boxes=[(x, y, x + 150, y + 40)])
+    return image, task
+
+
+def choose_run(script, position: str = "bottom right", **agent):
+    """Only the planner is scripted (a chooser); RapidOCR proposes, reads the real pixels and the verifier checks."""
+    image, task = sign_at(position)
+    frame = frame_from_image(image, 448)
+    with ScriptedServer(script) as server:
+        config = PipelineConfig.model_validate({**pipeline(
+            planner={**MODEL, "base_url": server.url, "vision": False, "backoff_seconds": 0.01},
+            reader={"backend": "rapidocr"}, detector={"backend": "rapidocr", "box_threshold": 0.5}),
+            "agent": {"kind": "vlm", "planner_actions": "choose", "max_steps": 4, **agent}})
+        roles = Roles.build(config.models)
+        result = asyncio.run(VlmSearchAgent(roles, PROMPTS, config.agent).run(task, frame, make_view(frame, image)))
+        return result, list(server.requests)
+
+
+@pytest.mark.parametrize("position", ["bottom right", "top left", "bottom left"])
+def test_a_chooser_that_reads_the_candidate_list_solves_the_zoom_task(position):
+    from tests.support.choosers import options, reading_chooser
+
+    result, requests = choose_run(reading_chooser, position)
+    assert result.accepted and result.needs_zoom and result.answer == "EXIT42"
+    assert result.verdict.reason == "matches the ground truth"
+    # the chooser read the text line in the question's place; that padded line is the evidence the chain ends on
+    [evidence] = result.chain
+    x1, y1, x2, y2 = evidence.box
+    assert result.steps[-2].action == "read" and result.steps[-2].box == evidence.box
+    from mmcof_gen.positions import cell_named, cell_of
+
+    assert cell_of(evidence.box, 504, 378) == cell_named(position) and x2 - x1 < 100 and y2 - y1 < 40
+    # the planner was sent text only, a numbered list with places in words, and a schema of existing numbers
+    assert not any(has_image(r) for r in requests)
+    first = requests[0]["messages"][1]["content"]
+    assert f"text line, {position} of the image" in first and f"region, the {position} ninth of the image" in first
+    listed = [int(n) for n in re.findall(r"^(\d+)\. ", first, re.M)]
+    assert options(requests[0])["read"] == listed and "answer" not in options(requests[0])
+    # the chain's thought says what the chooser was shown and what it chose, in those terms
+    assert evidence.thought.startswith(f"The tools proposed {len(listed)} candidate(s); I chose to read candidate ")
+    number = result.steps[-2].arguments["candidate"]
+    shown = dict(re.findall(r"^(\d+)\. (.+)$", requests[-1]["messages"][-1]["content"], re.M))
+    assert evidence.thought.endswith(f"I chose to read candidate {number}: {shown[str(number)]}.")
+    assert shown[str(number)].startswith(f"text line, {position} of the image, ")
+
+
+def test_a_chooser_that_zooms_into_a_region_gets_the_lines_found_inside_it():
+    from tests.support.choosers import reply
+
+    picks = iter([{"action": "zoom", "candidate": None}, {"action": "read", "candidate": None}])
+
+    def zoom_then_read(body):
+        from tests.support.choosers import listed
+
+        choice = next(picks)
+        candidates = listed(body)
+        if choice["action"] == "zoom":  # the bottom right region
+            choice["candidate"] = next(n for n, d in candidates.items() if "the bottom right ninth" in d)
+        else:  # the line the zoom found inside it
+            choice["candidate"] = max(n for n, d in candidates.items() if ", inside " in d)
+        return reply(choice)
+
+    result, requests = choose_run(zoom_then_read)
+    assert result.accepted and result.answer == "EXIT42"
+    assert [s.action for s in result.steps] == ["read", "locate", "zoom", "read", "answer"]
+    zoom = result.steps[2]
+    assert zoom.box == (336, 242, 504, 364) and "new candidate(s) inside it" in zoom.observation
+    # the kept chain: the region, then the line read inside it, each with the chooser's thought
+    assert [c.box for c in result.chain][0] == (336, 242, 504, 364) and len(result.chain) == 2
+    assert "I chose to zoom candidate" in result.chain[0].thought
+    assert "I chose to read candidate" in result.chain[1].thought and ", inside " in result.chain[1].thought
+
+
+@pytest.mark.parametrize("chooser, reason", [
+    ("far_chooser", "budget: 4 planner steps without a verified answer"),
+    ("invalid_chooser", "planner: malformed reply after one repair attempt: reply: Value error, candidate 999 cannot be chosen"),
+])
+def test_a_chooser_that_picks_unhelpful_or_invalid_candidates_fails_the_task(chooser, reason):
+    import tests.support.choosers as choosers
+
+    result, _ = choose_run(getattr(choosers, chooser))
+    assert not result.accepted and result.reason.startswith(reason)
+    assert result.needs_zoom and result.chain == []
+
+
+def test_the_choice_schema_bounds_every_reply_to_this_steps_options():
+    from mmcof_gen.agent.candidates import choice_schema
+
+    schema = choice_schema([1, 2], [], ["EXIT42"])
+    assert [(v["properties"]["action"]["const"], v["required"]) for v in schema.model_json_schema()["anyOf"]] == [
+        ("read", ["action", "candidate"]), ("locate", ["action", "phrase"]), ("answer", ["action", "answer"])]
+    assert schema.model_json_schema()["anyOf"][0]["properties"]["candidate"] == {"enum": [1, 2]}
+    assert schema.model_validate_json('{"action": "read", "candidate": 2}').candidate == 2
+    for bad, message in [('{"action": "read", "candidate": 3}', "candidate 3 cannot be chosen to read now"),
+                         ('{"action": "zoom", "candidate": 1}', "candidate 1 cannot be chosen to zoom now"),
+                         ('{"action": "answer", "answer": "EXIT"}', "answer must be one of the readings so far"),
+                         ('{"action": "locate"}', "action locate needs phrase")]:
+        with pytest.raises(ValueError, match=message):
+            schema.model_validate_json(bad)
+
+
+def test_the_action_space_is_chosen_in_the_config_and_boxes_stay_the_default():
+    assert AgentConfig().planner_actions == "boxes"
+    assert load_config("llm-planner-ocr").agent.planner_actions == "boxes"  # its real-LLM stage writes boxes
+    assert AgentConfig(planner_actions="choose").planner_actions == "choose"
+    with pytest.raises(ValueError, match="planner_actions"):
+        AgentConfig(planner_actions="pick")

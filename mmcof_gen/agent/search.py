@@ -29,6 +29,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
 from mmcof_gen.agent.base import SearchResult
+from mmcof_gen.agent.candidates import ACTION_SPACES
 from mmcof_gen.agent.ocr_search import OcrSearchAgent
 from mmcof_gen.agent.verify import as_option, box_hint, verify_answer
 from mmcof_gen.cof_format import question_text
@@ -299,6 +300,9 @@ class VlmSearchAgent:
             return
 
         result.needs_zoom = True
+        if self.config.planner_actions in ACTION_SPACES:  # the planner chooses among proposals (agent/candidates.py)
+            await ACTION_SPACES[self.config.planner_actions](self, search, answer, verdict)
+            return
         sees = "planner" not in self.roles.blind
         step = self._step(search, Step(action="locate"))
         prompt = self.prompts.render("planner_targets" if sees else "planner_text_targets", width=search.view.width,

@@ -1,0 +1,236 @@
+"""The chooser's action space (`agent.planner_actions: choose`): the tools propose, the planner chooses.
+
+A planner that cannot see (a small text LLM) is bad at writing pixel boxes from words. Here it never writes
+one: each observation lists numbered candidates (the locator's text lines and boxes, the 3x3 grid cells),
+each with its place in words and its size, and the planner replies with a choice:
+
+    {"action": "read", "candidate": 3}   {"action": "zoom", "candidate": 12}
+    {"action": "locate", "phrase": "..."} {"action": "answer", "answer": <one of the readings so far>}
+
+The agent turns a choice into a box (a text line padded as the OCR agent pads it, a cell as it is). The
+reply schema of each step names only the actions allowed then and the candidate numbers that exist, so a
+grammar-decoding server (llama.cpp) can emit nothing else, and a reply is a dozen tokens. Reading, verifying,
+the kept chain and its summary are the agent's (agent/search.py); the thoughts of the chain say what the
+chooser was shown and what it chose.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from mmcof_gen.agent.ocr_search import OcrSearchAgent
+from mmcof_gen.cof_format import question_text
+from mmcof_gen.imaging import crop_to_frame, crop_zoom, zoom_region
+from mmcof_gen.models.chat import ChatMessage
+from mmcof_gen.models.replies import Phrase
+from mmcof_gen.positions import NAMES, cell_box, cell_of, position_name
+from mmcof_gen.schema import Box, Step, Verdict
+
+if TYPE_CHECKING:
+    from mmcof_gen.agent.search import Search, VlmSearchAgent
+
+TEXT = "text"  # what the locator is first asked for: the text lines a question about small text depends on
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One proposal: a box in frame pixels, what proposed it, and where it lies, in words."""
+
+    number: int
+    box: Box
+    kind: str  # "text line", "region", or "<phrase>" for a located object
+    where: str
+    inside: int | None = None  # the candidate whose zoom found it
+
+    def described(self) -> str:
+        x1, y1, x2, y2 = self.box
+        inside = f", inside {self.inside}" if self.inside else ""
+        return f"{self.kind}, {self.where}, {x2 - x1}x{y2 - y1} pixels{inside}"
+
+
+class Choice(BaseModel):
+    """A chooser's reply; the schema of one step (`choice_schema`) bounds it to that step's options."""
+
+    action: Literal["read", "zoom", "locate", "answer"]
+    candidate: int | None = None
+    phrase: Phrase | None = None
+    answer: Phrase | None = None
+
+    @model_validator(mode="after")
+    def _arguments(self) -> Choice:
+        needed = {"read": "candidate", "zoom": "candidate", "locate": "phrase", "answer": "answer"}[self.action]
+        if getattr(self, needed) in (None, ""):
+            raise ValueError(f"action {self.action} needs {needed}")
+        return self
+
+
+def choice_schema(read: list[int], zoom: list[int], answers: list[str]) -> type[Choice]:
+    """The reply schema of one step: one object per allowed action, candidates from enums of existing numbers,
+    an answer from the readings so far; only `locate` takes a (bounded) phrase."""
+    variants = []
+    if read:
+        variants.append({"action": {"const": "read"}, "candidate": {"enum": read}})
+    if zoom:
+        variants.append({"action": {"const": "zoom"}, "candidate": {"enum": zoom}})
+    variants.append({"action": {"const": "locate"}, "phrase": {"type": "string", "maxLength": 40}})
+    if answers:
+        variants.append({"action": {"const": "answer"}, "answer": {"enum": answers}})
+
+    def schema(value: dict) -> None:
+        value.clear()
+        value.update(title="Choice", anyOf=[{"type": "object", "properties": v, "required": list(v),
+                                             "additionalProperties": False} for v in variants])
+
+    allowed = {"read": read, "zoom": zoom}
+
+    class StepChoice(Choice):
+        model_config = ConfigDict(title="Choice", json_schema_extra=schema)
+
+        @model_validator(mode="after")
+        def _bounded(self) -> StepChoice:
+            if self.action in allowed and self.candidate not in allowed[self.action]:
+                raise ValueError(f"candidate {self.candidate} cannot be chosen to {self.action} now: choose one "
+                                 f"of {allowed[self.action]}")
+            if self.action == "answer" and self.answer not in answers:
+                raise ValueError(f"answer must be one of the readings so far: {answers}")
+            return self
+
+    return StepChoice
+
+
+class Candidates:
+    """The numbered proposals of one search, in the order they were made (numbers never change)."""
+
+    def __init__(self, width: int, height: int):
+        self.width, self.height = width, height
+        self.items: list[Candidate] = []
+
+    def where(self, box: Box) -> str:
+        return f"{position_name(cell_of(box, self.width, self.height))} of the image"
+
+    def add(self, box: Box, kind: str, inside: int | None = None) -> Candidate | None:
+        if any(c.box == box for c in self.items):
+            return None
+        candidate = Candidate(len(self.items) + 1, box, kind, self.where(box), inside)
+        self.items.append(candidate)
+        return candidate
+
+    def add_cells(self) -> None:
+        for row, names in enumerate(NAMES):
+            for col, name in enumerate(names):
+                box = cell_box((row, col), self.width, self.height)
+                self.items.append(Candidate(len(self.items) + 1, box, "region", f"the {name} ninth of the image"))
+
+    def listing(self) -> str:
+        return "\n".join(f"{c.number}. {c.described()}" for c in self.items)
+
+    def __getitem__(self, number: int) -> Candidate:
+        return self.items[number - 1]
+
+
+def _box_of(agent: VlmSearchAgent, search: Search, candidate: Candidate) -> Box:
+    """The box a choice stands for: a region as it is; a text line or an object grown as the OCR agent grows
+    a located line (OCR boxes are tight)."""
+    if candidate.kind == "region":
+        return candidate.box
+    return OcrSearchAgent._padded(agent, candidate.box, search.frame.size)
+
+
+async def _propose(agent: VlmSearchAgent, search: Search, candidates: Candidates, phrase: str, step: Step) -> int:
+    """The locator's boxes for `phrase` become candidates; returns how many were new."""
+    await agent._locate(search, step, phrase)
+    kind = "text line" if phrase == TEXT else phrase
+    return sum(candidates.add(d.box, kind) is not None for d in step.detections)
+
+
+def _zoom(agent: VlmSearchAgent, search: Search, candidates: Candidates, candidate: Candidate, step: Step) -> None:
+    """Zoom into the candidate's box; a detector looks for text in the crop and what it finds is proposed."""
+    box = _box_of(agent, search, candidate)
+    step.box = box
+    search.zooms.append(box)
+    crop = crop_zoom(search.frame, box)
+    new = []
+    if agent.roles.detector is not None:
+        region = zoom_region(box, *search.frame.size)
+        with agent._detector_lock:
+            found = agent.roles.detector.detect([(crop, [TEXT])])[0]
+        for detection in found:
+            mapped = crop_to_frame(detection.box, crop.size, region)
+            if mapped[2] > mapped[0] and mapped[3] > mapped[1]:
+                added = candidates.add(mapped, "text line", candidate.number)
+                if added:
+                    new.append(added.number)
+    step.observation = (f"zoomed into candidate {candidate.number}; the tools found {len(new)} new candidate(s) "
+                        f"inside it" + (f": {', '.join(map(str, new))}" if new else ""))
+
+
+async def choose_search(agent: VlmSearchAgent, search: Search, answer: str | None, verdict: Verdict) -> None:
+    """The search after a failed whole-frame read, planned by choices (the hook in VlmSearchAgent._search)."""
+    from mmcof_gen.agent.search import StopSearch  # search.py imports this module
+
+    view, task, config = search.view, search.task, agent.config
+    candidates = Candidates(view.width, view.height)
+    step = agent._step(search, Step(action="locate", arguments={"phrase": TEXT}))
+    await _propose(agent, search, candidates, TEXT, step)
+    candidates.add_cells()
+    step.thought = "I cannot answer from the whole image; the tools propose candidates to look at."
+    search.targets = [TEXT]
+    prompts = agent.prompts
+    messages = [
+        ChatMessage("system", prompts.render("chooser", width=view.width, height=view.height,
+                                             max_steps=config.max_steps, max_zooms=config.max_zooms)),
+        ChatMessage("user", prompts.render("chooser_start", question_text=question_text(task.question, task.options),
+                                           answer=answer, reason=verdict.reason, candidates=candidates.listing())),
+    ]
+    read: set[int] = set()
+    zoomed: set[int] = set()
+    readings: list[str] = []
+    chosen: dict[Box, str] = {}  # box -> the thought of the choice that made it
+    for _ in range(config.max_steps):
+        numbers = [c.number for c in candidates.items]
+        schema = choice_schema([n for n in numbers if n not in read],
+                               [n for n in numbers if n not in zoomed] if len(search.zooms) < config.max_zooms
+                               else [], readings)
+        step = agent._step(search, Step(action="locate"))
+        choice = await agent._ask(search, step, "planner", agent.roles.planner, messages, schema)
+        step.action = choice.action
+        step.arguments = choice.model_dump(exclude={"action"}, exclude_none=True)
+        if choice.candidate is not None:
+            candidate = candidates[choice.candidate]
+            step.thought = prompts.render("chooser_thought", count=len(candidates.items), action=choice.action,
+                                          number=candidate.number, described=candidate.described())
+            chosen[_box_of(agent, search, candidate)] = step.thought
+            if choice.action == "zoom":
+                zoomed.add(candidate.number)
+                _zoom(agent, search, candidates, candidate, step)
+            else:
+                read.add(candidate.number)
+                step.box = _box_of(agent, search, candidate)
+                reading, _ = await agent._read(search, step.box, step)
+                if reading and reading not in readings:
+                    readings.append(reading)
+        elif choice.action == "locate":
+            step.thought = f"The tools proposed {len(candidates.items)} candidate(s); I asked them to locate " \
+                           f"{choice.phrase!r}."
+            new = await _propose(agent, search, candidates, choice.phrase, step)
+            step.observation += f"; {new} new candidate(s)"
+        else:
+            step.thought = f"I chose to answer {choice.answer!r}, one of the readings so far."
+            agent._check_answer(search, step, choice.answer)
+        messages += [ChatMessage("assistant", choice.model_dump_json(exclude_none=True)),
+                     ChatMessage("user", prompts.render("chooser_step", observation=step.observation,
+                                                        candidates=candidates.listing()))]
+        if search.evidence is not None:
+            await agent._finish(search, *search.verified)
+            if agent.roles.summariser is None:  # the chain says what the chooser saw and chose
+                for link in search.result.chain:
+                    link.thought = chosen.get(link.box, link.thought)
+            return
+    raise StopSearch(f"budget: {config.max_steps} planner steps without a verified answer")
+
+
+# agent.planner_actions -> the search loop that replaces the box-writing planner's (absent: "boxes", search.py)
+ACTION_SPACES = {"choose": choose_search}
