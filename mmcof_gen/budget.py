@@ -4,7 +4,7 @@ never truncates image tokens and a vLLM server accepts as many images as a sampl
 An image costs `(h/28) * (w/28)` tokens after `smart_resize(max_pixels)` (one token per 2x2 merge of
 14-pixel patches), plus `<|vision_start|>` and `<|vision_end|>`. Text is counted exactly with a tokenizer
 (`AutoTokenizer.from_pretrained`), else estimated. Qwen3-VL's processor counts the same way with 16-pixel patches
-(32 pixels per token side) and the same chat markup; each export target (export/targets.py) gives its factor.
+(32 pixels per token side) and the same chat markup; each export target (targets.py) gives its factor.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from rich.table import Table
 from mmcof_gen import extras, resources
 from mmcof_gen.config import MAX_SIDE, MIN_SIDE, load_config, valid_resolutions
 from mmcof_gen.errors import ConfigError
-from mmcof_gen.export.targets import DEFAULT_TARGET, TARGETS
+from mmcof_gen.targets import DEFAULT_TARGET, TARGETS
 from mmcof_gen.store import RunStore, StoreError
 
 try:  # typer >= 0.20 vendors its own click
@@ -226,7 +226,7 @@ from mmcof_gen.export import FORMATS as EXPORT_FORMATS  # noqa: E402 - the regis
 ExportFormatName = Enum("ExportFormatName", {name: name for name in EXPORT_FORMATS}, type=str)
 
 
-TargetName = Enum("TargetName", {name: name for name in TARGETS}, type=str)  # the student models, export/targets.py
+TargetName = Enum("TargetName", {name: name for name in TARGETS}, type=str)  # the student models, targets.py
 
 
 @app.command("export")

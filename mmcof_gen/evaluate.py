@@ -42,7 +42,7 @@ from mmcof_gen.benchmarks.table import write_tables
 from mmcof_gen.config import ImagesConfig, valid_resolutions
 from mmcof_gen.conventions import CONVENTIONS, read_box
 from mmcof_gen.errors import ConfigError
-from mmcof_gen.export.targets import DEFAULT_TARGET, TARGETS, Target, student_target
+from mmcof_gen.targets import DEFAULT_TARGET, TARGETS, Target, student_target
 from mmcof_gen.extras import require
 from mmcof_gen.imaging import MAX_ZOOM_PIXELS, MIN_PIXELS, file_sha256, frame_from_image, image_size, load_image
 from mmcof_gen.models.chat import ChatError, ChatMessage, ChatModel, ChatModelConfig, chat_model

@@ -29,7 +29,7 @@ from mmcof_gen.budget import TokenBudget
 from mmcof_gen.errors import ConfigError
 from mmcof_gen.extras import require
 from mmcof_gen.conventions import CONVENTIONS, read_box
-from mmcof_gen.export.targets import DEFAULT_TARGET, TARGETS, Target
+from mmcof_gen.targets import DEFAULT_TARGET, TARGETS, Target
 from mmcof_gen.imaging import image_sha256, smart_resize
 from mmcof_gen.store import jsonl_lines
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from mmcof_gen.evaluate import EvalSettings, check_image_tokens, first_messages, model_target
-from mmcof_gen.export.targets import qwen3_make_frame
+from mmcof_gen.targets import qwen3_make_frame
 from mmcof_gen.models.chat import ChatModelConfig, chat_model
 from mmcof_gen.scenes import generate_scenes
 from mmcof_gen.tasks.vstar import BenchItem

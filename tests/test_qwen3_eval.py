@@ -7,7 +7,7 @@ import json
 
 from mmcof_gen import cof_format
 from mmcof_gen.evaluate import EvalSettings, evaluate
-from mmcof_gen.export.targets import QWEN3_SYSTEM_PROMPT, qwen3_make_frame, qwen3_zoom
+from mmcof_gen.targets import QWEN3_SYSTEM_PROMPT, qwen3_make_frame, qwen3_zoom
 from mmcof_gen.tasks.vstar import load_bench
 from tests.support.scripted_server import Reply, ScriptedServer
 from tests.test_eval import MAX_PIXELS, images_of, openai_model, write_vstar

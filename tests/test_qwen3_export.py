@@ -1,11 +1,10 @@
-"""Export targets (export/targets.py): the default is today's export byte for byte; `--target qwen3-vl` sizes
+"""Export targets (targets.py): `--target qwen3-vl` sizes
 frames as Qwen3-VL's processor does, calls its own image_zoom_in_tool in 0-1000 and shows that tool's crops;
 validate re-executes every call with the target's crop rule."""
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,13 +17,12 @@ from mmcof_gen.budget import TokenBudget, image_tokens
 from mmcof_gen.conventions import CONVENTIONS
 from mmcof_gen.errors import ConfigError
 from mmcof_gen.export import export
-from mmcof_gen.export.targets import QWEN3_SYSTEM_PROMPT, TARGETS, qwen3_frame_size, qwen3_region, qwen3_zoom
+from mmcof_gen.targets import QWEN3_SYSTEM_PROMPT, TARGETS, qwen3_frame_size, qwen3_region, qwen3_zoom
 from mmcof_gen.imaging import image_sha256, zoom_region
 from mmcof_gen.validate import validate
 from tests.support.runs import make_trajectory, write_noise_image, write_run
 
 ZOOMS = [(10, 10, 200, 150), (100, 100, 110, 108)]  # the second zooms to a 15x12 region: the tool grows it to 32 px
-MAIN = Path("/work/main")
 
 
 @pytest.fixture
@@ -116,20 +114,3 @@ def test_v1_form_is_refused_for_qwen3(tmp_path, run):
     with pytest.raises(ConfigError, match="--format v1 cannot be written for --target qwen3-vl; use one of "
                                           "sharegpt, qwen, parquet, swift"):
         export(run_dir, "v1", tmp_path / "out", target="qwen3-vl")
-
-
-@pytest.mark.skipif(not (MAIN / "mmcof_gen" / "export" / "__init__.py").is_file(), reason="no main checkout")
-def test_default_target_writes_what_the_export_wrote_before_targets(tmp_path, run):
-    """The default export against the main checkout's code (which has no targets): same data, images, card."""
-    run_dir, _ = run
-    env = dict(os.environ, PYTHONPATH=str(MAIN))
-    before = subprocess.run([sys.executable, "-m", "mmcof_gen.cli", "export", str(run_dir), "--out",
-                             str(tmp_path / "before")], capture_output=True, text=True, timeout=300, env=env, cwd=MAIN)
-    if "--target" in (MAIN / "mmcof_gen" / "cli.py").read_text():
-        pytest.skip("the main checkout has export targets already")
-    assert before.returncode == 0, before.stderr
-    export(run_dir, "sharegpt", tmp_path / "now")
-    for name in ("mmcof.json", "dataset_info.json", "README.md"):
-        assert (tmp_path / "now" / name).read_bytes() == (tmp_path / "before" / name).read_bytes(), name
-    assert sorted(p.name for p in (tmp_path / "now" / "images").iterdir()) == \
-        sorted(p.name for p in (tmp_path / "before" / "images").iterdir())

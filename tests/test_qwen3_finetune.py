@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from mmcof_gen.export import export
-from mmcof_gen.export.targets import QWEN3_SYSTEM_PROMPT
+from mmcof_gen.targets import QWEN3_SYSTEM_PROMPT
 from mmcof_gen.finetune.dataset import IGNORE, ConversationEncoder, read_dataset
 from mmcof_gen.finetune.llamafactory import emit_llamafactory
 from mmcof_gen.finetune.settings import load_finetune_config

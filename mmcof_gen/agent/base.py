@@ -71,3 +71,7 @@ class SearchAgent(Protocol):
     async def aclose(self) -> None:
         """Release the agent's model clients, on the event loop that called them."""
         ...
+
+
+class StopSearch(Exception):
+    """The search ends without a verified chain (budget spent, reply malformed after repair); the reason is kept."""

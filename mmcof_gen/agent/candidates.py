@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
+from mmcof_gen.agent.base import StopSearch
 from mmcof_gen.agent.ocr_search import OcrSearchAgent
 from mmcof_gen.cof_format import question_text
 from mmcof_gen.imaging import crop_to_frame, crop_zoom, zoom_region
@@ -169,7 +170,6 @@ def _zoom(agent: VlmSearchAgent, search: Search, candidates: Candidates, candida
 
 async def choose_search(agent: VlmSearchAgent, search: Search, answer: str | None, verdict: Verdict) -> None:
     """The search after a failed whole-frame read, planned by choices (the hook in VlmSearchAgent._search)."""
-    from mmcof_gen.agent.search import StopSearch  # search.py imports this module
 
     view, task, config = search.view, search.task, agent.config
     candidates = Candidates(view.width, view.height)

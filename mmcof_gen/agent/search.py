@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
-from mmcof_gen.agent.base import SearchResult
+from mmcof_gen.agent.base import SearchResult, StopSearch
 from mmcof_gen.agent.candidates import ACTION_SPACES
 from mmcof_gen.agent.ocr_search import OcrSearchAgent
 from mmcof_gen.agent.verify import as_option, box_hint, verify_answer
@@ -222,10 +222,6 @@ class WallTimeSpent(TimeoutError):
     ends as a transient error (retried on resume), not as a rejected trajectory."""
 
     transient = True
-
-
-class StopSearch(Exception):
-    """The search ends without a verified chain (budget spent, reply malformed after repair); the reason is kept."""
 
 
 @dataclass

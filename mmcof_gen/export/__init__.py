@@ -19,7 +19,7 @@ from mmcof_gen.export import parquet, qwen, rl, sharegpt, swift, v1
 from mmcof_gen.export.base import ExportFormat, llamafactory_entry
 from mmcof_gen.export.card import dataset_card
 from mmcof_gen.export.files import IMAGES_DIR, PNG_LEVEL, ImageFiles, RecordWriter
-from mmcof_gen.export.targets import DEFAULT_TARGET, TARGETS, Target
+from mmcof_gen.targets import DEFAULT_TARGET, TARGETS, Target
 from mmcof_gen.extras import require
 from mmcof_gen.imaging import image_to_png_bytes
 from mmcof_gen.replay import WINDOW, FrameSource, ReplayError, replayed
@@ -50,7 +50,7 @@ def export(
     rl_options: rl.RLOptions | None = None,
     target: str = DEFAULT_TARGET,
 ) -> dict:
-    """Export the accepted trajectories of `run_dir` as `fmt` for the student model `target` (export/targets.py)
+    """Export the accepted trajectories of `run_dir` as `fmt` for the student model `target` (targets.py)
     into `out_dir`; returns the export report. `overwrite`: replace an export of another run in `out_dir`. An RL
     format (export/rl.py) exports the run's tasks instead, with `rl_options`; the SFT options do not apply to it.
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mmcof_gen.cof_format import ZOOMIN
 from mmcof_gen.export.base import ExportFormat
-from mmcof_gen.export.targets import TARGETS, Target
+from mmcof_gen.targets import TARGETS, Target
 
 
 def _table(header: tuple[str, ...], rows: list[tuple]) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from mmcof_gen.errors import ConfigError
-from mmcof_gen.export.targets import student_target
+from mmcof_gen.targets import student_target
 from mmcof_gen.finetune.settings import FinetuneConfig
 from mmcof_gen.store import write_bytes_atomic, write_json_atomic
 
@@ -24,7 +24,7 @@ CONFIG_FILE = "mmcof_sft.yaml"
 
 def llamafactory_config(config: FinetuneConfig, dataset_names: list[str], emit_dir: Path) -> dict:
     """The LLaMA-Factory training arguments equal to `config`; the template and the smallest image are those of
-    the model's family (export/targets.py: qwen2_vl for Qwen2.5-VL, qwen3_vl and 65536 pixels for Qwen3-VL)."""
+    the model's family (targets.py: qwen2_vl for Qwen2.5-VL, qwen3_vl and 65536 pixels for Qwen3-VL)."""
     lora = config.method == "lora"
     student = student_target(config.model)
     return {

@@ -116,7 +116,7 @@ def build_tiny_qwen3vl(path: Path, seed: int = 0, corpus: list[str] | None = Non
                               Qwen3VLProcessor, Qwen3VLVideoProcessor)
 
     from mmcof_gen import cof_format
-    from mmcof_gen.export.targets import QWEN3_SYSTEM_PROMPT
+    from mmcof_gen.targets import QWEN3_SYSTEM_PROMPT
 
     path = Path(path)
     corpus = corpus or [QWEN3_SYSTEM_PROMPT, cof_format.FORMAT_SUFFIX, "<think> the text says </think> <answer> A </answer>",
