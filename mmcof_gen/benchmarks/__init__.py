@@ -12,39 +12,21 @@ benchmark is named; `--bench-format` takes its choices from it.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 
+from mmcof_gen.benchmarks import hrbench, mme_realworld, treebench, vstar
+from mmcof_gen.benchmarks.base import Benchmark
 from mmcof_gen.prompts import Prompts
 from mmcof_gen.scoring import Score, score_answer as default_score
 from mmcof_gen.tasks.vstar import BenchError, BenchItem
 
-
-@dataclass(frozen=True)
-class Benchmark:
-    """One benchmark: how its files are recognised and read, and its published scoring."""
-
-    name: str
-    files: str  # what it reads, as a user would name it
-    scoring: str  # the published scoring, in words, written into the report
-    detect: Callable[[Path], bool]
-    load: Callable[[Path], list[BenchItem]]
-    score: Callable[[list, dict[str, BenchItem]], dict]  # records of one mode x R -> {"table": {...}, "detail": {...}}
-    title: Callable[[Path], str]
-    judge: Callable[..., Awaitable[Score]] | None = None  # (item, predicted, judge model) when not the default
-
-
-def _registry() -> dict[str, Benchmark]:
-    from mmcof_gen.benchmarks import hrbench, mme_realworld, treebench, vstar
-
-    return {
-        "hrbench": hrbench.BENCHMARK,
-        "mme-realworld": mme_realworld.BENCHMARK,
-        "treebench": treebench.BENCHMARK,
-        "vstar": vstar.BENCHMARK,
-        "jsonl": vstar.GENERIC,
-    }
+BENCHMARKS: dict[str, Benchmark] = {
+    "hrbench": hrbench.BENCHMARK,
+    "mme-realworld": mme_realworld.BENCHMARK,
+    "treebench": treebench.BENCHMARK,
+    "vstar": vstar.BENCHMARK,
+    "jsonl": vstar.GENERIC,
+}
 
 
 def known_formats() -> str:
@@ -86,10 +68,6 @@ async def score_answer(item: BenchItem, predicted: str | None, judge, prompts: P
     return await default_score(item, predicted, judge, prompts)
 
 
-def accuracy(records: list) -> float:
-    return round(sum(r.correct for r in records) / len(records), 4) if records else 0.0
-
-
 def published(benchmark: Benchmark, records: list, items: dict[str, BenchItem]) -> list[dict]:
     """The benchmark's published figures for each (mode, R) of `records`, with its zoom rate."""
     groups: dict[tuple[str, int], list] = {}
@@ -103,5 +81,3 @@ def published(benchmark: Benchmark, records: list, items: dict[str, BenchItem]) 
                      "table": {**figures["table"], "zoom_rate": zoom_rate}, "detail": figures.get("detail", {})})
     return rows
 
-
-BENCHMARKS: dict[str, Benchmark] = _registry()  # last: the modules import the helpers above

@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 
 from mmcof_gen import resources
-from mmcof_gen.benchmarks import Benchmark, accuracy
+from mmcof_gen.benchmarks.base import Benchmark, accuracy
 from mmcof_gen.benchmarks.embedded import row_item, table_columns, table_rows
 from mmcof_gen.models.chat import ChatError, ChatMessage, ChatModel
 from mmcof_gen.prompts import Prompts

@@ -14,7 +14,7 @@ import json
 import re
 from pathlib import Path
 
-from mmcof_gen.benchmarks import Benchmark, accuracy
+from mmcof_gen.benchmarks.base import Benchmark, accuracy
 from mmcof_gen.tasks.vstar import BenchError, BenchItem
 
 KEYS = ("Question_id", "Image", "Text", "Answer choices", "Ground truth", "Task", "Subtask")

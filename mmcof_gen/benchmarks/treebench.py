@@ -14,7 +14,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from mmcof_gen.benchmarks import Benchmark, accuracy
+from mmcof_gen.benchmarks.base import Benchmark, accuracy
 from mmcof_gen.benchmarks.embedded import row_item, table_columns, table_rows
 from mmcof_gen.imaging import iou
 from mmcof_gen.tasks.vstar import BenchError, BenchItem

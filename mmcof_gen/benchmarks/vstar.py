@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mmcof_gen.benchmarks import Benchmark, accuracy
+from mmcof_gen.benchmarks.base import Benchmark, accuracy
 from mmcof_gen.tasks.vstar import VSTAR_QUESTIONS, BenchItem, is_vstar_folder, load_bench
 
 
