@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export YOLO_OFFLINE := 1
 export RAY_AUTH_MODE := disabled
 
-.PHONY: demo test test-vllm test-llm install-test chromium clean
+.PHONY: demo test test-vllm test-llm test-verl install-test chromium clean
 
 # The stamp is remade whenever pyproject.toml changes, so a re-run with an existing .venv is fast.
 $(VENV)/.installed: pyproject.toml
@@ -57,9 +57,13 @@ test: chromium $(VENV)/.installed-test
 test-vllm: $(VENV)/.installed-test
 	tests/vllm/stage.sh
 
+# verl's own RLHFDataset reads `export --format verl` (verl 0.9.1 in .venv-verl, no GPU needed): docs/format.md
+test-verl: $(VENV)/.installed-test
+	tests/verl/stage.sh
+
 # A real text LLM (Gemma-3-270M GGUF, llama-cpp-python server in .venv-llm) plans over RapidOCR: docs/planner.md
 test-llm: $(VENV)/.installed-test
 	tests/llm/stage.sh
 
 clean:
-	rm -rf $(VENV) .venv-wheel .venv-vllm .venv-llm $(DEMO) $(CHECK)
+	rm -rf $(VENV) .venv-wheel .venv-vllm .venv-llm .venv-verl $(DEMO) $(CHECK)

@@ -287,7 +287,7 @@ VERL_PYTHON = os.environ.get("MMCOF_VERL_PYTHON")
 def test_verls_rlhf_dataset_reads_every_row(tmp_path, run, embed):
     run_dir, _ = run
     export(run_dir, "verl", tmp_path / "out", rl_options=rl.RLOptions(embed_images=embed, test_fraction=0.5))
-    checked = subprocess.run([VERL_PYTHON, REPO / "tests" / "verl_check.py", tmp_path / "out", tmp_path],
+    checked = subprocess.run([VERL_PYTHON, REPO / "tests" / "verl" / "check.py", tmp_path / "out", tmp_path],
                              capture_output=True, text=True, timeout=900, cwd=REPO,
                              env={**os.environ, "PYTHONPATH": str(REPO)})
     assert checked.returncode == 0, checked.stdout + checked.stderr

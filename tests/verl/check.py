@@ -1,8 +1,8 @@
 """verl's own RLHFDataset reads a `export --format verl` parquet: run with the python of a venv that has verl
-(`pip install --no-deps verl` plus what `verl.utils.dataset.rl_dataset` imports; tests/test_rl_export.py runs it
+(tests/verl/stage.sh makes one: `make test-verl`; tests/test_rl_export.py runs this
 when MMCOF_VERL_PYTHON names that python), from the repository root:
 
-    MMCOF_VERL_PYTHON=... $MMCOF_VERL_PYTHON tests/verl_check.py EXPORT_DIR WORK_DIR
+    MMCOF_VERL_PYTHON=... $MMCOF_VERL_PYTHON tests/verl/check.py EXPORT_DIR WORK_DIR
 
 Every row must come out of `RLHFDataset.__getitem__` with one image entry in its raw prompt per image, the zoom
 tool's kwargs, and a non-empty ground truth; the image the tool opens (`qwen_vl_utils.fetch_image`, as verl's
@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 
