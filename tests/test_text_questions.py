@@ -264,7 +264,7 @@ def test_the_demo_scenes_ground_truth_is_each_signs_text_exactly_spaces_included
             tasks, rejected = synthesize_text_tasks(
                 hits, size, (scene["width"], scene["height"]), scene["file"], "sha", PROMPTS, config.tasks,
                 lambda hit, line_height, unclip: engine.reread(image, hit.box, line_height, unclip),
-                lambda hit: word_gaps(image, hit.box))
+                lambda hit: word_gaps(image, hit.box), lambda hit: engine.read_line(image, hit.box))
             kept.update({sign["text"]: t.answer for t in tasks})
             dropped.update({sign["text"]: r.reason for r in rejected})
     assert all(answer == text for text, answer in kept.items()), kept

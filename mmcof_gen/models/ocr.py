@@ -162,7 +162,7 @@ class TesseractLine:
     def read(self, image: Image.Image, box: Box) -> str | None:
         """The line in `box` (0.3 of a line of margin, scaled to LINE_HEIGHT, grey, light letters turned dark),
         without marks at its ends that are not letters or digits (a plate's edge read as "|"); None when
-        nothing is read."""
+        nothing is read or the box has no contrast."""
         x1, y1, x2, y2 = box
         margin = max(2, round((y2 - y1) * 0.3))
         crop = image.crop((max(0, x1 - margin), max(0, y1 - margin), min(image.width, x2 + margin),
@@ -170,8 +170,10 @@ class TesseractLine:
         k = self.LINE_HEIGHT / max(1, y2 - y1)
         crop = crop.resize((max(1, round(crop.width * k)), max(1, round(crop.height * k))), Image.LANCZOS)
         pixels = np.asarray(crop, dtype=np.float32)
-        middle = (np.percentile(pixels, 5) + np.percentile(pixels, 95)) / 2
-        if (pixels < middle).mean() > 0.5:  # the ink is the lesser side: light letters on a dark plate
+        low, high = np.percentile(pixels, 5), np.percentile(pixels, 95)
+        if high - low < 40:  # no contrast, no letters (Tesseract would make some up)
+            return None
+        if (pixels < (low + high) / 2).mean() > 0.5:  # the ink is the lesser side: light letters on a dark plate
             crop = Image.fromarray(255 - np.asarray(crop))
         with self._lock:
             self._api.SetImage(crop)
