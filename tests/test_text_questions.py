@@ -28,9 +28,9 @@ def _synthesize(hits, read_again, size=(3000, 2000), original=(6000, 4000), gaps
     """`second`: the second reader's spelling of each whole-image reading; by default that of the 64-px reread."""
     def read_second(hit):
         if second is not None:
-            return second[hit.text]
+            return [second[hit.text]]
         first = read_again(hit, 64, 0.9)
-        return first.text if first else None
+        return [first.text] if first else []
     return synthesize_text_tasks(hits, size, original, "a.jpg", "sha", PROMPTS, TextTasksConfig(), read_again, gaps,
                                  read_second)
 
@@ -141,7 +141,7 @@ def test_a_reading_whose_spaces_the_pixels_do_not_show_is_dropped():
     assert [r.reason for r in rejected] == [
         "spaces disagree: 'GATE85' (RapidOCR) vs 'GATE85' (Tesseract), its pixels 1 to 2 word gap(s)",
         "readings disagree: the letters of 'TOWERJ5' cannot be told apart in its pixels",
-        "readings disagree: 'PLATFORM5 54' (line 64 and 44 px tall) vs 'PLATFORM 54' (whole image)"]
+        "readings disagree: 'PLATFORM5 54' (line 64 px tall) vs 'PLATFORM5 54' (44 px) vs 'PLATFORM 54' (whole image)"]
 
 
 def test_the_space_goes_where_the_pixels_show_a_word_gap_and_both_readings_put_their_letters_apart():

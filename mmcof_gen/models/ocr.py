@@ -74,8 +74,8 @@ class OcrEngine:
     def name(self) -> str:
         return "rapidocr-onnxruntime/PP-OCRv4"
 
-    def read_line(self, image: Image.Image, box: Box) -> str | None:
-        """The second reader's (`TesseractLine`) reading of the line in `box`; built on first use."""
+    def read_line(self, image: Image.Image, box: Box) -> list[str]:
+        """The second reader's (`TesseractLine`) readings of the line in `box`; built on first use."""
         with self._lock:
             if self._second is None:
                 self._second = TesseractLine()
@@ -146,7 +146,9 @@ class TesseractLine:
     the line's own letter and word spacing, not by a fixed gap, so a wide-tracked "MUSEUM" stays one word.
     """
 
-    LINE_HEIGHT = 48  # px the line is scaled to (Tesseract reads best with letters about 30 px tall)
+    # px the line is scaled to, in the order tried: on the street scenes (benchmarks/bench_quality.py --family
+    # street) 40 px read "THEATRE H7", "HIGH STREET" and "TOILETS M3" right, 48 px none of them
+    LINE_HEIGHTS = (40, 32, 64)
 
     def __init__(self):
         try:
@@ -159,27 +161,30 @@ class TesseractLine:
                                             psm=tesserocr.PSM.SINGLE_LINE)
         self._lock = threading.Lock()
 
-    def read(self, image: Image.Image, box: Box) -> str | None:
-        """The line in `box` (0.3 of a line of margin, scaled to LINE_HEIGHT, grey, light letters turned dark),
-        without marks at its ends that are not letters or digits (a plate's edge read as "|"); None when
-        nothing is read or the box has no contrast."""
+    def read(self, image: Image.Image, box: Box) -> list[str]:
+        """The line in `box` read at each of LINE_HEIGHTS (0.3 of a line of margin, grey, light letters turned
+        dark), without marks at its ends that are not letters or digits (a plate's edge read as "|"); empty
+        readings are left out, and all when the box has no contrast."""
         x1, y1, x2, y2 = box
         margin = max(2, round((y2 - y1) * 0.3))
-        crop = image.crop((max(0, x1 - margin), max(0, y1 - margin), min(image.width, x2 + margin),
+        line = image.crop((max(0, x1 - margin), max(0, y1 - margin), min(image.width, x2 + margin),
                            min(image.height, y2 + margin))).convert("L")
-        k = self.LINE_HEIGHT / max(1, y2 - y1)
-        crop = crop.resize((max(1, round(crop.width * k)), max(1, round(crop.height * k))), Image.LANCZOS)
-        pixels = np.asarray(crop, dtype=np.float32)
+        pixels = np.asarray(line, dtype=np.float32)
         low, high = np.percentile(pixels, 5), np.percentile(pixels, 95)
         if high - low < 40:  # no contrast, no letters (Tesseract would make some up)
-            return None
+            return []
         if (pixels < (low + high) / 2).mean() > 0.5:  # the ink is the lesser side: light letters on a dark plate
-            crop = Image.fromarray(255 - np.asarray(crop))
-        with self._lock:
-            self._api.SetImage(crop)
-            text = self._api.GetUTF8Text()
-        text = re.sub(r"^[^0-9A-Za-z]+|[^0-9A-Za-z]+$", "", " ".join(text.split()))
-        return text or None
+            line = Image.fromarray(255 - np.asarray(line))
+        readings = []
+        for height in self.LINE_HEIGHTS:
+            k = height / max(1, y2 - y1)
+            crop = line.resize((max(1, round(line.width * k)), max(1, round(line.height * k))), Image.LANCZOS)
+            with self._lock:
+                self._api.SetImage(crop)
+                text = self._api.GetUTF8Text()
+            text = re.sub(r"^[^0-9A-Za-z]+|[^0-9A-Za-z]+$", "", " ".join(text.split()))
+            readings += [text] if text else []
+        return readings
 
 
 def merge_lines(hits: list[TextHit]) -> list[TextHit]:

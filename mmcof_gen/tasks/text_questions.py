@@ -201,13 +201,13 @@ def synthesize_text_tasks(
     config: TextTasksConfig,
     read_again: ReadAgain,
     gaps: Callable[[TextHit], list[Gap] | None],
-    read_second: Callable[[TextHit], str | None],
+    read_second: Callable[[TextHit], list[str]],
 ) -> tuple[list[Task], list[RejectedTask]]:
     """Tasks for one image from all text read at `truth_size`, and the candidates dropped because their
     readings disagree; ground truth boxes in original pixels. `read_again(hit, line_height, unclip)` reads
     the hit's line from its own tight crop (OcrEngine.reread), `gaps(hit)` counts its word gaps (`word_gaps`),
-    `read_second(hit)` is the second reader's spelling of the line (OcrEngine.read_line), all on the image at
-    truth size."""
+    `read_second(hit)` are the second reader's spellings of the line (OcrEngine.read_line: the first with
+    RapidOCR's letters is compared), all on the image at truth size."""
     width, height = truth_size
     hits = [hit for hit in hits if normalize_text(hit.text)]  # stray marks read as symbols name nothing
     occupancy: dict[tuple[int, int], int] = {}
@@ -239,26 +239,31 @@ def synthesize_text_tasks(
         (height_a, unclip_a), (height_b, unclip_b) = READINGS
         first, second = read_again(hit, height_a, unclip_a), read_again(hit, height_b, unclip_b)
         text_a, text_b = spelled(first and first.text), spelled(second and second.text)
+        # the rereads with the whole-image reading's letters (the whole-image reading drops spaces, but its
+        # letters count); with one only, RapidOCR leaves the spaces to the two-reader rule
+        rereads = [r for r in (first, second) if r and normalize_text(r.text) == reading]
         answer = reason = None
-        if not text_a or normalize_text(text_a) != normalize_text(text_b):
-            reason = f"readings disagree: {text_a!r} (line {height_a} px tall) vs {text_b!r} ({height_b} px)"
-        elif normalize_text(text_a) != reading:  # the whole-image reading drops spaces, but its letters count
-            reason = f"readings disagree: {text_a!r} (line {height_a} and {height_b} px tall) vs {hit.text!r} (whole image)"
+        if not rereads:
+            reason = (f"readings disagree: {text_a!r} (line {height_a} px tall) vs {text_b!r} ({height_b} px) "
+                      f"vs {hit.text!r} (whole image)")
         elif (seen := gaps(hit)) is None:
-            reason = f"readings disagree: the letters of {text_a!r} cannot be told apart in its pixels"
+            reason = f"readings disagree: the letters of {spelled(rereads[0].text)!r} cannot be told apart in its pixels"
         else:
-            proposal = proposed(text_a, text_b, first, second, seen)
-            other = spelled(read_second(hit))
+            own = spelled(rereads[0].text)
+            proposal = proposed(text_a, text_b, first, second, seen) if len(rereads) == 2 else None
+            others = [spelled(text) for text in read_second(hit)]
+            other = next((text for text in others if text.replace(" ", "") == own.replace(" ", "")),
+                         others[0] if others else "")  # letters and digits exactly, case included
             certain = sum(gap.certain for gap in seen)
             shown = str(len(seen)) if certain == len(seen) else f"{certain} to {len(seen)}"
-            if other.replace(" ", "") != text_a.replace(" ", ""):  # letters and digits exactly, case included
-                reason = f"readers disagree: {proposal or text_a!r} (RapidOCR) vs {other!r} (Tesseract)"
+            if other.replace(" ", "") != own.replace(" ", ""):
+                reason = f"readers disagree: {proposal or own!r} (RapidOCR) vs {other!r} (Tesseract)"
             elif proposal == other:
                 answer = proposal
-            elif ((cuts := _gap_cuts([first, second], seen, other.replace(" ", ""))) is None and certain
-                  or (answer := reconcile(proposal, other, [spelled(hit.text), text_a, text_b],
+            elif ((cuts := _gap_cuts(rereads, seen, other.replace(" ", ""))) is None and certain
+                  or (answer := reconcile(proposal, other, [spelled(hit.text), *(spelled(r.text) for r in rereads)],
                                           cuts or (set(), set()))) is None):
-                reason = (f"spaces disagree: {proposal or text_a!r} (RapidOCR) vs {other!r} (Tesseract), "
+                reason = (f"spaces disagree: {proposal or own!r} (RapidOCR) vs {other!r} (Tesseract), "
                           f"its pixels {shown} word gap(s)")
         if reason:
             rejected.append(RejectedTask(object=hit.text, box=box, question=question, reason=reason))
