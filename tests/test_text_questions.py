@@ -270,3 +270,19 @@ def test_the_demo_scenes_ground_truth_is_each_signs_text_exactly_spaces_included
     assert all(answer == text for text, answer in kept.items()), kept
     assert {"WEST 4", "BANK Z7", "BANK 64", "FERRY 84"} <= set(kept), dropped
     assert len(kept) >= 16, dropped
+
+
+def test_a_line_one_reread_cuts_short_is_decided_by_the_whole_image_reading_the_other_reread_and_tesseract():
+    """The 44-px reread lost "LL 3" (the street family's "CITY HALL 3"): the 64-px one has the whole-image reading's
+    letters, so RapidOCR leaves the spaces open; Tesseract's "CITY HALL 3" keeps the spaces PP-OCR's own word boxes
+    also have, and drops the one inside "HALL"."""
+    rereads = {64: "CITY HA LL 3", 44: "CITY HA"}
+    tasks, rejected = _synthesize([TextHit((200, 1700, 300, 1730), "CITY HALL 3", 0.97)],
+                                  lambda hit, height, unclip: _reading(rereads[height]),
+                                  gaps=lambda hit: _gaps(_reading(rereads[64])), second={"CITY HALL 3": "CITY HALL 3"})
+    assert [t.answer for t in tasks] == ["CITY HALL 3"] and rejected == []
+    tasks, rejected = _synthesize([TextHit((200, 1700, 300, 1730), "CITY HALL 3", 0.97)],
+                                  lambda hit, height, unclip: _reading(rereads[height]),
+                                  gaps=lambda hit: _gaps(_reading(rereads[64])), second={"CITY HALL 3": "CITY HAL 3"})
+    assert tasks == [] and [r.reason for r in rejected] == [
+        "readers disagree: 'CITY HA LL 3' (RapidOCR) vs 'CITY HAL 3' (Tesseract)"]
