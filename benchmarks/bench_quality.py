@@ -78,8 +78,10 @@ def _sign_of(box, signs: list[dict]) -> dict | None:
     return next((s for s in signs if s["box"][0] <= cx <= s["box"][2] and s["box"][1] <= cy <= s["box"][3]), None)
 
 
-def measure_tasks(images: list[ImageTasks], truth: dict[str, list[dict]]) -> tuple[dict, dict[str, dict | None]]:
-    """Signs asked, ground truth exact and why the others were not asked; and each task's sign."""
+def measure_tasks(images: list[ImageTasks], truth: dict[str, list[dict]],
+                  read: dict[str, list] | None = None) -> tuple[dict, dict[str, dict | None]]:
+    """Signs asked, ground truth exact and why the others were not asked; and each task's sign. `read`: the
+    boxes OCR read in each image at truth size, to tell a sign it did not read from one no rule made a task of."""
     signs_total = sum(len(signs) for name, signs in truth.items())
     asked, exact, wrong_truth = 0, 0, []
     task_sign: dict[str, dict | None] = {}
@@ -88,8 +90,14 @@ def measure_tasks(images: list[ImageTasks], truth: dict[str, list[dict]]) -> tup
         asked_here = {id(_sign_of(task.gt_boxes[0], truth[image.image])) for task in image.tasks if task.gt_boxes}
         why = {id(sign): r.reason.split(":")[0] for r in image.rejected
                if (sign := _sign_of(r.box, truth[image.image])) is not None}
-        not_asked.update(why.get(id(sign), "no candidate") for sign in truth[image.image]
-                         if id(sign) not in asked_here)
+        for sign in truth[image.image]:
+            if id(sign) in asked_here:
+                continue
+            if id(sign) not in why and read is not None:
+                seen_by_ocr = any(_sign_of(box, [sign]) for box in read[image.image])
+                why[id(sign)] = ("no candidate: read, but not small, confident and alone in its cell" if seen_by_ocr
+                                 else "no candidate: not read at truth size")
+            not_asked[why.get(id(sign), "no candidate")] += 1
         seen = set()
         for task in image.tasks:
             sign = _sign_of(task.gt_boxes[0], truth[image.image]) if task.gt_boxes else None
@@ -143,20 +151,23 @@ def tasks_only(images: Path, truth: dict[str, list[dict]], config) -> dict:
     readers, `tasks/text_questions.py`), scored as `measure` scores them, without the searches."""
     engine = OcrEngine(config.ocr.tile_size, config.ocr.tile_overlap, config.ocr.min_score)
     prompts = task_prompts(config)
-    records = []
+    records, read = [], {}
     for name in sorted(truth):
         with Image.open(images / name) as opened:
             image = opened.convert("RGB")
         size = truth_size(*image.size, config.images.truth_max_pixels)
         full = image.size
         image = image.resize(size, Image.LANCZOS) if image.size != size else image
+        hits = engine.read(image)
+        k = full[0] / size[0]
+        read[name] = [[v * k for v in hit.box] for hit in hits]
         tasks, rejected = synthesize_text_tasks(
-            engine.read(image), size, full, name, name, prompts, config.tasks,
+            hits, size, full, name, name, prompts, config.tasks,
             lambda hit, line_height, unclip: engine.reread(image, hit.box, line_height, unclip),
             lambda hit: word_gaps(image, hit.box), lambda hit: engine.read_line(image, hit.box))
         records.append(ImageTasks(id=name, image=name, image_sha256=name, width=full[0], height=full[1], tasks=tasks,
                                   rejected=rejected))
-    return measure_tasks(records, truth)[0]
+    return measure_tasks(records, truth, read)[0]
 
 
 def distinct(items: list[str]) -> list[str]:
