@@ -165,10 +165,10 @@ def reconcile(proposal: str | None, second: str, engine_readings: list[str],
 
     - both put one: a space;
     - only the second reader: a space when the pixels show a word gap there or a RapidOCR reading has one;
-    - only RapidOCR: no space when it falls inside a run of letters that the whole-image reading also reads
-      as one word ("MU SEUM" / "MUSEUM": both engines read one word), or when it splits off a single letter
-      that the second reader joins to its word ("NO PARKIN G" / "NO PARKING"); otherwise ("EXIT 7" / "EXIT7":
-      a digit after it) the space is in doubt.
+    - only RapidOCR: no space when it parts two pieces of letters only that the whole-image reading also
+      reads as one word ("MU SEUM" / "MUSEUM": both engines read one word), or when it splits off a single
+      letter that the second reader joins to its word ("NO PARKIN G" / "NO PARKING"); otherwise the space is
+      in doubt ("EXIT 7" / "EXIT7", "BANK Z7" / "BANKZ7": a piece with a digit, a code, is a word of its own).
     """
     letters = second.replace(" ", "")
     engine = set().union(*(_cuts(text) for text in engine_readings))
@@ -184,7 +184,7 @@ def reconcile(proposal: str | None, second: str, engine_readings: list[str],
             kept.add(cut)
             continue
         before, after = ends[ends.index(cut) - 1], ends[ends.index(cut) + 1]
-        inside_word = letters[cut - 1].isalpha() and letters[cut].isalpha() and cut not in whole
+        inside_word = letters[before:cut].isalpha() and letters[cut:after].isalpha() and cut not in whole
         fragment = (after - cut == 1 and letters[cut].isalpha()) or (cut - before == 1 and letters[before].isalpha())
         if not (inside_word or fragment):
             return None
