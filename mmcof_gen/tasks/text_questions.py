@@ -252,8 +252,10 @@ def synthesize_text_tasks(
             own = spelled(rereads[0].text)
             proposal = proposed(text_a, text_b, first, second, seen) if len(rereads) == 2 else None
             others = [spelled(text) for text in read_second(hit)]
-            other = next((text for text in others if text.replace(" ", "") == own.replace(" ", "")),
-                         others[0] if others else "")  # letters and digits exactly, case included
+            # a reading that spells it as RapidOCR does, else the first with its letters and digits (case included)
+            other = next((text for text in others if text == proposal),
+                         next((text for text in others if text.replace(" ", "") == own.replace(" ", "")),
+                              others[0] if others else ""))
             certain = sum(gap.certain for gap in seen)
             shown = str(len(seen)) if certain == len(seen) else f"{certain} to {len(seen)}"
             if other.replace(" ", "") != own.replace(" ", ""):
