@@ -287,3 +287,17 @@ def test_a_line_one_reread_cuts_short_is_decided_by_the_whole_image_reading_the_
                                   gaps=lambda hit: _gaps(_reading(rereads[64])), second={"CITY HALL 3": "CITY HAL 3"})
     assert tasks == [] and [r.reason for r in rejected] == [
         "readers disagree: 'CITY HA LL 3' (RapidOCR) vs 'CITY HAL 3' (Tesseract)"]
+
+
+def test_the_second_readers_reading_that_spells_the_line_as_rapidocr_does_is_the_one_compared():
+    """Tesseract reads each line at several margins and sizes: one of them spelling "GATE 85" as RapidOCR does
+    is agreement, though an earlier one dropped the space; with no such reading the first is compared."""
+    hit = TextHit((200, 1700, 300, 1730), "GATE85", 0.97)
+    for readings, answer in ((["GATE85", "GATE 85"], "GATE 85"), (["GATE85", "GATE 8S"], None)):
+        tasks, rejected = synthesize_text_tasks(
+            [hit], (3000, 2000), (6000, 4000), "a.jpg", "sha", PROMPTS, TextTasksConfig(),
+            lambda hit, height, unclip: _reading("GATE 85"), lambda hit: _gaps(_reading("GATE 85")),
+            lambda hit: readings)
+        assert [t.answer for t in tasks] == ([answer] if answer else [])
+    assert [r.reason for r in rejected] == [
+        "spaces disagree: 'GATE 85' (RapidOCR) vs 'GATE85' (Tesseract), its pixels 1 word gap(s)"]
