@@ -15,7 +15,12 @@ sign. Text sizes come in three tiers, set from the scene's size so that they hol
 `scenes.json` in the output folder lists each scene's signs (text, plate box in image pixels, grid
 cell, tier): ground truth for tests. A dev utility, run as::
 
-    python -m mmcof_gen.scenes --out DIR [--count 6] [--seed 0]
+    python -m mmcof_gen.scenes --out DIR [--count 6] [--seed 0] [--family street]
+
+`--family` picks a scene family (`FAMILIES`): `demo` (the default, what `make demo` and the tests were
+tuned on) or `street`, which the OCR rules were never tuned on: other fonts (DejaVu and STIX, from
+matplotlib's data), letter spacing, coloured and dark plates, two-word sign texts and a bundled photo
+stretched over the whole background, drawn from random streams of their own.
 
 Same arguments, same bytes: files already holding the same content are left untouched.
 """
@@ -27,6 +32,8 @@ import io
 import json
 import math
 import random
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -63,16 +70,16 @@ def _font(size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.load_default(size=size)
 
 
-def _ink_height(size: int) -> int:
-    left, top, right, bottom = _font(size).getbbox("EXITGATE")
+def _ink_height(size: int, font: Callable[[int], ImageFont.FreeTypeFont] = _font) -> int:
+    left, top, right, bottom = font(size).getbbox("EXITGATE")
     return bottom - top
 
 
-def _font_size_for(ink: float) -> int:
+def _font_size_for(ink: float, font: Callable[[int], ImageFont.FreeTypeFont] = _font) -> int:
     size = max(8, round(ink / 0.72))
-    while _ink_height(size) < ink:
+    while _ink_height(size, font) < ink:
         size += 1
-    while size > 8 and _ink_height(size - 1) >= ink:
+    while size > 8 and _ink_height(size - 1, font) >= ink:
         size -= 1
     return size
 
@@ -232,42 +239,152 @@ def _tiers(rng: random.Random, index: int) -> list[str]:
     return tiers
 
 
-def _scene(index: int, seed: int, photos: list[Image.Image], used: set[str]) -> tuple[bytes, dict]:
-    rng = random.Random(f"mmcof-scene-{seed}-{index}")
-    nrng = np.random.default_rng([seed, index])
+def _street_background(nrng: np.random.Generator, rng: random.Random, width: int, height: int, horizon: int,
+                       photos: list[Image.Image]) -> Image.Image:
+    """A bundled photo stretched over the whole scene (cover, soft from the upscale), the others as posters."""
+    photo = photos[rng.randrange(len(photos))]
+    k = max(width / photo.width, height / photo.height)
+    big = photo.resize((math.ceil(photo.width * k), math.ceil(photo.height * k)), Image.BICUBIC)
+    left, top = rng.randint(0, big.width - width), rng.randint(0, big.height - height)
+    img = big.crop((left, top, left + width, top + height))
+    tone = _smooth_noise(nrng, width, height, 240)[..., None] * 0.3 + 0.85
+    img = Image.fromarray(np.clip(np.asarray(img, np.float32) * tone, 0, 255).astype(np.uint8))
+    _posters(img, rng, photos, horizon)
+    return img
+
+
+def _demo_background(nrng: np.random.Generator, rng: random.Random, width: int, height: int, horizon: int,
+                     photos: list[Image.Image]) -> Image.Image:
+    img = _background(nrng, rng, width, height, horizon)
+    _buildings(ImageDraw.Draw(img), rng, width, height, horizon)
+    _posters(img, rng, photos, horizon)
+    return img
+
+
+def _demo_sign(text: str, ink: float, rng: random.Random) -> tuple[Image.Image, int, int, None]:
+    font_size = _font_size_for(ink)
+    sign, ink_h = _sign_image(text, font_size, rng)
+    return sign, ink_h, font_size, None
+
+
+# The street family's sign texts: two-word names (a space a reader can lose or invent: "NO PARKING",
+# "MUSEUM") and codes, in fonts, spacing and colours of its own.
+STREET_WORDS = (
+    "MUSEUM", "NO PARKING", "BUS STOP", "TAXI RANK", "CITY HALL", "FIRST AID", "POST OFFICE", "WAY OUT",
+    "CAR PARK", "TOILETS", "HARBOUR", "THEATRE", "GALLERY", "BAKERY", "CHEMIST", "MARKET HALL", "TOWN SQUARE",
+    "RIVER WALK", "OLD TOWN", "SCHOOL", "STADIUM", "ARCADE", "DENTIST", "PARK LANE", "HIGH STREET", "CHURCH",
+)
+STREET_FONTS = ("DejaVuSans-Bold.ttf", "DejaVuSerif.ttf", "DejaVuSansMono.ttf", "DejaVuSerif-Bold.ttf",
+                "STIXGeneralBol.ttf", "DejaVuSans.ttf")
+# (plate, ink): white, yellow and light grey plates with dark letters; blue, green, brown and red with light
+STREET_PLATES = (((250, 250, 246), (20, 30, 90)), ((245, 205, 40), (20, 20, 20)), ((215, 218, 222), (160, 20, 25)),
+                 ((20, 70, 150), (245, 245, 245)), ((10, 95, 55), (240, 240, 235)), ((95, 60, 35), (240, 225, 190)),
+                 ((170, 25, 30), (250, 250, 250)))
+
+
+def _street_font(name: str) -> Callable[[int], ImageFont.FreeTypeFont]:
+    import matplotlib  # its data ship DejaVu and STIX fonts (the `data` extra): no system font needed
+
+    path = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / name
+    return lambda size: ImageFont.truetype(str(path), size)
+
+
+def _street_texts(rng: random.Random, count: int, used: set[str]) -> list[str]:
+    out: list[str] = []
+    while len(out) < count:
+        word, style = rng.choice(STREET_WORDS), rng.random()
+        if style < 0.4:
+            text = word
+        elif style < 0.7:
+            text = f"{word} {rng.randint(2, 9)}"
+        else:
+            text = f"{word} {rng.choice(_CODE_LETTERS)}{rng.choice(_CODE_DIGITS)}"
+        if len(text) <= 20 and normalize_text(text) not in used:
+            used.add(normalize_text(text))
+            out.append(text)
+    return out
+
+
+def _street_sign(text: str, ink: float, rng: random.Random) -> tuple[Image.Image, int, int, str]:
+    """A plate in one of STREET_PLATES with `text` in one of STREET_FONTS, its letters spaced apart by up to
+    0.16 of the font size (a word space then is a space and twice that)."""
+    name = rng.choice(STREET_FONTS)
+    font_of = _street_font(name)
+    font_size = _font_size_for(ink, font_of)
+    font = font_of(font_size)
+    track = rng.uniform(0.0, 0.16) * font_size
+    x, placed = 0.0, []
+    for char in text:
+        placed.append((x, char))
+        x += font.getlength(char) + track
+    boxes = [font.getbbox(char) for _, char in placed if char != " "]
+    lefts = [at + box[0] for (at, char), box in zip([p for p in placed if p[1] != " "], boxes)]
+    rights = [at + box[2] for (at, char), box in zip([p for p in placed if p[1] != " "], boxes)]
+    top, bottom = min(box[1] for box in boxes), max(box[3] for box in boxes)
+    ink_w, ink_h = math.ceil(max(rights) - min(lefts)), bottom - top
+    pad_x, pad_y = max(6, int(ink_h * rng.uniform(0.5, 0.9))), max(5, int(ink_h * rng.uniform(0.4, 0.7)))
+    plate, colour = rng.choice(STREET_PLATES)
+    sign = Image.new("RGBA", (ink_w + 2 * pad_x, ink_h + 2 * pad_y), plate + (255,))
+    draw = ImageDraw.Draw(sign)
+    if rng.random() < 0.5:  # a thin border in the letters' colour
+        draw.rectangle((0, 0, sign.width - 1, sign.height - 1), outline=colour + (255,), width=max(2, ink_h // 12))
+    for at, char in placed:
+        draw.text((pad_x - min(lefts) + at, pad_y - top), char, font=font, fill=colour + (255,))
+    return sign, ink_h, font_size, name
+
+
+@dataclass(frozen=True)
+class Family:
+    """A scene family: the name of its random streams, its backdrop, its sign texts and how a sign is drawn
+    (`sign(text, ink height, rng)` -> plate image, ink height, font size, font file or None: Pillow's own)."""
+
+    stream: str
+    backdrop: Callable[..., Image.Image]
+    texts: Callable[[random.Random, int, set[str]], list[str]]
+    sign: Callable[[str, float, random.Random], tuple[Image.Image, int, int, str | None]]
+    noise: tuple[int, ...] = ()  # appended to the numpy seed: the demo's stream stays [seed, index]
+
+
+FAMILIES = {
+    "demo": Family("scene", _demo_background, _texts, _demo_sign),
+    "street": Family("street", _street_background, _street_texts, _street_sign, (2,)),
+}
+
+
+def _scene(index: int, seed: int, photos: list[Image.Image], used: set[str],
+           family: Family = FAMILIES["demo"]) -> tuple[bytes, dict]:
+    rng = random.Random(f"mmcof-{family.stream}-{seed}-{index}")
+    nrng = np.random.default_rng([seed, index, *family.noise])
     width, height = SIZES[(index + seed) % len(SIZES)]
     horizon = int(height * rng.uniform(0.48, 0.58))
 
-    img = _background(nrng, rng, width, height, horizon)
+    img = family.backdrop(nrng, rng, width, height, horizon, photos)
     draw = ImageDraw.Draw(img)
-    _buildings(draw, rng, width, height, horizon)
-    _posters(img, rng, photos, horizon)
 
     tiers = _tiers(rng, index)
     cells = [(r, c) for r in range(3) for c in range(3)]
     rng.shuffle(cells)
-    texts = _texts(rng, 40, set(used))
+    texts = family.texts(rng, 40, set(used))
     signs, pasted = [], []
     for tier in tiers:
         budget, target = TIERS[tier]
         rw, rh = frame_size(width, height, budget)
         ink = target * math.sqrt(width * height / (rw * rh))
-        font_size = _font_size_for(ink)
         angle = rng.uniform(-2.5, 2.5)
         placed = None
         for text in list(texts):
-            sign, ink_h = _sign_image(text, font_size, rng)
+            sign, ink_h, font_size, font = family.sign(text, ink, rng)
             sign = sign.rotate(angle, resample=Image.BICUBIC, expand=True)
             for cell in cells:
                 at = _place_sign(rng, cell, sign.size, width, height)
                 if at is not None:
-                    placed = (text, sign, ink_h, cell, at)
+                    placed = (text, sign, ink_h, font_size, font, cell, at)
                     break
             if placed:
                 break
         if placed is None:
             continue
-        text, sign, ink_h, cell, (x, y) = placed
+        text, sign, ink_h, font_size, font, cell, (x, y) = placed
         texts.remove(text)
         cells.remove(cell)
         used.add(normalize_text(text))
@@ -280,6 +397,7 @@ def _scene(index: int, seed: int, photos: list[Image.Image], used: set[str]) -> 
             "text_height": ink_h,
             "font_size": font_size,
             "angle": round(angle, 2),
+            **({"font": font} if font else {}),
         })
     for sign, x, y, cell in pasted:  # posts first, so that none runs over another sign
         if cell[0] > 0 or y + sign.height > horizon * 0.8:
@@ -309,9 +427,9 @@ def _write(path: Path, data: bytes) -> None:
     path.write_bytes(data)
 
 
-def generate_scenes(out_dir: Path, count: int = 6, seed: int = 0) -> list[Path]:
+def generate_scenes(out_dir: Path, count: int = 6, seed: int = 0, family: str = "demo") -> list[Path]:
     """Write `count` scenes (scene_000.jpg, ...), `scenes.json` and `photos/` into out_dir; returns
-    the scene paths. Deterministic in (count, seed). The photos are read before anything is written, so a
+    the scene paths. Deterministic in (count, seed, family: a key of FAMILIES). The photos are read before anything is written, so a
     missing photo leaves no half-made folder."""
     photos = _load_photos()
     out_dir = Path(out_dir)
@@ -324,12 +442,13 @@ def generate_scenes(out_dir: Path, count: int = 6, seed: int = 0) -> list[Path]:
     used: set[str] = set()
     paths, manifest = [], []
     for index in range(count):
-        data, info = _scene(index, seed, photos, used)
+        data, info = _scene(index, seed, photos, used, FAMILIES[family])
         path = out_dir / f"scene_{index:03d}.jpg"
         _write(path, data)
         paths.append(path)
         manifest.append({"file": path.name, **info})
-    doc = {"seed": seed, "grid_margin": GRID_MARGIN, "scenes": manifest}
+    doc = {"seed": seed, **({"family": family} if family != "demo" else {}), "grid_margin": GRID_MARGIN,
+           "scenes": manifest}
     _write(out_dir / "scenes.json", (json.dumps(doc, indent=2) + "\n").encode())
     return paths
 
@@ -339,8 +458,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--count", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--family", choices=sorted(FAMILIES), default="demo", help="scene family (FAMILIES)")
     args = parser.parse_args(argv)
-    for path in generate_scenes(args.out, args.count, args.seed):
+    for path in generate_scenes(args.out, args.count, args.seed, args.family):
         print(path)
 
 

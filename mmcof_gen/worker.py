@@ -271,7 +271,7 @@ class ImageWorker:
             record.tasks, record.rejected = synthesize_text_tasks(
                 hits, size, (width, height), unit.rel, sha, self.task_prompts, self.config.tasks,
                 lambda hit, line_height, unclip: self.engine.reread(image, hit.box, line_height, unclip),
-                lambda hit: word_gaps(image, hit.box))
+                lambda hit: word_gaps(image, hit.box), lambda hit: self.engine.read_line(image, hit.box))
             return record, []
         record.tasks, problems = unit.given_tasks(sha, width, height)
         return record, problems

@@ -97,3 +97,25 @@ def test_missing_photos_leave_no_half_made_folder(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="no bundled photos"):
         generate_scenes(tmp_path / "out", count=1)
     assert not (tmp_path / "out").exists()
+
+
+def test_the_street_family_is_its_own_deterministic_scenes_in_other_fonts_and_plates(scenes, tmp_path):
+    """`family="street"`: scenes the OCR rules were never tuned on, from random streams of their own (the demo
+    family's bytes do not move), in the fonts and plate colours of the family."""
+    from mmcof_gen.scenes import STREET_FONTS, STREET_PLATES, STREET_WORDS
+
+    out, _, demo = scenes
+    generate_scenes(tmp_path / "a", count=COUNT, seed=0, family="street")
+    generate_scenes(tmp_path / "b", count=COUNT, seed=0, family="street")
+    assert _snapshot(tmp_path / "a") == _snapshot(tmp_path / "b")
+    doc = json.loads((tmp_path / "a" / "scenes.json").read_text())
+    assert doc["family"] == "street" and "family" not in demo
+    assert (tmp_path / "a" / "scene_000.jpg").read_bytes() != (out / "scene_000.jpg").read_bytes()
+    signs = [sign for scene in doc["scenes"] for sign in scene["signs"]]
+    assert signs and all(sign["font"] in STREET_FONTS for sign in signs)
+    assert all(sign["text"].rsplit(" ", 1)[0] in STREET_WORDS or sign["text"] in STREET_WORDS for sign in signs)
+    with Image.open(tmp_path / "a" / doc["scenes"][0]["file"]) as image:
+        x0, y0, x1, y1 = doc["scenes"][0]["signs"][0]["box"]
+        corner = np.asarray(image.convert("RGB").crop((x0 + 6, y0 + 6, x0 + 10, y0 + 10)), dtype=float).mean(axis=(0, 1))
+    # the plate's colour (JPEG, noise and a few degrees of tilt aside) is one of the family's
+    assert min(np.abs(corner - plate).max() for plate, _ in STREET_PLATES) < 40

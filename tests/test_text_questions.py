@@ -8,7 +8,7 @@ from mmcof_gen.models.ocr import OcrEngine, TextHit, merge_lines
 from mmcof_gen.scenes import generate_scenes
 from mmcof_gen.schema import RejectedTask
 from mmcof_gen.tasks.synthesis import task_prompts
-from mmcof_gen.tasks.text_questions import Gap, synthesize_text_tasks, word_gaps
+from mmcof_gen.tasks.text_questions import Gap, reconcile, synthesize_text_tasks, word_gaps
 from mmcof_gen.worker import truth_size
 
 PROMPTS = task_prompts(load_config(DEFAULT_CONFIG))
@@ -24,8 +24,15 @@ def _gaps(hit: TextHit) -> list[Gap]:
     return [Gap(5 + 10 * k, True) for k, c in enumerate(hit.text) if c == " "]
 
 
-def _synthesize(hits, read_again, size=(3000, 2000), original=(6000, 4000), gaps=_gaps):
-    return synthesize_text_tasks(hits, size, original, "a.jpg", "sha", PROMPTS, TextTasksConfig(), read_again, gaps)
+def _synthesize(hits, read_again, size=(3000, 2000), original=(6000, 4000), gaps=_gaps, second=None):
+    """`second`: the second reader's spelling of each whole-image reading; by default that of the 64-px reread."""
+    def read_second(hit):
+        if second is not None:
+            return [second[hit.text]]
+        first = read_again(hit, 64, 0.9)
+        return [first.text] if first else []
+    return synthesize_text_tasks(hits, size, original, "a.jpg", "sha", PROMPTS, TextTasksConfig(), read_again, gaps,
+                                 read_second)
 
 
 def _tasks(hits, size=(3000, 2000), original=(6000, 4000)):
@@ -69,13 +76,50 @@ def test_ground_truth_is_the_tight_crop_reading_when_a_second_reading_agrees_els
         return _reading(readings[(height, unclip)][hit.text])
 
     hits = [TextHit((200, 1700, 300, 1730), "GATE85", 0.97), TextHit((2200, 100, 2300, 130), "WEST23", 0.98)]
-    tasks, rejected = _synthesize(hits, read_again, gaps=lambda hit: [Gap(45, hit.text == "GATE85")])
+    tasks, rejected = _synthesize(hits, read_again, gaps=lambda hit: [Gap(45, hit.text == "GATE85")],
+                                  second={"GATE85": "GATE 85", "WEST23": "WEST23"})
     assert [(t.answer, t.position) for t in tasks] == [("GATE 85", "bottom left")]
-    assert rejected == [RejectedTask(
+    assert rejected == [RejectedTask(  # RapidOCR's rereads part and Tesseract does not; the pixels cannot tell
         object="WEST23", box=(4400, 200, 4600, 260),
         question="What does the small text in the top right part of the image say?",
-        reason="readings disagree: 'WEST 23' (line 64 px tall) vs 'WEST23' (44 px), its pixels 0 to 1 word gap(s)")]
+        reason="spaces disagree: 'WEST 23' (RapidOCR) vs 'WEST23' (Tesseract), its pixels 0 to 1 word gap(s)")]
     assert seen == [("GATE85", 64, 0.9), ("GATE85", 44, 1.2), ("WEST23", 64, 0.9), ("WEST23", 44, 1.2)]
+
+
+@pytest.mark.parametrize("rapid, whole, second, gaps, answer", [
+    # a space inside what both engines read as one word (PP-OCR's whole-image box, Tesseract) is not written
+    ("MU SEUM", "MUSEUM", "MUSEUM", {2}, "MUSEUM"),
+    # nor one that splits a single letter off a word the second reader reads whole
+    ("NO PARKIN G", "NO PARKIN G", "NO PARKING", {2, 8}, "NO PARKING"),
+    # a digit after the space, and no engine word box for it: in doubt, the task is dropped
+    ("EXIT 7", "EXIT7", "EXIT7", {4}, None),
+    ("EXIT7", "EXIT7", "EXIT 7", set(), None),  # the other way round, no pixel gap: in doubt too
+    ("BANK Z7", "BANKZ7", "BANKZ7", {4}, None),  # a code ("Z7") is a word of its own: PP-OCR dropping its space is no evidence
+    # a genuine two-word sign: both readers agree, or RapidOCR lost the space the pixels and Tesseract show
+    ("BUS STOP", "BUSSTOP", "BUS STOP", {3}, "BUS STOP"),
+    (None, "BUSSTOP", "BUS STOP", {3}, "BUS STOP"),
+    ("ZONE A", "ZONE A", "ZONE A", {4}, "ZONE A"),  # a one-letter word both read apart stays apart
+])
+def test_two_readers_spacing_is_reconciled_by_the_documented_rule(rapid, whole, second, gaps, answer):
+    readings = [whole, rapid or whole, rapid or whole]
+    assert reconcile(rapid, second, readings, (gaps, gaps)) == answer
+
+
+def test_a_task_is_kept_only_when_the_second_reader_agrees_or_the_rule_decides():
+    """End to end with crafted readings: RapidOCR's spelling (rereads + pixel gaps) against Tesseract's."""
+    cases = {  # whole-image reading: (both rereads' spelling, with a pixel word gap at each space; Tesseract's)
+        "MUSEUM": ("MU SEUM", "MUSEUM"), "NOPARKING": ("NO PARKIN G", "NO PARKING"), "EXIT7": ("EXIT 7", "EXIT7"),
+        "BUSSTOP": ("BUS STOP", "BUS STOP"), "STATIONZ4": ("STATION Z4", "STATION 24"),
+    }
+    hits = [TextHit((200 + 1000 * (k % 3), 100 + 800 * (k // 3), 300 + 1000 * (k % 3), 130 + 800 * (k // 3)), text, 0.97)
+            for k, text in enumerate(cases)]
+    tasks, rejected = _synthesize(hits, lambda hit, height, unclip: _reading(cases[hit.text][0]),
+                                  gaps=lambda hit: _gaps(_reading(cases[hit.text][0])),
+                                  second={text: spelling for text, (_, spelling) in cases.items()})
+    assert [t.answer for t in tasks] == ["MUSEUM", "NO PARKING", "BUS STOP"]
+    assert [r.reason for r in rejected] == [
+        "spaces disagree: 'EXIT 7' (RapidOCR) vs 'EXIT7' (Tesseract), its pixels 1 word gap(s)",
+        "readers disagree: 'STATION Z4' (RapidOCR) vs 'STATION 24' (Tesseract)"]
 
 
 def test_words_boxed_apart_on_one_line_are_one_hit_with_their_space():
@@ -96,24 +140,26 @@ def test_a_reading_whose_spaces_the_pixels_do_not_show_is_dropped():
                                   gaps=lambda hit: {"GATE85": [Gap(45, True), Gap(55, False)], "TOWERJ5": None}.get(hit.text))
     assert tasks == []
     assert [r.reason for r in rejected] == [
-        "readings disagree: 'GATE85' (line 64 px tall) vs 'GATE85' (44 px), its pixels 1 to 2 word gap(s)",
+        "spaces disagree: 'GATE85' (RapidOCR) vs 'GATE85' (Tesseract), its pixels 1 to 2 word gap(s)",
         "readings disagree: the letters of 'TOWERJ5' cannot be told apart in its pixels",
-        "readings disagree: 'PLATFORM5 54' (line 64 and 44 px tall) vs 'PLATFORM 54' (whole image)"]
+        "readings disagree: 'PLATFORM5 54' (line 64 px tall) vs 'PLATFORM5 54' (44 px) vs 'PLATFORM 54' (whole image)"]
 
 
 def test_the_space_goes_where_the_pixels_show_a_word_gap_and_both_readings_put_their_letters_apart():
-    """Every reading spelled "WEST4" (PP-OCR drops spaces), or both put the space before the wrong letter: the
-    pixels' certain gap, placed between the letters the rereads locate on each side of it, decides."""
+    """Every RapidOCR reading spelled "WEST4" (PP-OCR drops spaces), or both put the space before the wrong letter:
+    the pixels' certain gap, placed between the letters the rereads locate on each side of it, decides, and
+    Tesseract agrees."""
     hits = [TextHit((200, 1700, 300, 1730), "WEST4", 0.97), TextHit((2200, 100, 2400, 130), "PLATFORM54", 0.98),
             TextHit((200, 100, 300, 130), "BANKZ7", 0.96)]
     reread = {(64, "WEST4"): "WEST4", (64, "PLATFORM54"): "PLATFORM5 4", (64, "BANKZ7"): "BANKZ7",
               (44, "WEST4"): "WEST4", (44, "PLATFORM54"): "PLATFORM5 4", (44, "BANKZ7"): "B ANKZ7"}
     gaps = {"WEST4": [Gap(42, True)], "PLATFORM54": [Gap(82, True)], "BANKZ7": [Gap(42, True)]}
     tasks, rejected = _synthesize(hits, lambda hit, height, unclip: _reading(reread[height, hit.text]),
-                                  gaps=lambda hit: gaps[hit.text])
-    assert [t.answer for t in tasks] == ["WEST 4", "PLATFORM 54"]
-    assert [r.reason for r in rejected] == [  # the 44-px reading puts the letters elsewhere: "BANK Z7" vs "BAN KZ7"
-        "readings disagree: 'BANKZ7' (line 64 px tall) vs 'B ANKZ7' (44 px), its pixels 1 word gap(s)"]
+                                  gaps=lambda hit: gaps[hit.text],
+                                  second={"WEST4": "WEST 4", "PLATFORM54": "PLATFORM 54", "BANKZ7": "BANK Z7"})
+    # "BANKZ7": the 44-px reread puts the gap elsewhere ("BAN KZ7"), so RapidOCR leaves the spaces open; Tesseract's
+    # "BANK Z7" has its space where a certain gap is, and the other places are inside what PP-OCR read as one word
+    assert [t.answer for t in tasks] == ["WEST 4", "PLATFORM 54", "BANK Z7"] and rejected == []
 
 
 def test_rereads_without_letter_positions_keep_no_answer_the_pixels_contradict():
@@ -121,7 +167,7 @@ def test_rereads_without_letter_positions_keep_no_answer_the_pixels_contradict()
     tasks, rejected = _synthesize(hits, lambda hit, height, unclip: TextHit((0, 0, 50, 30), "WEST4", 0.99),
                                   gaps=lambda hit: [Gap(42, True)])
     assert tasks == [] and [r.reason for r in rejected] == [
-        "readings disagree: 'WEST4' (line 64 px tall) vs 'WEST4' (44 px), its pixels 1 word gap(s)"]
+        "spaces disagree: 'WEST4' (RapidOCR) vs 'WEST4' (Tesseract), its pixels 1 word gap(s)"]
 
 
 def test_overlapping_reread_boxes_keep_each_letter_once():
@@ -219,9 +265,39 @@ def test_the_demo_scenes_ground_truth_is_each_signs_text_exactly_spaces_included
             tasks, rejected = synthesize_text_tasks(
                 hits, size, (scene["width"], scene["height"]), scene["file"], "sha", PROMPTS, config.tasks,
                 lambda hit, line_height, unclip: engine.reread(image, hit.box, line_height, unclip),
-                lambda hit: word_gaps(image, hit.box))
+                lambda hit: word_gaps(image, hit.box), lambda hit: engine.read_line(image, hit.box))
             kept.update({sign["text"]: t.answer for t in tasks})
             dropped.update({sign["text"]: r.reason for r in rejected})
     assert all(answer == text for text, answer in kept.items()), kept
     assert {"WEST 4", "BANK Z7", "BANK 64", "FERRY 84"} <= set(kept), dropped
     assert len(kept) >= 16, dropped
+
+
+def test_a_line_one_reread_cuts_short_is_decided_by_the_whole_image_reading_the_other_reread_and_tesseract():
+    """The 44-px reread lost "LL 3" (the street family's "CITY HALL 3"): the 64-px one has the whole-image reading's
+    letters, so RapidOCR leaves the spaces open; Tesseract's "CITY HALL 3" keeps the spaces PP-OCR's own word boxes
+    also have, and drops the one inside "HALL"."""
+    rereads = {64: "CITY HA LL 3", 44: "CITY HA"}
+    tasks, rejected = _synthesize([TextHit((200, 1700, 300, 1730), "CITY HALL 3", 0.97)],
+                                  lambda hit, height, unclip: _reading(rereads[height]),
+                                  gaps=lambda hit: _gaps(_reading(rereads[64])), second={"CITY HALL 3": "CITY HALL 3"})
+    assert [t.answer for t in tasks] == ["CITY HALL 3"] and rejected == []
+    tasks, rejected = _synthesize([TextHit((200, 1700, 300, 1730), "CITY HALL 3", 0.97)],
+                                  lambda hit, height, unclip: _reading(rereads[height]),
+                                  gaps=lambda hit: _gaps(_reading(rereads[64])), second={"CITY HALL 3": "CITY HAL 3"})
+    assert tasks == [] and [r.reason for r in rejected] == [
+        "readers disagree: 'CITY HA LL 3' (RapidOCR) vs 'CITY HAL 3' (Tesseract)"]
+
+
+def test_the_second_readers_reading_that_spells_the_line_as_rapidocr_does_is_the_one_compared():
+    """Tesseract reads each line at several margins and sizes: one of them spelling "GATE 85" as RapidOCR does
+    is agreement, though an earlier one dropped the space; with no such reading the first is compared."""
+    hit = TextHit((200, 1700, 300, 1730), "GATE85", 0.97)
+    for readings, answer in ((["GATE85", "GATE 85"], "GATE 85"), (["GATE85", "GATE 8S"], None)):
+        tasks, rejected = synthesize_text_tasks(
+            [hit], (3000, 2000), (6000, 4000), "a.jpg", "sha", PROMPTS, TextTasksConfig(),
+            lambda hit, height, unclip: _reading("GATE 85"), lambda hit: _gaps(_reading("GATE 85")),
+            lambda hit: readings)
+        assert [t.answer for t in tasks] == ([answer] if answer else [])
+    assert [r.reason for r in rejected] == [
+        "spaces disagree: 'GATE 85' (RapidOCR) vs 'GATE85' (Tesseract), its pixels 1 word gap(s)"]

@@ -112,6 +112,85 @@ def spelled(text: str | None) -> str:
     return " ".join((text or "").split())
 
 
+def proposed(text_a: str, text_b: str, first: TextHit | None, second: TextHit | None, seen: list[Gap]) -> str | None:
+    """RapidOCR's spelling of a line whose rereads have the same letters: the rereads' spelling when both spell
+    it alike with as many spaces as the pixels show (and, when every gap is certain, in the places below);
+    else, when every gap is certain, the letters with a space at each gap, placed between the letters that
+    each reread locates on either side of it, when both place them alike; else None (spaces left open)."""
+    certain = all(gap.certain for gap in seen)
+    if (text_a == text_b and sum(gap.certain for gap in seen) <= text_a.count(" ") <= len(seen)
+            and (placed(first, seen) if certain else None) in (None, text_a)):
+        return text_a
+    if certain and (spaced := placed(first, seen)) and spaced == placed(second, seen):
+        return spaced
+    return None
+
+
+def _cuts(text: str) -> set[int]:
+    """Where a spelling puts its spaces: the number of letters (non-space characters) before each."""
+    cuts, seen = set(), 0
+    for char in text:
+        if char == " ":
+            cuts.add(seen)
+        else:
+            seen += 1
+    return cuts - {0, seen}
+
+
+def _gap_cuts(readings: list[TextHit | None], gaps: list[Gap], letters: str) -> tuple[set[int], set[int]] | None:
+    """Where the pixels' word gaps fall between `letters`, as the rereads that locate them place them: the
+    certain gaps' places, and those of all gaps; None when no reread locates those letters."""
+    certain, possible = set(), set()
+    located_by = [[(c, x) for c, x in (reading.letters if reading else ()) if c.strip()] for reading in readings]
+    located_by = [located for located in located_by if "".join(c for c, _ in located) == letters]
+    if not located_by:
+        return None
+    for located in located_by:
+        for gap in gaps:
+            cut = sum(x < gap.x for _, x in located)
+            possible.add(cut)
+            if gap.certain:
+                certain.add(cut)
+    inner = set(range(1, len(letters)))
+    return certain & inner, possible & inner
+
+
+def reconcile(proposal: str | None, second: str, engine_readings: list[str],
+              gap_cuts: tuple[set[int], set[int]]) -> str | None:
+    """The answer from RapidOCR's spelling `proposal` (None when its readings left the spaces open: then each
+    space that one of its readings or a certain pixel gap puts) and the second reader's spelling `second`,
+    which has the same letters and digits; None when a space stays in doubt. `engine_readings`: RapidOCR's
+    whole-image reading (its detector's own word boxes) and its two rereads; `gap_cuts`: the certain and
+    the possible word gaps of the pixels (`_gap_cuts`). Each place where one of the two puts a space:
+
+    - both put one: a space;
+    - only the second reader: a space when the pixels show a word gap there or a RapidOCR reading has one;
+    - only RapidOCR: no space when it parts two pieces of letters only that the whole-image reading also
+      reads as one word ("MU SEUM" / "MUSEUM": both engines read one word), or when it splits off a single
+      letter that the second reader joins to its word ("NO PARKIN G" / "NO PARKING"); otherwise the space is
+      in doubt ("EXIT 7" / "EXIT7", "BANK Z7" / "BANKZ7": a piece with a digit, a code, is a word of its own).
+    """
+    letters = second.replace(" ", "")
+    engine = set().union(*(_cuts(text) for text in engine_readings))
+    certain, possible = gap_cuts
+    first = _cuts(proposal) if proposal is not None else engine | certain
+    theirs, whole = _cuts(second), _cuts(engine_readings[0])
+    ends = sorted({0, len(letters)} | first)
+    kept = set()
+    for cut in sorted(first | theirs):
+        if cut in theirs:
+            if cut not in first and cut not in possible | engine:
+                return None
+            kept.add(cut)
+            continue
+        before, after = ends[ends.index(cut) - 1], ends[ends.index(cut) + 1]
+        inside_word = letters[before:cut].isalpha() and letters[cut:after].isalpha() and cut not in whole
+        fragment = (after - cut == 1 and letters[cut].isalpha()) or (cut - before == 1 and letters[before].isalpha())
+        if not (inside_word or fragment):
+            return None
+    return " ".join(letters[a:b] for a, b in zip([0, *sorted(kept)], [*sorted(kept), len(letters)]))
+
+
 def synthesize_text_tasks(
     hits: list[TextHit],
     truth_size: tuple[int, int],
@@ -122,11 +201,13 @@ def synthesize_text_tasks(
     config: TextTasksConfig,
     read_again: ReadAgain,
     gaps: Callable[[TextHit], list[Gap] | None],
+    read_second: Callable[[TextHit], list[str]],
 ) -> tuple[list[Task], list[RejectedTask]]:
     """Tasks for one image from all text read at `truth_size`, and the candidates dropped because their
     readings disagree; ground truth boxes in original pixels. `read_again(hit, line_height, unclip)` reads
     the hit's line from its own tight crop (OcrEngine.reread), `gaps(hit)` counts its word gaps (`word_gaps`),
-    both on the image at truth size."""
+    `read_second(hit)` are the second reader's spellings of the line (OcrEngine.read_line: the first with
+    RapidOCR's letters is compared), all on the image at truth size."""
     width, height = truth_size
     hits = [hit for hit in hits if normalize_text(hit.text)]  # stray marks read as symbols name nothing
     occupancy: dict[tuple[int, int], int] = {}
@@ -158,23 +239,34 @@ def synthesize_text_tasks(
         (height_a, unclip_a), (height_b, unclip_b) = READINGS
         first, second = read_again(hit, height_a, unclip_a), read_again(hit, height_b, unclip_b)
         text_a, text_b = spelled(first and first.text), spelled(second and second.text)
+        # the rereads with the whole-image reading's letters (the whole-image reading drops spaces, but its
+        # letters count); with one only, RapidOCR leaves the spaces to the two-reader rule
+        rereads = [r for r in (first, second) if r and normalize_text(r.text) == reading]
         answer = reason = None
-        if not text_a or normalize_text(text_a) != normalize_text(text_b):
-            reason = f"readings disagree: {text_a!r} (line {height_a} px tall) vs {text_b!r} ({height_b} px)"
-        elif normalize_text(text_a) != reading:  # the whole-image reading drops spaces, but its letters count
-            reason = f"readings disagree: {text_a!r} (line {height_a} and {height_b} px tall) vs {hit.text!r} (whole image)"
+        if not rereads:
+            reason = (f"readings disagree: {text_a!r} (line {height_a} px tall) vs {text_b!r} ({height_b} px) "
+                      f"vs {hit.text!r} (whole image)")
         elif (seen := gaps(hit)) is None:
-            reason = f"readings disagree: the letters of {text_a!r} cannot be told apart in its pixels"
-        elif (text_a == text_b and sum(gap.certain for gap in seen) <= text_a.count(" ") <= len(seen)
-              and (spaced := placed(first, seen) if all(gap.certain for gap in seen) else None) in (None, text_a)):
-            answer = text_a
-        elif all(gap.certain for gap in seen) and (spaced := placed(first, seen)) and spaced == placed(second, seen):
-            answer = spaced  # the pixels show where the words part, both readings which letters lie between
+            reason = f"readings disagree: the letters of {spelled(rereads[0].text)!r} cannot be told apart in its pixels"
         else:
+            own = spelled(rereads[0].text)
+            proposal = proposed(text_a, text_b, first, second, seen) if len(rereads) == 2 else None
+            others = [spelled(text) for text in read_second(hit)]
+            # a reading that spells it as RapidOCR does, else the first with its letters and digits (case included)
+            other = next((text for text in others if text == proposal),
+                         next((text for text in others if text.replace(" ", "") == own.replace(" ", "")),
+                              others[0] if others else ""))
             certain = sum(gap.certain for gap in seen)
             shown = str(len(seen)) if certain == len(seen) else f"{certain} to {len(seen)}"
-            reason = (f"readings disagree: {text_a!r} (line {height_a} px tall) vs {text_b!r} ({height_b} px), "
-                      f"its pixels {shown} word gap(s)")
+            if other.replace(" ", "") != own.replace(" ", ""):
+                reason = f"readers disagree: {proposal or own!r} (RapidOCR) vs {other!r} (Tesseract)"
+            elif proposal == other:
+                answer = proposal
+            elif ((cuts := _gap_cuts(rereads, seen, other.replace(" ", ""))) is None and certain
+                  or (answer := reconcile(proposal, other, [spelled(hit.text), *(spelled(r.text) for r in rereads)],
+                                          cuts or (set(), set()))) is None):
+                reason = (f"spaces disagree: {proposal or own!r} (RapidOCR) vs {other!r} (Tesseract), "
+                          f"its pixels {shown} word gap(s)")
         if reason:
             rejected.append(RejectedTask(object=hit.text, box=box, question=question, reason=reason))
             continue
