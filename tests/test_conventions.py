@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from mmcof_gen.conventions import (CONVENTIONS, family_default, from_original, read_box, to_original, write_box)
-from mmcof_gen.imaging import InvalidBox
+from mmcof_gen.imaging import InvalidBox, checked_box
 
 sizes = st.integers(min_value=28, max_value=4000)
 
@@ -53,6 +53,10 @@ def test_family_defaults_follow_the_model_name():
 def test_every_convention_round_trips_a_pixel_box(case, name):
     width, height, box = case
     boxes = CONVENTIONS[name]
+    try:
+        checked_box(box, width, height)
+    except InvalidBox:
+        assume(False)  # read_box ends in the box guard: a box no zoom can show is refused in every convention
     assert read_box(boxes.from_pixels(box, width, height), boxes, width, height) == box
 
 
