@@ -130,15 +130,21 @@ def main() -> None:
               ["default", "finetune", "llm-planner-ocr", "llm-planner-vlm-tools", "openai-api", "transformers-local",
                "vllm-qwen2.5-vl", "vllm-qwen3-vl"], "pipelines lists 8")
         (work / "empty").mkdir()
-        stderr = run([cli, "synthesize", "--images", "empty", "--out", "vllm-run", "--config", "vllm-qwen2.5-vl"],
-                     work, expect=1).stderr  # nothing to do, but the config resolved and the run folder opened
+        stderr = run([cli, "synthesize", "--images", "empty", "--out", "empty-run"], work,
+                     expect=1).stderr  # nothing to do, but the config resolved and the run folder opened
         check(stderr.strip().splitlines()[-1] ==
               "mmcof-gen: synthesize: no image in empty (searched recursively); nothing was made",
               "an empty image folder: exit 1, one line")
-        manifest = json.loads((work / "vllm-run/manifest.json").read_text())
-        check(manifest["config"]["name"] == "vllm-qwen2.5-vl" and
-              manifest["config"]["prompts_dir"].endswith("mmcof_gen/resources/prompts/agent"),
-              "--config vllm-qwen2.5-vl resolves, with the shipped agent prompts")
+        manifest = json.loads((work / "empty-run/manifest.json").read_text())
+        check(manifest["config"]["name"] == "default" and
+              manifest["config"]["prompts_dir"].endswith("mmcof_gen/resources/prompts/template"),
+              "the default pipeline resolves, with the shipped template prompts")
+        stderr = run([cli, "synthesize", "--images", "empty", "--out", "vllm-run", "--config", "vllm-qwen2.5-vl"],
+                     work, expect=2).stderr  # no server on localhost:8000: one line before any work
+        check(stderr.strip().splitlines()[-1].startswith(
+              "mmcof-gen: models.planner: no server answers at http://localhost:8000/v1; start it first (vllm serve "
+              "Qwen/Qwen2.5-VL-7B-Instruct") and not (work / "vllm-run").exists(),
+              "--config vllm-qwen2.5-vl resolves; an unreachable server: exit 2, one line with its vllm serve command")
         default = run([cli, "pipelines", "--show", "default"], work).stdout
         changed = default.replace("resolutions: [448, 672, 1024, 1920]", "resolutions: [448]")
         check(changed != default, "the default pipeline states its resolutions")
