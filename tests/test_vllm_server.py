@@ -264,7 +264,7 @@ def always_zoom(monkeypatch) -> None:
 
 def test_too_many_images_in_the_run_stops_it_at_the_first_refusal(inputs, tmp_path, server_log, monkeypatch):
     images, questions = inputs
-    monkeypatch.setattr("mmcof_gen.agent.search.check_servers", lambda config: {})  # a server that does not say
+    monkeypatch.setattr("mmcof_gen.agent.search.check_servers", lambda config, wait_seconds=0.0: {})  # a server that does not say
     always_zoom(monkeypatch)
     config = pipeline(max_zooms=IMAGE_LIMIT, max_steps=IMAGE_LIMIT + 3)
     with pytest.raises(ConfigError) as stopped:
@@ -306,7 +306,7 @@ def test_reply_tokens_over_max_model_len_is_found_before_the_run(inputs, tmp_pat
 
 def test_max_tokens_over_max_model_len_stops_the_run(inputs, tmp_path, server_log, monkeypatch):
     images, questions = inputs
-    monkeypatch.setattr("mmcof_gen.agent.search.check_servers", lambda config: {})
+    monkeypatch.setattr("mmcof_gen.agent.search.check_servers", lambda config, wait_seconds=0.0: {})
     with pytest.raises(ConfigError) as stopped:
         run(pipeline(reply_tokens=5000), images, tmp_path / "run", questions=questions)
     message = str(stopped.value)
