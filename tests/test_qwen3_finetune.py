@@ -8,7 +8,6 @@ import json
 import math
 
 import pytest
-import torch
 import yaml
 
 from mmcof_gen.export import export
