@@ -504,7 +504,8 @@ async def check_image_tokens(model: ChatModel, item: BenchItem, settings: EvalSe
         if tokens is not None and tokens < patches and not release:
             raise ConfigError(f"--resolutions {resolution}: {model.name} turns a {frame.width}x{frame.height} frame "
                               f"into {tokens} image tokens, not its {patches}: the server downsizes it (vLLM: serve "
-                              f"with --mm-processor-kwargs '{{\"max_pixels\": {MAX_ZOOM_PIXELS}}}'), or drop {resolution}")
+                              f"with --mm-processor-kwargs '{{\"max_pixels\": {MAX_ZOOM_PIXELS}}}'), or drop {resolution}; "
+                              f"a model that is no {target.title} student: pass --target")
         found[str(resolution)] = {"frame": list(frame.size), "tokens": tokens}
     return _against_release(model, found) if release else found
 

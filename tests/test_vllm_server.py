@@ -217,7 +217,8 @@ def test_eval_refuses_a_resolution_the_server_downsizes(inputs, tmp_path, server
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1] == (
         f"mmcof-gen: --resolutions 448: openai:{MODEL} turns a 504x364 frame into 54 image tokens, not its 234: "
-        f"the server downsizes it (vLLM: serve with --mm-processor-kwargs '{{\"max_pixels\": 14745600}}'), or drop 448")
+        f"the server downsizes it (vLLM: serve with --mm-processor-kwargs '{{\"max_pixels\": 14745600}}'), or drop 448; "
+        "a model that is no Qwen2.5-VL student: pass --target")
     assert not (tmp_path / "eval" / "results.jsonl").exists()
 
 
@@ -458,3 +459,4 @@ def test_eval_with_target_qwen3_runs_an_episode_against_the_served_qwen3(inputs,
     assert refused.returncode == 2
     assert refused.stderr.strip().startswith(f"mmcof-gen: --resolutions 224: openai:{QWEN3_MODEL} turns a 252x168 "
                                              "frame into 40 image tokens, not its 54")
+    assert refused.stderr.strip().endswith("a model that is no Qwen2.5-VL student: pass --target")
