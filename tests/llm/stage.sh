@@ -24,8 +24,8 @@ PORT=$("$PYTHON" -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)
 PYTHONUNBUFFERED=1 setsid "$VENV/bin/python" tests/llm/serve.py --model "$MODEL" --model_alias "$SERVED" \
     --chat_format gemma3 --host 127.0.0.1 --port "$PORT" --n_ctx "$CONTEXT" --n_threads "$(nproc)" --verbose false \
     > "$WORK/server.log" 2>&1 < /dev/null &
-PID=$!
-wait_for_server "LLM server" "http://127.0.0.1:$PORT/v1/models" "$START_TIMEOUT"
+PIDS=$!
+wait_for_server "LLM server" "http://127.0.0.1:$PORT/v1/models" "$START_TIMEOUT" "$PIDS" "$WORK/server.log"
 MMCOF_LLM_URL="http://127.0.0.1:$PORT/v1" MMCOF_LLM_MODEL="$SERVED" MMCOF_LLM_FIGURES="$FIGURES" \
     "$PYTHON" -m pytest -q -m llm tests/test_llm_planner.py
 echo "figures (planned by $SERVED vs the rule-planned OCR agent):"
