@@ -58,8 +58,8 @@ def images_of(body: dict) -> list[Image.Image]:
 
 
 def prompt_of(body: dict) -> str:
-    """The text of the first message (a repair request appends the model's reply and the problem)."""
-    content = body["messages"][0]["content"]
+    """The text of the first user message (a repair request appends the model's reply and the problem)."""
+    content = next(m["content"] for m in body["messages"] if m["role"] == "user")
     return content if isinstance(content, str) else content[-1]["text"]
 
 
