@@ -57,10 +57,11 @@ class PrefixCache:
 
     A request's tokens: per message a role token, then its content in order: an image as Qwen2.5-VL's count of
     tokens (one per 28x28 pixels), each named by the image's bytes, and text as its words. A request's prefix-
-    cache hits are the tokens of its longest prefix that an earlier request began with (all but its last token
-    at most: the engine computes at least one), its image-cache hits the images an earlier request sent. Like
-    vLLM's, the cache never forgets (a test's run is far smaller than a server's cache) and concurrent
-    requests see each other in arrival order.
+    cache hits are the tokens of its longest prefix that an earlier request began with, its image-cache hits
+    the images an earlier request sent. The cache never forgets (a test's run is far smaller than a server's
+    cache), so the totals do not depend on the order in which concurrent requests arrive: the tokens computed
+    are the distinct prefixes of all requests, the images encoded the distinct images. (vLLM differs in
+    counting whole blocks of tokens, and in computing the last token of a request sent twice.)
     """
 
     PATCH = 28
@@ -90,12 +91,10 @@ class PrefixCache:
     def record(self, body: dict) -> int:
         """Count one request; its prompt tokens."""
         tokens = self.tokens(body)
-        hits, chain, seen = 0, 0, True
-        for position, token in enumerate(tokens):
+        hits, chain = 0, 0
+        for token in tokens:
             chain = hash((chain, token))
-            seen = seen and chain in self.prefixes
-            if seen and position < len(tokens) - 1:
-                hits = position + 1
+            hits += chain in self.prefixes  # a prefix seen before: so were all of its own prefixes
             self.prefixes.add(chain)
         images = list(dict.fromkeys(t[1] for t in tokens if t[0] == "<image>"))
         counts = self.counts
