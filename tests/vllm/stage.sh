@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# `make test-vllm`: the tests marked `vllm` (tests/test_vllm_server.py, tests/test_benchmarks.py) against a
-# real vLLM OpenAI server serving a tiny random-weight Qwen2.5-VL on 127.0.0.1. Installs or reuses the vLLM
+# `make test-vllm`: the tests marked `vllm` (tests/test_vllm_server.py, tests/test_benchmarks.py), then a quick
+# benchmarks/bench_prefill.py run, against a real vLLM OpenAI server serving a tiny random-weight Qwen2.5-VL on
+# 127.0.0.1. Installs or reuses the vLLM
 # venv, builds the model, starts the server, waits for /health (bounded), runs the tests with .venv, and
 # stops the server by its PID whatever happens. Env: VLLM_VENV (.venv-vllm), VLLM_START_TIMEOUT (seconds,
 # 900), VLLM_IMAGE_LIMIT (6), PROJECT_PYTHON (.venv/bin/python).
@@ -31,3 +32,6 @@ wait_for_server "vLLM server" "http://127.0.0.1:$PORT/health" "$START_TIMEOUT"
 MMCOF_VLLM_URL="http://127.0.0.1:$PORT/v1" MMCOF_VLLM_MODEL="$SERVED" MMCOF_VLLM_LOG="$WORK/server.log" \
     MMCOF_VLLM_IMAGE_LIMIT="$IMAGE_LIMIT" MMCOF_VLLM_MAX_MODEL_LEN="$MAX_MODEL_LEN" \
     "$PYTHON" -m pytest -q -m vllm tests/test_vllm_server.py tests/test_benchmarks.py
+# A quick run of the prefill benchmark: the server's own /metrics read around the shipped pipeline (docs/speed.md).
+"$PYTHON" benchmarks/bench_prefill.py --url "http://127.0.0.1:$PORT/v1" --model "$SERVED" --images 1 --questions 2 \
+    --resolutions 448
