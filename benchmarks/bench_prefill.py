@@ -18,8 +18,9 @@ With --url: a served model, such as the vLLM server of tests/vllm/stage.sh (a ti
 answers are noise, but the token accounting is the server's own).
 
 `--baseline REF` first runs the code of a git revision (extracted with `git archive`, as bench_scale.py does)
-against the same server, on its own copy of the pictures (other pixels, same sizes), so that neither run is
-served from what the other left in the cache.
+against the same server. Every run draws its pictures' pixels (same sizes) from the server's count of prompt
+tokens so far, so that no run is served from what an earlier one left in the cache (a server keeps it), and a
+fresh server is given the same pictures every time.
 """
 
 from __future__ import annotations
@@ -116,12 +117,12 @@ def write_config(path: Path, base_url: str, model: str) -> Path:
     return path
 
 
-def measure(code: Path, folder: Path, base_url: str, model: str, seed: int, images: int, questions: int,
+def measure(code: Path, folder: Path, base_url: str, model: str, images: int, questions: int,
             resolutions: str) -> Figures:
     """One `synthesize` run of the code in `code` against the server, with the server's counters around it."""
-    image_dir, questions_file = write_inputs(folder, seed, images, questions)
-    config = write_config(folder / "pipeline.yaml", base_url, model)
     before = counters(base_url)
+    image_dir, questions_file = write_inputs(folder, int(before["prompt_tokens"]), images, questions)
+    config = write_config(folder / "pipeline.yaml", base_url, model)
     done = subprocess.run([sys.executable, "-m", "mmcof_gen.cli", "synthesize", "--images", str(image_dir),
                            "--questions", str(questions_file), "--config", str(config), "--resolutions", resolutions,
                            "--out", str(folder / "run")], cwd=code, env={**os.environ, "PYTHONPATH": str(code)},
@@ -158,8 +159,7 @@ def run(base_url: str, model: str, baseline: str | None, images: int, questions:
         settings = [(f"baseline {baseline}", extract(baseline, tmp))] if baseline else []
         settings.append(("current", ROOT))
         for number, (label, code) in enumerate(settings):
-            figures = measure(code, tmp / f"setting{number}", base_url, model, 1000 * (number + 1), images,
-                              questions, resolutions)
+            figures = measure(code, tmp / f"setting{number}", base_url, model, images, questions, resolutions)
             out(report(label, figures))
             results[label] = figures
     return results
