@@ -316,7 +316,8 @@ class VlmSearchAgent:
                                            height=search.view.height, boxes=self._wording("planner", search.view),
                                            max_steps=self.config.max_steps, max_zooms=self.config.max_zooms)
         opening = (f"{question_text(task.question, task.options)}\nFrom the whole image the reader answered "
-                   f"{answer!r}; {verdict.reason}. Missing or unclear: {', '.join(targets.missing)}. Your first action?")
+                   f"{answer!r}; {verdict.reason}. Missing or unclear: {', '.join(targets.missing)}. "
+                   "Your first action?")
         # a seeing planner's conversation starts as every request about the frame does; its instructions, the
         # same for every search on the frame, come before this search's question
         messages = (self._about([search.frame], f"{instructions}\n\n{opening}") if sees
