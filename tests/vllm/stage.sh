@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# `make test-vllm`: the tests marked `vllm` (tests/test_vllm_server.py, tests/test_benchmarks.py) against two
-# real vLLM OpenAI servers on 127.0.0.1, one serving a tiny random-weight Qwen2.5-VL, one a tiny Qwen3-VL.
-# Installs or reuses the vLLM venv, builds the models, starts both servers at once (their warm-ups overlap),
-# waits for /health (bounded), runs the tests with .venv, and stops the servers by their PIDs whatever happens.
+# `make test-vllm`: the tests marked `vllm` (tests/test_vllm_server.py, tests/test_benchmarks.py), then a quick
+# benchmarks/bench_prefill.py run, against two real vLLM OpenAI servers on 127.0.0.1, one serving a tiny
+# random-weight Qwen2.5-VL, one a tiny Qwen3-VL. Installs or reuses the vLLM venv, builds the models, starts both
+# servers at once (their warm-ups overlap), waits for /health (bounded), runs the tests with .venv, and stops the
+# servers by their PIDs whatever happens.
 # Env: VLLM_VENV (.venv-vllm), VLLM_START_TIMEOUT (seconds, 900), VLLM_IMAGE_LIMIT (6), PROJECT_PYTHON
 # (.venv/bin/python).
 set -euo pipefail
@@ -57,3 +58,6 @@ MMCOF_VLLM_URL="http://127.0.0.1:$PORT/v1" MMCOF_VLLM_MODEL="$SERVED" MMCOF_VLLM
     MMCOF_VLLM_QWEN3_LOG="$WORK/server-qwen3.log" \
     MMCOF_VLLM_IMAGE_LIMIT="$IMAGE_LIMIT" MMCOF_VLLM_MAX_MODEL_LEN="$MAX_MODEL_LEN" \
     "$PYTHON" -m pytest -q -m vllm tests/test_vllm_server.py tests/test_benchmarks.py
+# A quick run of the prefill benchmark: the server's own /metrics read around the shipped pipeline (docs/speed.md).
+"$PYTHON" benchmarks/bench_prefill.py --url "http://127.0.0.1:$PORT/v1" --model "$SERVED" --images 1 --questions 2 \
+    --resolutions 448
