@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mmcof_gen import extras, resources
-from mmcof_gen.config import MAX_SIDE, MIN_SIDE, load_config, valid_resolutions
+from mmcof_gen.config import MAX_SIDE, MIN_SIDE, load_config, require_extras, valid_resolutions
 from mmcof_gen.errors import ConfigError
 from mmcof_gen.targets import DEFAULT_TARGET, TARGETS
 from mmcof_gen.store import RunStore, StoreError
@@ -135,7 +135,7 @@ def synthesize(
         raise UserError("synthesize: pass either --questions or --coco, not both")
     if (questions or coco) and source != SourceKind.auto:
         raise UserError(f"synthesize: --source {source.value} is for --images without --questions or --coco")
-    extras.require_pipeline(pipeline)
+    require_extras(pipeline)
     stats = run(pipeline, images, out, RunInputs(questions, coco, source.value, limit), relocated=relocated,
                 wait_for_servers=wait_for_servers)
     typer.echo(f"{stats['accepted']} accepted ({stats['direct']} direct, {stats['zoom']} zoom), "

@@ -17,7 +17,7 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, ValidationError,
                       field_validator, model_validator)
 
-from mmcof_gen import resources
+from mmcof_gen import extras, resources
 from mmcof_gen.errors import ConfigError
 from mmcof_gen.models.chat import ChatModelConfig
 from mmcof_gen.models.detect import DetectorConfig
@@ -344,3 +344,21 @@ def load_config(path: Path | str | None = None, overrides: dict[str, object] | N
             raise ConfigError(f"{path}: prompts_dir {folder} is not a folder")
     config._file = path
     return config
+
+
+def require_extras(config: PipelineConfig) -> None:
+    """Every extra the pipeline's settings need, checked before any image is read."""
+    if config.executor.kind == "ray":
+        extras.require("ray", "executor ray")
+    for role, model in config.models:
+        if model is None:
+            continue
+        if getattr(model, "backend", None) == "transformers":
+            extras.require("hf", f"models.{role} backend transformers")
+        elif role == "detector":
+            if model.backend in ("yolo-world", "yoloe"):
+                extras.require("yolo", f"models.detector backend {model.backend}")
+            elif model.backend != "rapidocr":
+                extras.require("hf", f"models.detector backend {model.backend}")
+    if config.tasks.near_duplicate_distance is not None:
+        extras.require("data", "tasks.near_duplicate_distance", ("imagehash",))
