@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -223,7 +224,16 @@ def filter_command(
 
 from mmcof_gen.export import FORMATS as EXPORT_FORMATS  # noqa: E402 - the registry the choices come from
 
-ExportFormatName = Enum("ExportFormatName", {name: name for name in EXPORT_FORMATS}, type=str)
+
+def registry_choice(registry: dict) -> Callable[[str], str]:
+    """A flag's parser that accepts the names of `registry` as they are when the flag is read, so a part
+    registered after this module was imported is a choice too."""
+    def parse(value: str) -> str:
+        if value not in registry:
+            raise ValueError(f"{value!r} is not one of {', '.join(map(repr, registry))}.")
+        return value
+
+    return parse
 
 
 TargetName = Enum("TargetName", {name: name for name in TARGETS}, type=str)  # the student models, targets.py
@@ -234,13 +244,13 @@ def export_command(
     run_dir: Annotated[Path, typer.Argument(help="A run folder (synthesize) or a filtered folder (filter).",
                                             exists=True, file_okay=False)],
     out: Annotated[Path, typer.Option(help="Export folder; re-exporting into it is idempotent.")],
-    format: Annotated[ExportFormatName, typer.Option(
-        "--format",
+    format: Annotated[str, typer.Option(
+        "--format", parser=registry_choice(EXPORT_FORMATS), metavar=f"<{'|'.join(EXPORT_FORMATS)}>",
         help="sharegpt: LLaMA-Factory (mmcof.json + dataset_info.json); qwen: the Qwen2.5-VL fine-tune repo; "
              "parquet: Hugging Face datasets, images embedded; v1: the older single-turn <|image_zoomin|> form; "
              "swift: ms-swift messages/images JSONL; verl / swift-grpo: the run's TASKS as RL prompts (train/test "
              "parquet for verl's zoom-in tool agent, JSONL for ms-swift's multi-turn GRPO), docs/format.md.")
-    ] = ExportFormatName.sharegpt,
+    ] = "sharegpt",
     target: Annotated[TargetName, typer.Option(
         "--target", help="The student model: its processor's frame size, its zoom tool's call signature and box "
                          "convention, and that tool's crops (qwen2.5-vl: frame pixels, the CoF crop; qwen3-vl: "
@@ -282,10 +292,10 @@ def export_command(
     if embed_images or test_fraction is not None or rate is not None:
         rl_options = rl.RLOptions(embed_images, rl.RLOptions.test_fraction if test_fraction is None else test_fraction, rate)
     prompt = system_prompt.read_text(encoding="utf-8").removesuffix("\n") if system_prompt else None
-    report = export(run_dir, format.value, out, system_prompt=prompt, max_pixels=max_pixels,
+    report = export(run_dir, format, out, system_prompt=prompt, max_pixels=max_pixels,
                     absolute_paths=absolute_paths, tokenizer=tokenizer, overwrite=overwrite,
                     jobs=jobs, rl_options=rl_options, target=target.value)
-    if format.value in rl.FORMATS:  # tasks, not samples
+    if format in rl.FORMATS:  # tasks, not samples
         typer.echo(f"{report['samples']} prompts (train {report['train']}, test {report['test']}) of "
                    f"{report['tasks']} tasks, {report['skipped']} skipped; "
                    + ", ".join(str(out / name) for name in report["data_files"].values()))
