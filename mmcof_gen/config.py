@@ -20,7 +20,7 @@ from pydantic import (BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, 
 from mmcof_gen import extras, resources
 from mmcof_gen.errors import ConfigError
 from mmcof_gen.models.chat import ChatModelConfig
-from mmcof_gen.models.detect import DetectorConfig
+from mmcof_gen.models.detect import DETECTORS, DetectorConfig
 from mmcof_gen.models.ocr import OcrReaderConfig
 from mmcof_gen.schema import invalid_fields
 
@@ -355,10 +355,7 @@ def require_extras(config: PipelineConfig) -> None:
             continue
         if getattr(model, "backend", None) == "transformers":
             extras.require("hf", f"models.{role} backend transformers")
-        elif role == "detector":
-            if model.backend in ("yolo-world", "yoloe"):
-                extras.require("yolo", f"models.detector backend {model.backend}")
-            elif model.backend != "rapidocr":
-                extras.require("hf", f"models.detector backend {model.backend}")
+        elif role == "detector" and (extra := DETECTORS[model.backend].extra):
+            extras.require(extra, f"models.detector backend {model.backend}")
     if config.tasks.near_duplicate_distance is not None:
         extras.require("data", "tasks.near_duplicate_distance", ("imagehash",))
