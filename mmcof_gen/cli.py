@@ -16,6 +16,7 @@ from rich.table import Table
 from mmcof_gen import extras, resources
 from mmcof_gen.config import MAX_SIDE, MIN_SIDE, load_config, require_extras, valid_resolutions
 from mmcof_gen.errors import ConfigError
+from mmcof_gen.executors import EXECUTORS
 from mmcof_gen.targets import DEFAULT_TARGET, TARGETS
 from mmcof_gen.store import RunStore, StoreError
 
@@ -42,9 +43,15 @@ OVERWRITE = ("Replace an output of another run at --out: first remove the files 
              "those). Without it such a folder is refused.")
 
 
-class ExecutorKind(str, Enum):
-    local = "local"
-    ray = "ray"
+def registry_choice(registry: dict) -> Callable[[str], str]:
+    """A flag's parser that accepts the names of `registry` as they are when the flag is read, so a part
+    registered after this module was imported is a choice too."""
+    def parse(value: str) -> str:
+        if value not in registry:
+            raise ValueError(f"{value!r} is not one of {', '.join(map(repr, registry))}.")
+        return value
+
+    return parse
 
 
 class SourceKind(str, Enum):
@@ -107,7 +114,8 @@ def synthesize(
         exists=True)] = None,
     resolutions: Annotated[Optional[str], typer.Option(help="Pixel budgets R (frames of about RxR), e.g. 448,672,1024,1920.")] = None,
     limit: Annotated[Optional[int], typer.Option(min=1, help="Process at most the first N images.")] = None,
-    executor: Annotated[Optional[ExecutorKind], typer.Option(
+    executor: Annotated[Optional[str], typer.Option(
+        parser=registry_choice(EXECUTORS), metavar=f"<{'|'.join(EXECUTORS)}>",
         help="Where the agents run: local (threads in this process) or ray (actors; detectors shared and batched). "
              "Default: the config's executor.kind.")] = None,
     workers: Annotated[Optional[int], typer.Option(min=1, help="Parallel workers, each with its own models.")] = None,
@@ -127,10 +135,10 @@ def synthesize(
     from mmcof_gen.synthesize import RunInputs, synthesize as run
 
     pipeline = load_config(config, {
-        "resolutions": _resolutions(resolutions, "synthesize"), "executor.kind": executor.value if executor else None,
+        "resolutions": _resolutions(resolutions, "synthesize"), "executor.kind": executor,
         "executor.workers": workers, "executor.address": ray_address, "executor.max_in_flight": max_in_flight,
         "tasks.exclude": exclude.resolve() if exclude else None})
-    if (ray_address or max_in_flight) and pipeline.executor.kind != "ray":
+    if (ray_address or max_in_flight) and not EXECUTORS[pipeline.executor.kind].cluster:
         raise UserError("synthesize: --ray-address and --max-in-flight need --executor ray")
     if questions and coco:
         raise UserError("synthesize: pass either --questions or --coco, not both")
@@ -223,18 +231,6 @@ def filter_command(
 
 
 from mmcof_gen.export import FORMATS as EXPORT_FORMATS  # noqa: E402 - the registry the choices come from
-
-
-def registry_choice(registry: dict) -> Callable[[str], str]:
-    """A flag's parser that accepts the names of `registry` as they are when the flag is read, so a part
-    registered after this module was imported is a choice too."""
-    def parse(value: str) -> str:
-        if value not in registry:
-            raise ValueError(f"{value!r} is not one of {', '.join(map(repr, registry))}.")
-        return value
-
-    return parse
-
 
 TargetName = Enum("TargetName", {name: name for name in TARGETS}, type=str)  # the student models, targets.py
 

@@ -19,10 +19,11 @@ from pydantic import (BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, 
 
 from mmcof_gen import extras, resources
 from mmcof_gen.errors import ConfigError
+from mmcof_gen.executors import EXECUTORS
 from mmcof_gen.models.chat import ChatModelConfig
 from mmcof_gen.models.detect import DETECTORS, DetectorConfig
 from mmcof_gen.models.ocr import OcrReaderConfig
-from mmcof_gen.schema import invalid_fields
+from mmcof_gen.schema import invalid_fields, registered
 
 DEFAULT_CONFIG = resources.PIPELINES / "default.yaml"
 
@@ -167,7 +168,7 @@ class VerifyConfig(Section):
 class ExecutorConfig(Section):
     """Where the agents run. Not part of the run fingerprint: a run started local can be resumed with Ray."""
 
-    kind: Literal["local", "ray"] = "local"
+    kind: str = Field("local", description="a name of EXECUTORS (executors/__init__.py)")
     workers: int = Field(1, ge=1, description="local: threads; ray: agent actors; each with its own models")
     address: str | None = Field(None, description="ray: 'auto' or ray://host:port joins a running cluster; "
                                                   "none starts a local Ray with one CPU per actor")
@@ -187,12 +188,17 @@ class ExecutorConfig(Section):
                                                           "the worker's share of the CPUs (local: cores / workers; "
                                                           "ray: 1, the CPU its actor holds)")
 
+    @field_validator("kind")
+    @classmethod
+    def _registered(cls, kind: str) -> str:
+        return registered(kind, EXECUTORS)
+
     def ocr_threads_per_worker(self) -> int:
         """Workers that each spread over every core slow each other down: Ray x2 on 2 cores, 8 text images,
         took 14.5 s with one ONNX Runtime thread per actor and 21.4 to 22.9 s with two."""
         if self.ocr_threads:
             return self.ocr_threads
-        return 1 if self.kind == "ray" else max(1, (os.cpu_count() or 1) // self.workers)
+        return 1 if EXECUTORS[self.kind].one_cpu_per_worker else max(1, (os.cpu_count() or 1) // self.workers)
 
 
 class FilterConfig(Section):
@@ -348,8 +354,8 @@ def load_config(path: Path | str | None = None, overrides: dict[str, object] | N
 
 def require_extras(config: PipelineConfig) -> None:
     """Every extra the pipeline's settings need, checked before any image is read."""
-    if config.executor.kind == "ray":
-        extras.require("ray", "executor ray")
+    if extra := EXECUTORS[config.executor.kind].extra:
+        extras.require(extra, f"executor {config.executor.kind}")
     for role, model in config.models:
         if model is None:
             continue

@@ -18,7 +18,7 @@ from mmcof_gen import __version__
 from mmcof_gen.agent import agent_class
 from mmcof_gen.config import PipelineConfig
 from mmcof_gen.errors import ConfigError
-from mmcof_gen.executors.local import run_local
+from mmcof_gen.executors import EXECUTORS
 from mmcof_gen.executors.sink import RecordSink
 from mmcof_gen.imaging import file_sha256
 from mmcof_gen.models.chat import ServerLimitError
@@ -124,10 +124,7 @@ def synthesize(config: PipelineConfig, images_dir: Path, out_dir: Path, inputs: 
         try:
             for error in source.errors:
                 sink.write(error)
-            if config.executor.kind == "ray":
-                from mmcof_gen.executors.ray import run_ray as run  # Ray is the optional [ray] extra
-            else:
-                run = run_local
+            run = EXECUTORS[config.executor.kind].runner()  # imported now: Ray is the optional [ray] extra
             run(status.counted(units), WorkerFactory(config, prompts, provenance), sink)
             stats = run_stats(store)
             store.write_manifest({**store.manifest(), "counts": stats})

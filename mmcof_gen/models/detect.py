@@ -21,10 +21,9 @@ from typing import Protocol
 
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from pydantic_core import PydanticCustomError
 
 from mmcof_gen.imaging import InvalidBox, clip_box
-from mmcof_gen.schema import Detection
+from mmcof_gen.schema import Detection, registered
 
 ENGINE_NAME = "rapidocr:PP-OCRv4"
 """RapidOCR as records name it: the offline default's engine, and the `rapidocr` backend (models/ocr.py)."""
@@ -82,11 +81,7 @@ class DetectorConfig(BaseModel):
     @field_validator("backend")
     @classmethod
     def _registered(cls, backend: str) -> str:
-        if backend not in DETECTORS:
-            names = [repr(name) for name in DETECTORS]
-            raise PydanticCustomError("literal_error", "Input should be {expected}",
-                                      {"expected": f"{', '.join(names[:-1])} or {names[-1]}"})
-        return backend
+        return registered(backend, DETECTORS)
 
     @property
     def name(self) -> str:
