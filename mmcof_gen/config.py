@@ -24,6 +24,7 @@ from mmcof_gen.models.chat import ChatModelConfig
 from mmcof_gen.models.detect import DETECTORS, DetectorConfig
 from mmcof_gen.models.ocr import OcrReaderConfig
 from mmcof_gen.schema import invalid_fields, registered
+from mmcof_gen.tasks import TASK_MAKERS
 
 DEFAULT_CONFIG = resources.PIPELINES / "default.yaml"
 
@@ -90,8 +91,8 @@ class TaskSynthesisConfig(Section):
 class TasksConfig(TextTasksConfig):
     """Where tasks come from for a bare folder, and which images are kept out of the run."""
 
-    kind: Literal["ocr", "vlm"] = Field("ocr", description="ocr: text questions from OCR at full resolution; "
-                                                           "vlm: synthesis with models.task_writer (agent.kind vlm)")
+    kind: str = Field("ocr", description="a name of TASK_MAKERS: ocr: text questions from OCR at full resolution; "
+                                         "vlm: synthesis with models.task_writer (agent.kind vlm)")
     synthesis: TaskSynthesisConfig = Field(default_factory=TaskSynthesisConfig)
     exclude: Path | None = Field(None, description="exclusion list (sha256 / path / file name / stem / phash:<hex> "
                                                    "per line) or a folder of the excluded images; skipped at the source")
@@ -99,6 +100,10 @@ class TasksConfig(TextTasksConfig):
         None, ge=0, le=32, description="an image whose perceptual hash is this close (Hamming bits of 64) to an "
         "excluded or an earlier image is skipped; none: off (needs imagehash, the data extra)")
 
+    @field_validator("kind")
+    @classmethod
+    def _registered(cls, kind: str) -> str:
+        return registered(kind, TASK_MAKERS)
 
 class AgentConfig(Section):
     kind: Literal["ocr", "vlm"] = Field("ocr", description="ocr: the offline RapidOCR agent; vlm: the model roles of `models`")
@@ -249,7 +254,7 @@ class PipelineConfig(Section):
         if self.agent.kind == "vlm" and self.models.planner is None:
             raise ValueError("agent.kind vlm needs models.planner (a ChatModelConfig); see "
                              "`mmcof-gen pipelines --show vllm-qwen2.5-vl`")
-        if self.tasks.kind == "vlm" and self.agent.kind != "vlm":
+        if TASK_MAKERS[self.tasks.kind].model_roles and self.agent.kind != "vlm":
             raise ValueError("tasks.kind vlm synthesises with the model roles: it needs agent.kind vlm")
         self._roles_that_see()
         if self.verify.difficulty is not None and self.models.small_reader is None:
@@ -267,7 +272,7 @@ class PipelineConfig(Section):
                 models.reader.min_read_height = self.ocr.min_read_height
             if models.reader.min_score is None:
                 models.reader.min_score = self.ocr.min_score
-            if self.tasks.kind == "vlm":
+            if TASK_MAKERS[self.tasks.kind].model_roles:
                 raise ValueError("tasks.kind vlm asks models.reader about crops in words: it needs a chat model "
                                  "as reader, not rapidocr")
         for role in ("reader", "locator", "task_writer", "second_reader", "small_reader"):
@@ -276,7 +281,7 @@ class PipelineConfig(Section):
                 raise ValueError(f"models.{role} has vision: false, but the {role} must see the image; only the "
                                  "planner and the summariser may be text-only")
         if models.planner is not None and not models.planner.vision:
-            if self.tasks.kind == "vlm" and models.task_writer is None:
+            if TASK_MAKERS[self.tasks.kind].model_roles and models.task_writer is None:
                 raise ValueError("models.planner has vision: false, but tasks.kind vlm makes it the task writer, "
                                  "which must see the image: set models.task_writer (a VLM)")
             if models.reader is None:

@@ -24,6 +24,12 @@ def short_hash(*parts: str) -> str:
     return hashlib.sha256("\n".join(parts).encode("utf-8")).hexdigest()[:16]
 
 
+def reason_kind(reason: str | None) -> str:
+    """The kind of a rejection or drop reason, which every writer puts before its first colon ("budget: 8
+    planner steps without a verified answer" is a "budget"); how reasons are counted."""
+    return (reason or "").split(":")[0]
+
+
 def registered(name: str, registry: dict) -> str:
     """A config field naming a part of `registry` (a pydantic validator's body): the name, or the error a
     Literal of the registry's names would give."""

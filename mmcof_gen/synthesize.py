@@ -27,6 +27,7 @@ from mmcof_gen.prompts import Prompts
 from mmcof_gen.schema import Provenance
 from mmcof_gen.stats import run_stats
 from mmcof_gen.store import RunStore, unwritable
+from mmcof_gen.tasks import TASK_MAKERS
 from mmcof_gen.tasks.coco import coco_source
 from mmcof_gen.tasks.exclusion import load_exclusions, screen
 from mmcof_gen.tasks.sources import WorkSource, folder_source, questions_source
@@ -98,7 +99,7 @@ def synthesize(config: PipelineConfig, images_dir: Path, out_dir: Path, inputs: 
     hashes = {**prompts.hashes, **{f"tasks/{name}": digest for name, digest in task_prompts(config).hashes.items()}}
     agent = agent_class(config)
     models = agent.models(config)
-    if config.tasks.kind == "vlm":
+    if TASK_MAKERS[config.tasks.kind].model_roles:
         writer = config.models.task_writer or config.models.planner
         models = {**models, "task_writer": writer.name}
     fingerprint = config.fingerprint() + "-" + Prompts.combined_hash(hashes)
