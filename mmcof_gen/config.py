@@ -105,6 +105,7 @@ class TasksConfig(TextTasksConfig):
     def _registered(cls, kind: str) -> str:
         return registered(kind, TASK_MAKERS)
 
+
 class AgentConfig(Section):
     kind: Literal["ocr", "vlm"] = Field("ocr", description="ocr: the offline RapidOCR agent; vlm: the model roles of `models`")
     max_zooms: int = Field(3, ge=1, description="zooms per search, kept or not")
