@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import platform
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -67,18 +68,21 @@ class RunInputs:
                 else "vstar" if is_vstar_folder(images_dir) else "folder")
 
 
+# The task sources by kind (`RunInputs.source_kind`): (config, images folder, inputs) -> the source.
+SOURCES: dict[str, Callable[[PipelineConfig, Path, RunInputs], WorkSource]] = {
+    "questions": lambda config, images, inputs: questions_source(images, inputs.questions,
+                                                                 agent_class(config).cannot_search),
+    "coco": lambda config, images, inputs: coco_source(images, inputs.coco, config.tasks),
+    "vstar": lambda config, images, inputs: vstar_source(images),
+    "folder": lambda config, images, inputs: folder_source(images),
+}
+
+
 def task_source(config: PipelineConfig, images_dir: Path, inputs: RunInputs = RunInputs()) -> tuple[str, WorkSource]:
     """Where the tasks come from (its kind, and the source), the units screened against `tasks.exclude` and
     for near-duplicates."""
     kind = inputs.source_kind(images_dir)
-    if kind == "questions":
-        source = questions_source(images_dir, inputs.questions, agent_class(config).cannot_search)
-    elif kind == "coco":
-        source = coco_source(images_dir, inputs.coco, config.tasks)
-    elif kind == "vstar":
-        source = vstar_source(images_dir)
-    else:
-        source = folder_source(images_dir)
+    source = SOURCES[kind](config, images_dir, inputs)
     tasks = config.tasks
     if tasks.exclude is not None or tasks.near_duplicate_distance is not None:
         max_pixels = config.images.max_pixels
