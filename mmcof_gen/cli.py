@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -13,8 +14,9 @@ from rich.console import Console
 from rich.table import Table
 
 from mmcof_gen import extras, resources
-from mmcof_gen.config import MAX_SIDE, MIN_SIDE, load_config, valid_resolutions
+from mmcof_gen.config import MAX_SIDE, MIN_SIDE, load_config, require_extras, valid_resolutions
 from mmcof_gen.errors import ConfigError
+from mmcof_gen.executors import EXECUTORS
 from mmcof_gen.targets import DEFAULT_TARGET, TARGETS
 from mmcof_gen.store import RunStore, StoreError
 
@@ -41,9 +43,15 @@ OVERWRITE = ("Replace an output of another run at --out: first remove the files 
              "those). Without it such a folder is refused.")
 
 
-class ExecutorKind(str, Enum):
-    local = "local"
-    ray = "ray"
+def registry_choice(registry: dict) -> Callable[[str], str]:
+    """A flag's parser that accepts the names of `registry` as they are when the flag is read, so a part
+    registered after this module was imported is a choice too."""
+    def parse(value: str) -> str:
+        if value not in registry:
+            raise ValueError(f"{value!r} is not one of {', '.join(map(repr, registry))}.")
+        return value
+
+    return parse
 
 
 class SourceKind(str, Enum):
@@ -106,7 +114,8 @@ def synthesize(
         exists=True)] = None,
     resolutions: Annotated[Optional[str], typer.Option(help="Pixel budgets R (frames of about RxR), e.g. 448,672,1024,1920.")] = None,
     limit: Annotated[Optional[int], typer.Option(min=1, help="Process at most the first N images.")] = None,
-    executor: Annotated[Optional[ExecutorKind], typer.Option(
+    executor: Annotated[Optional[str], typer.Option(
+        parser=registry_choice(EXECUTORS), metavar=f"<{'|'.join(EXECUTORS)}>",
         help="Where the agents run: local (threads in this process) or ray (actors; detectors shared and batched). "
              "Default: the config's executor.kind.")] = None,
     workers: Annotated[Optional[int], typer.Option(min=1, help="Parallel workers, each with its own models.")] = None,
@@ -126,16 +135,16 @@ def synthesize(
     from mmcof_gen.synthesize import RunInputs, synthesize as run
 
     pipeline = load_config(config, {
-        "resolutions": _resolutions(resolutions, "synthesize"), "executor.kind": executor.value if executor else None,
+        "resolutions": _resolutions(resolutions, "synthesize"), "executor.kind": executor,
         "executor.workers": workers, "executor.address": ray_address, "executor.max_in_flight": max_in_flight,
         "tasks.exclude": exclude.resolve() if exclude else None})
-    if (ray_address or max_in_flight) and pipeline.executor.kind != "ray":
+    if (ray_address or max_in_flight) and not EXECUTORS[pipeline.executor.kind].cluster:
         raise UserError("synthesize: --ray-address and --max-in-flight need --executor ray")
     if questions and coco:
         raise UserError("synthesize: pass either --questions or --coco, not both")
     if (questions or coco) and source != SourceKind.auto:
         raise UserError(f"synthesize: --source {source.value} is for --images without --questions or --coco")
-    extras.require_pipeline(pipeline)
+    require_extras(pipeline)
     stats = run(pipeline, images, out, RunInputs(questions, coco, source.value, limit), relocated=relocated,
                 wait_for_servers=wait_for_servers)
     typer.echo(f"{stats['accepted']} accepted ({stats['direct']} direct, {stats['zoom']} zoom), "
@@ -223,9 +232,6 @@ def filter_command(
 
 from mmcof_gen.export import FORMATS as EXPORT_FORMATS  # noqa: E402 - the registry the choices come from
 
-ExportFormatName = Enum("ExportFormatName", {name: name for name in EXPORT_FORMATS}, type=str)
-
-
 TargetName = Enum("TargetName", {name: name for name in TARGETS}, type=str)  # the student models, targets.py
 
 
@@ -234,13 +240,13 @@ def export_command(
     run_dir: Annotated[Path, typer.Argument(help="A run folder (synthesize) or a filtered folder (filter).",
                                             exists=True, file_okay=False)],
     out: Annotated[Path, typer.Option(help="Export folder; re-exporting into it is idempotent.")],
-    format: Annotated[ExportFormatName, typer.Option(
-        "--format",
+    format: Annotated[str, typer.Option(
+        "--format", parser=registry_choice(EXPORT_FORMATS), metavar=f"<{'|'.join(EXPORT_FORMATS)}>",
         help="sharegpt: LLaMA-Factory (mmcof.json + dataset_info.json); qwen: the Qwen2.5-VL fine-tune repo; "
              "parquet: Hugging Face datasets, images embedded; v1: the older single-turn <|image_zoomin|> form; "
              "swift: ms-swift messages/images JSONL; verl / swift-grpo: the run's TASKS as RL prompts (train/test "
              "parquet for verl's zoom-in tool agent, JSONL for ms-swift's multi-turn GRPO), docs/format.md.")
-    ] = ExportFormatName.sharegpt,
+    ] = "sharegpt",
     target: Annotated[TargetName, typer.Option(
         "--target", help="The student model: its processor's frame size, its zoom tool's call signature and box "
                          "convention, and that tool's crops (qwen2.5-vl: frame pixels, the CoF crop; qwen3-vl: "
@@ -282,10 +288,10 @@ def export_command(
     if embed_images or test_fraction is not None or rate is not None:
         rl_options = rl.RLOptions(embed_images, rl.RLOptions.test_fraction if test_fraction is None else test_fraction, rate)
     prompt = system_prompt.read_text(encoding="utf-8").removesuffix("\n") if system_prompt else None
-    report = export(run_dir, format.value, out, system_prompt=prompt, max_pixels=max_pixels,
+    report = export(run_dir, format, out, system_prompt=prompt, max_pixels=max_pixels,
                     absolute_paths=absolute_paths, tokenizer=tokenizer, overwrite=overwrite,
                     jobs=jobs, rl_options=rl_options, target=target.value)
-    if format.value in rl.FORMATS:  # tasks, not samples
+    if format in rl.FORMATS:  # tasks, not samples
         typer.echo(f"{report['samples']} prompts (train {report['train']}, test {report['test']}) of "
                    f"{report['tasks']} tasks, {report['skipped']} skipped; "
                    + ", ".join(str(out / name) for name in report["data_files"].values()))

@@ -17,12 +17,14 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, ValidationError,
                       field_validator, model_validator)
 
-from mmcof_gen import resources
+from mmcof_gen import extras, resources
 from mmcof_gen.errors import ConfigError
+from mmcof_gen.executors import EXECUTORS
 from mmcof_gen.models.chat import ChatModelConfig
-from mmcof_gen.models.detect import DetectorConfig
+from mmcof_gen.models.detect import DETECTORS, DetectorConfig
 from mmcof_gen.models.ocr import OcrReaderConfig
-from mmcof_gen.schema import invalid_fields
+from mmcof_gen.schema import invalid_fields, registered
+from mmcof_gen.tasks import TASK_MAKERS
 
 DEFAULT_CONFIG = resources.PIPELINES / "default.yaml"
 
@@ -89,14 +91,19 @@ class TaskSynthesisConfig(Section):
 class TasksConfig(TextTasksConfig):
     """Where tasks come from for a bare folder, and which images are kept out of the run."""
 
-    kind: Literal["ocr", "vlm"] = Field("ocr", description="ocr: text questions from OCR at full resolution; "
-                                                           "vlm: synthesis with models.task_writer (agent.kind vlm)")
+    kind: str = Field("ocr", description="a name of TASK_MAKERS: ocr: text questions from OCR at full resolution; "
+                                         "vlm: synthesis with models.task_writer (agent.kind vlm)")
     synthesis: TaskSynthesisConfig = Field(default_factory=TaskSynthesisConfig)
     exclude: Path | None = Field(None, description="exclusion list (sha256 / path / file name / stem / phash:<hex> "
                                                    "per line) or a folder of the excluded images; skipped at the source")
     near_duplicate_distance: int | None = Field(
         None, ge=0, le=32, description="an image whose perceptual hash is this close (Hamming bits of 64) to an "
         "excluded or an earlier image is skipped; none: off (needs imagehash, the data extra)")
+
+    @field_validator("kind")
+    @classmethod
+    def _registered(cls, kind: str) -> str:
+        return registered(kind, TASK_MAKERS)
 
 
 class AgentConfig(Section):
@@ -167,7 +174,7 @@ class VerifyConfig(Section):
 class ExecutorConfig(Section):
     """Where the agents run. Not part of the run fingerprint: a run started local can be resumed with Ray."""
 
-    kind: Literal["local", "ray"] = "local"
+    kind: str = Field("local", description="a name of EXECUTORS (executors/__init__.py)")
     workers: int = Field(1, ge=1, description="local: threads; ray: agent actors; each with its own models")
     address: str | None = Field(None, description="ray: 'auto' or ray://host:port joins a running cluster; "
                                                   "none starts a local Ray with one CPU per actor")
@@ -187,12 +194,17 @@ class ExecutorConfig(Section):
                                                           "the worker's share of the CPUs (local: cores / workers; "
                                                           "ray: 1, the CPU its actor holds)")
 
+    @field_validator("kind")
+    @classmethod
+    def _registered(cls, kind: str) -> str:
+        return registered(kind, EXECUTORS)
+
     def ocr_threads_per_worker(self) -> int:
         """Workers that each spread over every core slow each other down: Ray x2 on 2 cores, 8 text images,
         took 14.5 s with one ONNX Runtime thread per actor and 21.4 to 22.9 s with two."""
         if self.ocr_threads:
             return self.ocr_threads
-        return 1 if self.kind == "ray" else max(1, (os.cpu_count() or 1) // self.workers)
+        return 1 if EXECUTORS[self.kind].one_cpu_per_worker else max(1, (os.cpu_count() or 1) // self.workers)
 
 
 class FilterConfig(Section):
@@ -243,7 +255,7 @@ class PipelineConfig(Section):
         if self.agent.kind == "vlm" and self.models.planner is None:
             raise ValueError("agent.kind vlm needs models.planner (a ChatModelConfig); see "
                              "`mmcof-gen pipelines --show vllm-qwen2.5-vl`")
-        if self.tasks.kind == "vlm" and self.agent.kind != "vlm":
+        if TASK_MAKERS[self.tasks.kind].model_roles and self.agent.kind != "vlm":
             raise ValueError("tasks.kind vlm synthesises with the model roles: it needs agent.kind vlm")
         self._roles_that_see()
         if self.verify.difficulty is not None and self.models.small_reader is None:
@@ -261,7 +273,7 @@ class PipelineConfig(Section):
                 models.reader.min_read_height = self.ocr.min_read_height
             if models.reader.min_score is None:
                 models.reader.min_score = self.ocr.min_score
-            if self.tasks.kind == "vlm":
+            if TASK_MAKERS[self.tasks.kind].model_roles:
                 raise ValueError("tasks.kind vlm asks models.reader about crops in words: it needs a chat model "
                                  "as reader, not rapidocr")
         for role in ("reader", "locator", "task_writer", "second_reader", "small_reader"):
@@ -270,7 +282,7 @@ class PipelineConfig(Section):
                 raise ValueError(f"models.{role} has vision: false, but the {role} must see the image; only the "
                                  "planner and the summariser may be text-only")
         if models.planner is not None and not models.planner.vision:
-            if self.tasks.kind == "vlm" and models.task_writer is None:
+            if TASK_MAKERS[self.tasks.kind].model_roles and models.task_writer is None:
                 raise ValueError("models.planner has vision: false, but tasks.kind vlm makes it the task writer, "
                                  "which must see the image: set models.task_writer (a VLM)")
             if models.reader is None:
@@ -344,3 +356,18 @@ def load_config(path: Path | str | None = None, overrides: dict[str, object] | N
             raise ConfigError(f"{path}: prompts_dir {folder} is not a folder")
     config._file = path
     return config
+
+
+def require_extras(config: PipelineConfig) -> None:
+    """Every extra the pipeline's settings need, checked before any image is read."""
+    if extra := EXECUTORS[config.executor.kind].extra:
+        extras.require(extra, f"executor {config.executor.kind}")
+    for role, model in config.models:
+        if model is None:
+            continue
+        if getattr(model, "backend", None) == "transformers":
+            extras.require("hf", f"models.{role} backend transformers")
+        elif role == "detector" and (extra := DETECTORS[model.backend].extra):
+            extras.require(extra, f"models.detector backend {model.backend}")
+    if config.tasks.near_duplicate_distance is not None:
+        extras.require("data", "tasks.near_duplicate_distance", ("imagehash",))

@@ -4,10 +4,6 @@ error a command gives when the extra it needs is not installed (exit 2, like eve
 from __future__ import annotations
 
 import importlib.util
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from mmcof_gen.config import PipelineConfig
 
 # The modules each extra installs (pyproject.toml), as they are imported.
 MODULES = {
@@ -36,21 +32,3 @@ def extra_of(module: str | None) -> str | None:
     """The extra that installs a top-level module, for an import that failed anyway."""
     top = (module or "").split(".")[0]
     return next((extra for extra, names in MODULES.items() if top in names), None)
-
-
-def require_pipeline(config: "PipelineConfig") -> None:
-    """Every extra the pipeline's settings need, checked before any image is read."""
-    if config.executor.kind == "ray":
-        require("ray", "executor ray")
-    for role, model in config.models:
-        if model is None:
-            continue
-        if getattr(model, "backend", None) == "transformers":
-            require("hf", f"models.{role} backend transformers")
-        elif role == "detector":
-            if model.backend in ("yolo-world", "yoloe"):
-                require("yolo", f"models.detector backend {model.backend}")
-            elif model.backend != "rapidocr":
-                require("hf", f"models.detector backend {model.backend}")
-    if config.tasks.near_duplicate_distance is not None:
-        require("data", "tasks.near_duplicate_distance", ("imagehash",))

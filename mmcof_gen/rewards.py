@@ -3,7 +3,7 @@ else 0.0, so supervised data, RL and eval agree on what a right answer is.
 
 The answer is the LAST `<answer>...</answer>` of the reply (`cof_format.extract_answer`, eval's convention), scored
 by `scoring.score_by_rules` against the row's ground truth: multiple choice takes the letter, `(B)`, `B.`, `(B) text`
-or the option text; open answers match after `agent.verify.normalize_text`. What only eval's optional LLM judge
+or the option text; open answers match after `answers.normalize_text`. What only eval's optional LLM judge
 could decide scores 0.0 here (a reward must be cheap and deterministic). No format bonus: the CoF recipe's reward
 adds 0.1 for `<think>...</think> <answer>...</answer>`; add it in a wrapper if you want it.
 

@@ -40,7 +40,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from mmcof_gen import resources
-from mmcof_gen.agent.verify import normalize_text
+from mmcof_gen.answers import normalize_text
 from mmcof_gen.imaging import frame_size
 
 PHOTOS_DIR = resources.PHOTOS

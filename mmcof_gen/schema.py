@@ -10,6 +10,7 @@ import hashlib
 from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError
+from pydantic_core import PydanticCustomError
 
 Box = tuple[int, int, int, int]
 """[x1, y1, x2, y2] in integer pixels; which pixels (original image or working frame) the field says."""
@@ -21,6 +22,22 @@ Action = Literal["locate", "read", "zoom", "adjust", "answer"]
 def short_hash(*parts: str) -> str:
     """A stable 16-hex-digit id from text parts (sha256, newline-joined)."""
     return hashlib.sha256("\n".join(parts).encode("utf-8")).hexdigest()[:16]
+
+
+def reason_kind(reason: str | None) -> str:
+    """The kind of a rejection or drop reason, which every writer puts before its first colon ("budget: 8
+    planner steps without a verified answer" is a "budget"); how reasons are counted."""
+    return (reason or "").split(":")[0]
+
+
+def registered(name: str, registry: dict) -> str:
+    """A config field naming a part of `registry` (a pydantic validator's body): the name, or the error a
+    Literal of the registry's names would give."""
+    if name not in registry:
+        names = [repr(key) for key in registry]
+        raise PydanticCustomError("literal_error", "Input should be {expected}",
+                                  {"expected": " or ".join(filter(None, [", ".join(names[:-1]), names[-1]]))})
+    return name
 
 
 def invalid_fields(exc: ValidationError, limit: int | None = None, whole: str = "value") -> str:

@@ -2,7 +2,7 @@
 optional LLM judge for what the rules cannot decide.
 
 Multiple choice accepts what CoF-style models write: `B`, `(B)`, `B.`, `B)`, `(B) the text`, `B. the text`,
-or the option text itself (`agent.verify.as_option`, shared with the synthesis verifier). A reply that
+or the option text itself (`answers.as_option`, shared with the synthesis verifier). A reply that
 names no option and matches nothing is left to the judge; without a judge it is wrong.
 
     score_by_rules("(B) blue", ["red", "blue"], "blue")   # Score(correct=True, method="option")
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel
 
 from mmcof_gen import cof_format
-from mmcof_gen.agent.verify import as_option, normalize_text
+from mmcof_gen.answers import as_option, normalize_text
 from mmcof_gen.models.chat import ChatMessage, ChatModel, ReplyError, complete_json
 from mmcof_gen.prompts import Prompts
 from mmcof_gen.tasks.vstar import BenchItem

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 
-from mmcof_gen.schema import ImageTasks, ModelCall
+from mmcof_gen.schema import ImageTasks, ModelCall, reason_kind
 from mmcof_gen.store import RunStore, StoreError
 
 NO_TEXT = "no small legible text: the default pipeline asks about text; for objects use tasks.kind vlm"
@@ -18,7 +18,7 @@ NOTHING_FOUND = {"ocr": NO_TEXT, "vlm": NO_OBJECT, "given": NO_GIVEN}
 def no_task_reason(image: ImageTasks, tasks_kind: str) -> str:
     """Why an image gave no task: the first dropped proposal's reason (up to its colon), or what was not found."""
     if image.rejected:
-        return image.rejected[0].reason.split(":")[0]
+        return reason_kind(image.rejected[0].reason)
     return NOTHING_FOUND[tasks_kind]
 
 
@@ -43,7 +43,7 @@ def run_stats(store: RunStore) -> dict:
             totals[kind] += 1
             zooms[len(trajectory.chain)] += 1
         else:
-            reasons[(trajectory.reason or "").split(":")[0]] += 1
+            reasons[reason_kind(trajectory.reason)] += 1
     errors = list(store.errors())
     for error in errors:
         if error.resolution is not None:
@@ -52,7 +52,7 @@ def run_stats(store: RunStore) -> dict:
     _count_calls(usage, (call for image in images for call in image.calls))  # task synthesis (tasks.kind vlm)
     tasks_kind = _tasks_kind(store)
     no_task = Counter(no_task_reason(image, tasks_kind) for image in images if not image.tasks)
-    dropped = Counter(r.reason.split(":")[0] for image in images for r in image.rejected)
+    dropped = Counter(reason_kind(r.reason) for image in images for r in image.rejected)
     keys = ("accepted", "rejected", "errors", "direct", "zoom")
     return {
         "images": len(images),

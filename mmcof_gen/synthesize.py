@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import platform
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -18,7 +19,7 @@ from mmcof_gen import __version__
 from mmcof_gen.agent import agent_class
 from mmcof_gen.config import PipelineConfig
 from mmcof_gen.errors import ConfigError
-from mmcof_gen.executors.local import run_local
+from mmcof_gen.executors import EXECUTORS
 from mmcof_gen.executors.sink import RecordSink
 from mmcof_gen.imaging import file_sha256
 from mmcof_gen.models.chat import ServerLimitError
@@ -27,6 +28,7 @@ from mmcof_gen.prompts import Prompts
 from mmcof_gen.schema import Provenance
 from mmcof_gen.stats import run_stats
 from mmcof_gen.store import RunStore, unwritable
+from mmcof_gen.tasks import TASK_MAKERS
 from mmcof_gen.tasks.coco import coco_source
 from mmcof_gen.tasks.exclusion import load_exclusions, screen
 from mmcof_gen.tasks.sources import WorkSource, folder_source, questions_source
@@ -66,18 +68,21 @@ class RunInputs:
                 else "vstar" if is_vstar_folder(images_dir) else "folder")
 
 
+# The task sources by kind (`RunInputs.source_kind`): (config, images folder, inputs) -> the source.
+SOURCES: dict[str, Callable[[PipelineConfig, Path, RunInputs], WorkSource]] = {
+    "questions": lambda config, images, inputs: questions_source(images, inputs.questions,
+                                                                 agent_class(config).cannot_search),
+    "coco": lambda config, images, inputs: coco_source(images, inputs.coco, config.tasks),
+    "vstar": lambda config, images, inputs: vstar_source(images),
+    "folder": lambda config, images, inputs: folder_source(images),
+}
+
+
 def task_source(config: PipelineConfig, images_dir: Path, inputs: RunInputs = RunInputs()) -> tuple[str, WorkSource]:
     """Where the tasks come from (its kind, and the source), the units screened against `tasks.exclude` and
     for near-duplicates."""
     kind = inputs.source_kind(images_dir)
-    if kind == "questions":
-        source = questions_source(images_dir, inputs.questions, agent_class(config).cannot_search)
-    elif kind == "coco":
-        source = coco_source(images_dir, inputs.coco, config.tasks)
-    elif kind == "vstar":
-        source = vstar_source(images_dir)
-    else:
-        source = folder_source(images_dir)
+    source = SOURCES[kind](config, images_dir, inputs)
     tasks = config.tasks
     if tasks.exclude is not None or tasks.near_duplicate_distance is not None:
         max_pixels = config.images.max_pixels
@@ -98,7 +103,7 @@ def synthesize(config: PipelineConfig, images_dir: Path, out_dir: Path, inputs: 
     hashes = {**prompts.hashes, **{f"tasks/{name}": digest for name, digest in task_prompts(config).hashes.items()}}
     agent = agent_class(config)
     models = agent.models(config)
-    if config.tasks.kind == "vlm":
+    if TASK_MAKERS[config.tasks.kind].model_roles:
         writer = config.models.task_writer or config.models.planner
         models = {**models, "task_writer": writer.name}
     fingerprint = config.fingerprint() + "-" + Prompts.combined_hash(hashes)
@@ -124,10 +129,7 @@ def synthesize(config: PipelineConfig, images_dir: Path, out_dir: Path, inputs: 
         try:
             for error in source.errors:
                 sink.write(error)
-            if config.executor.kind == "ray":
-                from mmcof_gen.executors.ray import run_ray as run  # Ray is the optional [ray] extra
-            else:
-                run = run_local
+            run = EXECUTORS[config.executor.kind].runner()  # imported now: Ray is the optional [ray] extra
             run(status.counted(units), WorkerFactory(config, prompts, provenance), sink)
             stats = run_stats(store)
             store.write_manifest({**store.manifest(), "counts": stats})

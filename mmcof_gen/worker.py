@@ -32,6 +32,7 @@ from mmcof_gen.models.detect import Detector
 from mmcof_gen.models.ocr import OcrEngine
 from mmcof_gen.prompts import Prompts
 from mmcof_gen.schema import ErrorRecord, ImageTasks, Provenance, Task, Trajectory, View, short_hash, trajectory_id
+from mmcof_gen.tasks import TASK_MAKERS
 from mmcof_gen.tasks.sources import ImageUnit
 from mmcof_gen.tasks.synthesis import TaskWriter, task_prompts
 from mmcof_gen.tasks.text_questions import synthesize_text_tasks, word_gaps
@@ -255,7 +256,7 @@ class ImageWorker:
             image = load_image(unit.path, self.config.images.max_pixels, target_size=size)
             if image.size != size:
                 image = image.resize(size, Image.LANCZOS)
-            if self.config.tasks.kind == "vlm":
+            if TASK_MAKERS[self.config.tasks.kind].model_roles:
                 frame = make_frame(unit.path, max(self.config.resolutions), self.config.images.max_pixels)
                 try:
                     made = self._on_loop(self.task_writer.synthesize(image, frame, (width, height), unit.rel,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmcof_gen.agent.verify import normalize_text
+from mmcof_gen.answers import normalize_text
 from mmcof_gen.scenes import GRID_MARGIN, PHOTOS_DIR, generate_scenes
 
 COUNT = 2

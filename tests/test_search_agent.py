@@ -16,7 +16,8 @@ from PIL import Image
 from mmcof_gen import resources
 from mmcof_gen import cof_format
 from mmcof_gen.agent.search import PlannerAction, Roles, VlmSearchAgent, adjust_box, chain_boxes
-from mmcof_gen.agent.verify import as_option, box_hint
+from mmcof_gen.agent.verify import box_hint
+from mmcof_gen.answers import as_option
 from mmcof_gen.config import AgentConfig, PipelineConfig
 from mmcof_gen.imaging import crop_zoom, frame_from_image, image_sha256
 from mmcof_gen.models.chat import ChatError, ChatModelConfig, chat_model, data_url

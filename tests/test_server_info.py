@@ -19,7 +19,8 @@ from mmcof_gen import resources
 from mmcof_gen.config import PipelineConfig, load_config
 from mmcof_gen.errors import ConfigError
 from mmcof_gen.models.chat import ChatModelConfig
-from mmcof_gen.models.server_info import check_served, check_servers, server_command
+from mmcof_gen.agent.servers import check_servers
+from mmcof_gen.models.server_info import check_served, server_command
 from tests.support.runs import write_noise_image
 from tests.support.scripted_server import ScriptedServer
 from tests.support.sign_model import picture, scripted_model

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from mmcof_gen.agent.verify import verify_answer
+from mmcof_gen.answers import verify_answer
 from mmcof_gen.config import load_config
 from mmcof_gen.imaging import crop_to_frame, crop_zoom, image_sha256, make_frame, zoom_region
 from mmcof_gen.models.ocr import OcrEngine

@@ -244,6 +244,7 @@ def test_json_schema_is_sent_as_a_json_object_response_format_for_llama_cpp_serv
 
 
 def test_a_text_only_planner_gets_no_image_probe_before_a_run(monkeypatch):
+    from mmcof_gen.agent.servers import check_servers
     from mmcof_gen.models import server_info
 
     probed = []
@@ -253,10 +254,10 @@ def test_a_text_only_planner_gets_no_image_probe_before_a_run(monkeypatch):
     reader = {**MODEL, "base_url": "http://127.0.0.1:8000/v1"}
     config = PipelineConfig.model_validate(pipeline(planner={**MODEL, "base_url": "http://127.0.0.1:8001/v1",
                                                              "vision": False}, reader=reader, locator=reader))
-    server_info.check_servers(config)
+    check_servers(config)
     assert probed == []  # the planner is sent text only; the reader and locator see one image per request
     seeing = PipelineConfig.model_validate(pipeline(planner=reader))
-    server_info.check_servers(seeing)
+    check_servers(seeing)
     assert probed == [("models.planner", 4)]
 
 

@@ -1,6 +1,6 @@
-"""agent/verify.py: the verifier's rules."""
+"""answers.py: the rules of an answer against the ground truth."""
 
-from mmcof_gen.agent.verify import normalize_text, verify_answer
+from mmcof_gen.answers import normalize_text, verify_answer
 
 
 def test_verifier_normalises_case_spaces_and_punctuation():

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, ClassVar
 from PIL import Image
 
 from mmcof_gen.agent.base import SearchResult
-from mmcof_gen.agent.verify import verify_answer
+from mmcof_gen.answers import verify_answer
 from mmcof_gen.config import AgentConfig, PipelineConfig
 from mmcof_gen.imaging import clip_box, crop_to_frame, crop_zoom, scale_box, zoom_region
 from mmcof_gen.models.ocr import OcrEngine, TextHit, centre_in as _centre_in

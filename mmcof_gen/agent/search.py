@@ -31,7 +31,9 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 from mmcof_gen.agent.base import SearchResult, StopSearch
 from mmcof_gen.agent.candidates import ACTION_SPACES
 from mmcof_gen.agent.ocr_search import OcrSearchAgent
-from mmcof_gen.agent.verify import as_option, box_hint, verify_answer
+from mmcof_gen.agent.servers import check_servers
+from mmcof_gen.agent.verify import box_hint
+from mmcof_gen.answers import as_option, verify_answer
 from mmcof_gen.cof_format import question_text
 from mmcof_gen.config import AgentConfig, ModelsConfig, PipelineConfig
 from mmcof_gen.conventions import CONVENTIONS, DEFAULT, BoxConvention, read_box, write_box
@@ -42,7 +44,6 @@ from mmcof_gen.models.detect import Detector, DetectorConfig
 from mmcof_gen.models.detectors import detector
 from mmcof_gen.models.ocr import OcrReader, OcrReaderConfig
 from mmcof_gen.models.replies import BoxValues, Phrase, ReaderReply, Thought
-from mmcof_gen.models.server_info import check_servers
 from mmcof_gen.prompts import Prompts
 from mmcof_gen.schema import Box, ChainStep, Detection, Step, Task, Verdict, View
 

@@ -1,33 +1,13 @@
-"""The verifier's rules: an answer against the ground truth, and a hint about a box against the target.
+"""The verifier's rule about a box: what the verifier, who knows where the target is, tells the planner.
 
-Open answers the rules reject can go on to an LLM judge (`models.verifier`), asked by the VLM agent
-(agent/search.py).
+The rules of an answer against the ground truth are a foundation (`mmcof_gen/answers.py`); open answers
+they reject can go on to an LLM judge (`models.verifier`), asked by the VLM agent (agent/search.py).
 """
 
 from __future__ import annotations
 
-import re
-import unicodedata
-
 from mmcof_gen.imaging import box_area, overlap_area
-from mmcof_gen.schema import Box, Verdict
-
-
-def normalize_text(text: str) -> str:
-    """Case, accents, spaces and punctuation do not change what a short text answer says."""
-    text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
-    return re.sub(r"[^0-9a-z]", "", text.lower())
-
-
-def verify_answer(predicted: str | None, expected: str | None) -> Verdict:
-    if expected is None:
-        return Verdict(correct=False, predicted=predicted, expected=None, reason="no ground truth to verify against")
-    if not predicted:
-        return Verdict(correct=False, predicted=predicted, expected=expected, reason="no answer")
-    if normalize_text(predicted) == normalize_text(expected):
-        return Verdict(correct=True, predicted=predicted, expected=expected, reason="matches the ground truth")
-    return Verdict(correct=False, predicted=predicted, expected=expected,
-                   reason=f"read {predicted!r}, expected {expected!r}")
+from mmcof_gen.schema import Box
 
 
 def box_hint(box: Box, target: Box) -> str:
@@ -41,19 +21,3 @@ def box_hint(box: Box, target: Box) -> str:
     if box_area(target) < 0.1 * box_area(box):
         return "shrink the box: the target is only a small part of it"
     return "the box holds the target; zoom in and read it closely"
-
-
-_LETTER = re.compile(r"^\(?([A-Z])[).:]?$")
-
-
-def as_option(text: str | None, options: list[str] | None) -> str | None:
-    """A multiple-choice reply ("B", "(B)", "b.", or an option's text) as the option's text; other text as is."""
-    if text is None or not options:
-        return text
-    letter = _LETTER.match(text.strip().upper())
-    if letter and ord(letter.group(1)) - ord("A") < len(options):
-        return options[ord(letter.group(1)) - ord("A")]
-    for option in options:
-        if normalize_text(option) == normalize_text(text):
-            return option
-    return text

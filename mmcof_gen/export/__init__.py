@@ -18,7 +18,7 @@ from mmcof_gen.errors import ConfigError
 from mmcof_gen.export import parquet, qwen, rl, sharegpt, swift, v1
 from mmcof_gen.export.base import ExportFormat, llamafactory_entry
 from mmcof_gen.export.card import dataset_card
-from mmcof_gen.export.files import IMAGES_DIR, PNG_LEVEL, ImageFiles, RecordWriter
+from mmcof_gen.export.files import IMAGES_DIR, PNG_LEVEL, ImageFiles
 from mmcof_gen.targets import DEFAULT_TARGET, TARGETS, Target
 from mmcof_gen.extras import require
 from mmcof_gen.imaging import image_to_png_bytes
@@ -27,6 +27,8 @@ from mmcof_gen.schema import Trajectory
 from mmcof_gen.store import (RunStore, StoreError, claim_out_dir, images_folder, record_output, remove_temporaries,
                              write_bytes_atomic, write_json_atomic)
 
+# The export formats by name: the one registry the command and the CLI's --format choices read. A new format
+# is one module and one line here.
 FORMATS: dict[str, ExportFormat | rl.RLFormat] = {
     **{f.name: f for f in (sharegpt.FORMAT, qwen.FORMAT, parquet.FORMAT, v1.FORMAT, swift.FORMAT)},
     **rl.FORMATS,  # tasks as RL prompts, not accepted chains (export/rl.py)
@@ -73,16 +75,16 @@ def export(
         raise ConfigError(f"--embed-images, --test-fraction and --pass-rate-model apply to --format "
                           f"{' or '.join(rl.FORMATS)}, not {fmt}; drop them")
     sample_messages = student.messages or form.messages
-    if form is parquet.FORMAT:
-        require("data", "export --format parquet", ("pyarrow", "datasets"))
+    if form.extra:
+        require(form.extra[0], f"export --format {form.name}", form.extra[1])
     # the extras are checked before the folder is made
     budget = TokenBudget(max_pixels, tokenizer, student.min_pixels, student.factor)
     _prepare_out_dir(run_dir, out_dir, overwrite)
 
-    files = None if form is parquet.FORMAT else ImageFiles(out_dir, absolute_paths)
+    files = None if form.embeds_images else ImageFiles(out_dir, absolute_paths)
     if files is not None:
         (out_dir / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
-    writer = parquet.ParquetWriter(out_dir / form.data_file) if files is None else RecordWriter(out_dir / form.data_file)
+    writer = form.writer(out_dir / form.data_file)
     tally: Counter = Counter()
     per_resolution: dict[int, Counter] = {}
     zooms: Counter = Counter()

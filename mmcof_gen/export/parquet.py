@@ -56,5 +56,5 @@ class ParquetWriter:
 
 FORMAT = ExportFormat(
     name="parquet", data_file="mmcof.parquet", messages=sharegpt.messages, record=record,
-    llamafactory_name="mmcof",
+    llamafactory_name="mmcof", embeds_images=True, writer=ParquetWriter, extra=("data", ("pyarrow", "datasets")),
 )

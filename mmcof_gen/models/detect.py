@@ -15,18 +15,42 @@ and RapidOCR (text lines a phrase names; a core dependency, `models/ocr.py`).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Protocol
 
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mmcof_gen.imaging import InvalidBox, clip_box
-from mmcof_gen.schema import Detection
+from mmcof_gen.schema import Detection, registered
 
-DetectorBackend = Literal["grounding-dino", "owlv2", "yolo-world", "yoloe", "rapidocr"]
 ENGINE_NAME = "rapidocr:PP-OCRv4"
 """RapidOCR as records name it: the offline default's engine, and the `rapidocr` backend (models/ocr.py)."""
+
+
+@dataclass(frozen=True)
+class DetectorBackend:
+    """One detector backend: the class built from a `DetectorConfig` ("module:Class", imported only as one is
+    built), the optional extra it needs and the modules of it `detector()` checks (none: all of them), and
+    the name records give it when its model is not a choice."""
+
+    component: str
+    extra: str | None = None
+    modules: tuple[str, ...] | None = None
+    records_name: str | None = None
+
+
+# The detector backends by name (`models.detector.backend`): the one registry that config validation,
+# `detector()` and the extras check read. A new backend is one module and one line here.
+DETECTORS: dict[str, DetectorBackend] = {
+    "grounding-dino": DetectorBackend("mmcof_gen.models.grounding_dino:GroundingDinoDetector", "hf",
+                                      ("torch", "transformers")),
+    "owlv2": DetectorBackend("mmcof_gen.models.owlv2:Owlv2Detector", "hf", ("torch", "transformers")),
+    "yolo-world": DetectorBackend("mmcof_gen.models.yolo_world:YoloDetector", "yolo"),
+    "yoloe": DetectorBackend("mmcof_gen.models.yolo_world:YoloDetector", "yolo"),
+    "rapidocr": DetectorBackend("mmcof_gen.models.ocr:OcrDetector", records_name=ENGINE_NAME),
+}
 DetectRequest = tuple[Image.Image, Sequence[str]]
 """One frame and the phrases to find in it."""
 
@@ -40,7 +64,7 @@ class DetectorConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    backend: DetectorBackend = "grounding-dino"
+    backend: str = Field("grounding-dino", description="a name of DETECTORS")
     model: str = Field("IDEA-Research/grounding-dino-tiny",
                        description="hub id or local folder (transformers), or a .pt/.yaml file (ultralytics)")
     box_threshold: float = Field(0.3, ge=0, le=1, description="detections scoring at or below this are dropped")
@@ -54,10 +78,15 @@ class DetectorConfig(BaseModel):
     text_embeddings: Path | None = Field(
         None, description="YOLO: a torch file {phrase: text-encoder embedding} used instead of the net's CLIP")
 
+    @field_validator("backend")
+    @classmethod
+    def _registered(cls, backend: str) -> str:
+        return registered(backend, DETECTORS)
+
     @property
     def name(self) -> str:
         """The detector as records name it (RapidOCR has no model to choose)."""
-        return ENGINE_NAME if self.backend == "rapidocr" else f"{self.backend}:{self.model}"
+        return DETECTORS[self.backend].records_name or f"{self.backend}:{self.model}"
 
 
 class Detector(Protocol):

@@ -1,33 +1,21 @@
-"""The detector factory: `detector(config)` builds the configured backend of `models/detect.py`'s contract.
+"""The detector factory: `detector(config)` builds the backend `models/detect.py`'s DETECTORS names.
 
-It sits above the backends (`grounding_dino.py`, `owlv2.py`, `yolo_world.py`, RapidOCR's `OcrDetector`), which build on detect.py,
-so no module imports one that imports it back; their heavy imports happen only as one is built.
+The backends (`grounding_dino.py`, `owlv2.py`, `yolo_world.py`, RapidOCR's `OcrDetector`) build on detect.py and
+are imported by the name their registration gives, only as one is built, so their heavy imports wait until then.
 """
 
 from __future__ import annotations
 
+import importlib
+
 from mmcof_gen.extras import require
-from mmcof_gen.models.detect import Detector, DetectorConfig
+from mmcof_gen.models.detect import DETECTORS, Detector, DetectorConfig
 
 
 def detector(config: DetectorConfig) -> Detector:
-    """Build the configured backend; heavy imports happen only here."""
-    if config.backend == "rapidocr":
-        from mmcof_gen.models.ocr import OcrDetector
-
-        return OcrDetector(config)
-    if config.backend in ("yolo-world", "yoloe"):
-        require("yolo", f"detector {config.backend}")
-    else:
-        require("hf", f"detector {config.backend}", ("torch", "transformers"))
-    if config.backend == "grounding-dino":
-        from mmcof_gen.models.grounding_dino import GroundingDinoDetector
-
-        return GroundingDinoDetector(config)
-    if config.backend == "owlv2":
-        from mmcof_gen.models.owlv2 import Owlv2Detector
-
-        return Owlv2Detector(config)
-    from mmcof_gen.models.yolo_world import YoloDetector
-
-    return YoloDetector(config)
+    """Build the configured backend of DETECTORS; heavy imports happen only here."""
+    backend = DETECTORS[config.backend]
+    if backend.extra:
+        require(backend.extra, f"detector {config.backend}", backend.modules)
+    module, name = backend.component.split(":")
+    return getattr(importlib.import_module(module), name)(config)

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from mmcof_gen.agent.verify import normalize_text
+from mmcof_gen.answers import normalize_text
 from mmcof_gen.imaging import crop_to_frame, iou, zoom_image, zoom_plan
 from mmcof_gen.models.detect import ENGINE_NAME, DetectorConfig, DetectRequest, clean_phrases
 from mmcof_gen.schema import Box, Detection

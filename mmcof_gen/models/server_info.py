@@ -21,7 +21,6 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from mmcof_gen.config import PipelineConfig
 from mmcof_gen.errors import ConfigError
 from mmcof_gen.models.chat import ChatMessage, ChatModelConfig, IMAGE_LIMIT, openai_messages
 
@@ -30,8 +29,6 @@ TIMEOUT = 10.0  # seconds per question; a server that does not answer in time is
 # the probe's image: the smallest a Qwen2-VL-style processor takes without complaint
 PROBE_SIDE = 28
 POLL_SECONDS = 1.0  # --wait-for-servers asks a server that does not answer again this often
-# the roles a pipeline may serve over HTTP, in the order they are checked
-ROLES = ("planner", "reader", "locator", "verifier", "summariser", "task_writer", "second_reader", "small_reader")
 
 
 def _request(url: str, config: ChatModelConfig, body: dict | None = None) -> tuple[int, object]:
@@ -141,26 +138,3 @@ def await_servers(roles: dict[str, ChatModelConfig], wait_seconds: float, pipeli
     start = f"start it first ({command})" if command else "start its server first (or check the URL)"
     raise ConfigError(f"models.{role}: no server answers at {model.base_url}{waited}; {start}, or pass "
                       "--wait-for-servers SECONDS to wait for it")
-
-
-def check_servers(config: PipelineConfig, wait_seconds: float = 0.0) -> dict[str, dict]:
-    """Refuse a server that does not answer (after `wait_seconds` of polling), then ask every vLLM server of
-    the pipeline's roles and refuse what cannot work; base URL -> what it said."""
-    models = config.models
-    # the most images one request of each role holds: the planner sees the frame and its zooms, the
-    # summariser the frame and every kept crop (the zooms and the evidence box)
-    images = {"planner": config.agent.max_zooms + 1, "summariser": config.agent.max_zooms + 2}
-    served = {role: model for role in ROLES
-              if (model := getattr(models, role)) is not None and model.backend == "openai"}
-    await_servers(served, wait_seconds, config._file)
-    servers: dict[str, dict | None] = {}
-    for role, model in served.items():
-        if model.base_url not in servers:
-            servers[model.base_url] = server_info(model)
-        info = servers[model.base_url]
-        if info is None:
-            continue
-        check_served(info, model, f"models.{role}.model", config.agent.reply_tokens, "agent.reply_tokens")
-        if role in images and model.vision:  # a text-only planner or summariser is sent no image
-            check_images(model, images[role], f"models.{role}")
-    return {url: info for url, info in servers.items() if info is not None}

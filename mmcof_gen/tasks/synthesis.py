@@ -35,7 +35,7 @@ from PIL import Image
 from pydantic import BaseModel, Field, model_validator
 
 from mmcof_gen import resources
-from mmcof_gen.agent.verify import as_option, normalize_text, verify_answer
+from mmcof_gen.answers import as_option, normalize_text, verify_answer
 from mmcof_gen.cof_format import question_text
 from mmcof_gen.config import PipelineConfig, QuestionType
 from mmcof_gen.conventions import CONVENTIONS, DEFAULT, read_box

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from mmcof_gen.agent.verify import normalize_text
+from mmcof_gen.answers import normalize_text
 from mmcof_gen.config import TextTasksConfig
 from mmcof_gen.imaging import scale_box
 from mmcof_gen.models.ocr import TextHit

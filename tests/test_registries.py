@@ -1,0 +1,72 @@
+"""A swappable part is one module plus one registration: a part defined here and registered in its
+registry is usable from the CLI and the config with no other edit."""
+
+import json
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from mmcof_gen import cli
+from mmcof_gen.config import load_config, require_extras
+from mmcof_gen.errors import ConfigError
+from mmcof_gen.export import FORMATS
+from mmcof_gen.export.base import ExportFormat
+from mmcof_gen.export.sharegpt import messages
+from mmcof_gen.models.detect import DETECTORS, DetectorBackend, DetectorConfig
+from mmcof_gen.models.detectors import detector
+from mmcof_gen.schema import Detection
+from tests.support.runs import make_trajectory, write_noise_image, write_run
+
+
+def lines_record(sample_id: str, sample_messages: list[dict], images: list) -> dict:
+    """The test's own format: one line per sample, the question and the image count."""
+    return {"id": sample_id, "question": sample_messages[1]["content"], "images": len(images)}
+
+
+def test_an_export_format_registered_once_is_a_cli_choice(tmp_path, monkeypatch):
+    images = tmp_path / "images"
+    write_noise_image(images / "a.png", (600, 400), seed=1)
+    trajectory = make_trajectory(images, "a.png", 448, boxes=[(10, 10, 200, 150)])
+    run = write_run(tmp_path / "run", images, [trajectory])
+    card = tmp_path / "lines.md"
+    card.write_text("Read it line by line.\n", encoding="utf-8")
+    lines = ExportFormat(name="lines", data_file="lines.jsonl", messages=messages, record=lines_record, card=card)
+
+    refused = CliRunner().invoke(cli.app, ["export", str(run), "--out", str(tmp_path / "no"), "--format", "lines"])
+    assert refused.exit_code == 2 and "'lines' is not one of 'sharegpt'" in refused.output
+    monkeypatch.setitem(FORMATS, "lines", lines)  # the one registration
+    result = CliRunner().invoke(cli.app, ["export", str(run), "--out", str(tmp_path / "out"), "--format", "lines"])
+
+    assert result.exit_code == 0, result.output
+    assert "1 samples (0 direct, 1 zoom), 0 dropped" in result.output
+    rows = [json.loads(line) for line in (tmp_path / "out" / "lines.jsonl").read_text().splitlines()]
+    assert rows == [{"id": trajectory.id, "question": messages(trajectory, None)[1]["content"], "images": 2}]
+    assert "Read it line by line." in (tmp_path / "out" / "README.md").read_text()
+    assert len(list((tmp_path / "out" / "images").glob("*.png"))) == 2
+
+
+class FakeDetector:
+    """The test's own detector backend: finds every phrase in the top left 10x10 pixels."""
+
+    def __init__(self, config: DetectorConfig):
+        self.name = config.name
+
+    def detect(self, requests):
+        return [[Detection(label=phrase, box=(0, 0, 10, 10), score=1.0) for phrase in phrases]
+                for _, phrases in requests]
+
+
+def test_a_detector_registered_once_is_a_config_choice(tmp_path, monkeypatch):
+    pipeline = tmp_path / "fake.yaml"
+    pipeline.write_text("models:\n  detector: {backend: fake, model: tiny}\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="Input should be 'grounding-dino', .* or 'rapidocr'"):
+        load_config(pipeline)
+    monkeypatch.setitem(DETECTORS, "fake", DetectorBackend(f"{__name__}:FakeDetector"))  # the one registration
+
+    config = load_config(pipeline)
+    require_extras(config)  # it declares no extra
+    found = detector(config.models.detector)
+    assert isinstance(found, FakeDetector) and found.name == "fake:tiny"
+    assert found.detect([(Image.new("RGB", (64, 64)), ["sign"])]) == [[Detection(label="sign", box=(0, 0, 10, 10),
+                                                                                  score=1.0)]]
