@@ -29,7 +29,7 @@ from mmcof_gen.config import PipelineConfig, load_config
 from mmcof_gen.conventions import CONVENTIONS, read_box
 from mmcof_gen.errors import ConfigError
 from mmcof_gen.models.chat import ChatMessage, ChatModelConfig, ReplyError, chat_model, complete_json
-from mmcof_gen.models.server_info import check_servers
+from mmcof_gen.agent.servers import check_servers
 from mmcof_gen.store import MANIFEST, RunStore
 from mmcof_gen.synthesize import RunInputs, synthesize
 from tests.support.proxy import RecordingProxy
