@@ -68,8 +68,8 @@ class Server:
 
     def _forward(self, tokens: list[int]) -> torch.Tensor:
         """Feeds `tokens` after the cached ones; the logits of the last."""
-        out = self.model(input_ids=torch.tensor([tokens]), past_key_values=self.cache, use_cache=True)
-        self.cache = out.past_key_values
+        out = self.model(input_ids=torch.tensor([tokens]), cache=self.cache, use_cache=True)
+        self.cache = out.cache
         self.cached += tokens
         return out.logits[0, -1]
 
