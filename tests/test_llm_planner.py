@@ -31,7 +31,7 @@ from tests.support.scripted_server import ScriptedServer
 
 URL = os.environ.get("MMCOF_LLM_URL", "")
 MODEL = os.environ.get("MMCOF_LLM_MODEL", "")
-SCENES = int(os.environ.get("MMCOF_LLM_SCENES", "2"))
+SCENES = int(os.environ.get("MMCOF_LLM_SCENES", "1"))
 RESOLUTIONS = os.environ.get("MMCOF_LLM_RESOLUTIONS", "448")
 SEED = int(os.environ.get("MMCOF_LLM_SEED", "0"))  # the scenes' and the random chooser's
 FIGURES = os.environ.get("MMCOF_LLM_FIGURES", "")

@@ -163,6 +163,7 @@ def main() -> None:
             schema = form.get("schema") or form.get("json_schema", {}).get("schema")
             start = time.perf_counter()
             text, prompt, completion = server.generate(body["messages"], schema, body.get("max_tokens") or 256)
+            print(f"{time.perf_counter() - start:.2f}s {prompt}+{completion} tokens: {text}", flush=True)
             self._send(200, {"id": "chatcmpl-local", "object": "chat.completion", "created": int(time.time()),
                              "model": args.model, "seconds": round(time.perf_counter() - start, 3),
                              "choices": [{"index": 0, "finish_reason": "stop",
