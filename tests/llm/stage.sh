@@ -4,12 +4,12 @@
 # step's schema allows), chooses among RapidOCR's candidates in the llm-planner-choose pipeline. Installs or
 # reuses the package folder, starts the server, waits for it (bounded), runs the tests with .venv, prints the
 # figures, and stops the server by its PID whatever happens.
-# Env: LLM_VENV (.venv-llm), LLM_START_TIMEOUT (seconds, 300), PROJECT_PYTHON (.venv/bin/python),
+# Env: LLM_VENV (.venv-llm), LLM_START_TIMEOUT (seconds, 600), PROJECT_PYTHON (.venv/bin/python),
 # MMCOF_LLM_SCENES (1), MMCOF_LLM_RESOLUTIONS (448), MMCOF_LLM_SEED (0), LLM_FIGURES (the figures JSON).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 FOLDER=${LLM_VENV:-.venv-llm}
-START_TIMEOUT=${LLM_START_TIMEOUT:-300}
+START_TIMEOUT=${LLM_START_TIMEOUT:-600}
 SERVED=smollm2-135m-instruct
 export PROJECT_PYTHON=${PROJECT_PYTHON:-.venv/bin/python}  # the project venv (make test-llm: .venv)
 PYTHON=$PROJECT_PYTHON
