@@ -34,6 +34,7 @@ MODEL = os.environ.get("MMCOF_LLM_MODEL", "")
 SCENES = int(os.environ.get("MMCOF_LLM_SCENES", "1"))
 RESOLUTIONS = os.environ.get("MMCOF_LLM_RESOLUTIONS", "448")
 SEED = int(os.environ.get("MMCOF_LLM_SEED", "0"))  # the scenes' and the random chooser's
+MAX_STEPS = int(os.environ.get("MMCOF_LLM_MAX_STEPS", "4"))  # choices per search (the pipeline's 4)
 FIGURES = os.environ.get("MMCOF_LLM_FIGURES", "")
 MAX_CALL_SECONDS = 10.0
 CLI = [sys.executable, "-m", "mmcof_gen.cli"]
@@ -53,8 +54,8 @@ def records(path: Path) -> list[dict]:
 
 def chooser_config(root: Path, name: str, url: str, model: str) -> Path:
     config = yaml.safe_load((resources.PIPELINES / "llm-planner-choose.yaml").read_text())
-    config["models"]["planner"].update(base_url=url, model=model)
-    config["agent"].update(max_seconds=3000)  # searches queue for one server
+    config["models"]["planner"].update(base_url=url, model=model, timeout=600)  # calls queue for one model
+    config["agent"].update(max_seconds=3000, max_steps=MAX_STEPS)
     path = root / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -102,7 +103,7 @@ def measured(runs):
     tokens = sum(a["usage"]["prompt_tokens"] + a["usage"]["completion_tokens"] for a in answers)
     seconds = [a["seconds"] for a in answers]
     planned = sum(t["needs_zoom"] for t in llm)  # the searches that reached the planner: the whole frame failed
-    result = {"model": MODEL, "scenes": SCENES, "seed": SEED, "resolutions": RESOLUTIONS,
+    result = {"model": MODEL, "scenes": SCENES, "seed": SEED, "resolutions": RESOLUTIONS, "max_steps": MAX_STEPS,
               "tasks": len({t["task"]["id"] for t in llm}),
               "rule_planner": figures(rules), "llm_chooser": figures(llm), "random_chooser": figures(chance),
               "llm_planner_calls": len(answers), "random_planner_calls": random_calls,
