@@ -34,7 +34,8 @@ MODEL = os.environ.get("MMCOF_LLM_MODEL", "")
 SCENES = int(os.environ.get("MMCOF_LLM_SCENES", "1"))
 RESOLUTIONS = os.environ.get("MMCOF_LLM_RESOLUTIONS", "448")
 SEED = int(os.environ.get("MMCOF_LLM_SEED", "0"))  # the scenes' and the random chooser's
-MAX_STEPS = int(os.environ.get("MMCOF_LLM_MAX_STEPS", "4"))  # choices per search (the pipeline's 4)
+MAX_STEPS = int(os.environ.get("MMCOF_LLM_MAX_STEPS", "2"))  # choices per search (the pipeline: 4); 2 keeps
+# the stage near 10 minutes on the loaded shared machine, where a call takes 20-50 s
 FIGURES = os.environ.get("MMCOF_LLM_FIGURES", "")
 MAX_CALL_SECONDS = 10.0
 CLI = [sys.executable, "-m", "mmcof_gen.cli"]

@@ -5,7 +5,8 @@
 # reuses the package folder, starts the server, waits for it (bounded), runs the tests with .venv, prints the
 # figures, and stops the server by its PID whatever happens.
 # Env: LLM_VENV (.venv-llm), LLM_START_TIMEOUT (seconds, 600), PROJECT_PYTHON (.venv/bin/python),
-# MMCOF_LLM_SCENES (1), MMCOF_LLM_RESOLUTIONS (448), MMCOF_LLM_SEED (0), MMCOF_LLM_MAX_STEPS (4), LLM_FIGURES (the figures JSON).
+# MMCOF_LLM_SCENES (1), MMCOF_LLM_RESOLUTIONS (448), MMCOF_LLM_SEED (0), MMCOF_LLM_MAX_STEPS (2),
+# LLM_FIGURES (the figures JSON).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 FOLDER=${LLM_VENV:-.venv-llm}
