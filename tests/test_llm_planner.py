@@ -150,7 +150,8 @@ def test_the_three_planners_are_measured_on_the_same_tasks(measured):
     zoom_tasks = {measured[name]["zoom_tasks"] for name in ("rule_planner", "llm_chooser", "random_chooser")}
     assert len(zoom_tasks) == 1 and zoom_tasks != {0}
     # the direct samples need no planner: every agent reads the whole frame where the question points
-    assert measured["llm_chooser"]["direct"] == measured["random_chooser"]["direct"] == measured["rule_planner"]["direct"]
+    direct = {measured[name]["direct"] for name in ("rule_planner", "llm_chooser", "random_chooser")}
+    assert len(direct) == 1
     assert measured["llm_planner_calls"] > 0 and measured["random_planner_calls"] > 0
 
 
