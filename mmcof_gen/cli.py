@@ -448,6 +448,10 @@ def eval_(
     compare: Annotated[Optional[tuple[Path, Path]], typer.Option(
         help="Print two results folders' tables side by side, differences marked with *; runs nothing.",
         exists=True, file_okay=False)] = None,
+    target: Annotated[Optional[TargetName], typer.Option(
+        "--target", help="The student convention the model answers in (its frame size, zoom tool and box "
+                         "convention), for a fine-tune whose config and name do not tell; default: told by the "
+                         "model's config.json or name (Qwen3-VL), else qwen2.5-vl.")] = None,
 ) -> None:
     """Evaluate a chain-of-focus model on a V*-style benchmark at each resolution: the CoF zoom loop (at most
     6 replies and 6 images), scored by option letter / normalised match / judge. Writes results.jsonl,
@@ -479,7 +483,7 @@ def eval_(
     judge = ChatModelConfig(backend="openai", base_url=judge_endpoint, model=judge_model) if judge_endpoint else None
     try:
         settings = EvalSettings(resolutions=_resolutions(resolutions, "eval"), baseline_no_zoom=baseline_no_zoom,
-                                concurrency=concurrency, protocol=protocol)
+                                concurrency=concurrency, protocol=protocol, target=target.value if target else None)
     except ValueError as exc:
         error = exc.errors()[0]
         flag = "--protocol" if error["loc"] == ("protocol",) else "--resolutions"

@@ -61,6 +61,12 @@ COMPARABLE_RESOLUTION = 3840  # the only budget the release evaluates at
 RELEASE_LIMITS = {"max_generations": 6, "max_images": 6, "max_new_tokens": 512}  # the release's loop
 
 
+def known_target(name: str | None) -> str | None:
+    if name is not None and name not in TARGETS:
+        raise ValueError(f"unknown target {name!r}; one of: {', '.join(TARGETS)}")
+    return name
+
+
 class EvalSettings(BaseModel):
     """What changes the numbers; a results folder made with other settings is refused, never mixed."""
 
@@ -75,6 +81,9 @@ class EvalSettings(BaseModel):
     max_pixels: int = Field(ImagesConfig().max_pixels, gt=0, description="decompression-bomb guard")
     baseline_no_zoom: bool = Field(False, description="also ask each question without tools, in one reply")
     concurrency: int = Field(8, ge=1, description="episodes in flight (not part of the fingerprint)")
+    target: Annotated[str | None, AfterValidator(known_target)] = Field(
+        None, description="the student convention the model is evaluated in (targets.TARGETS: its frame size, tool "
+                          "prompt, box convention, crop rule); none: told by the model's config or name")
 
 
 class EvalRecord(BaseModel):
@@ -144,9 +153,11 @@ def zoom_call(reply: str, frame: Image.Image, target: Target) -> tuple[Box, dict
     return read_box(call["arguments"]["bbox_2d"], CONVENTIONS[target.boxes], *frame.size), call["arguments"]
 
 
-def model_target(model: ChatModel) -> Target:
-    """The student family of the evaluated model (its frame size, tool prompt, box convention and crop rule)."""
-    return student_target(model.name.partition(":")[2] or model.name)
+def model_target(model: ChatModel, name: str | None = None) -> Target:
+    """The student family of the evaluated model (its frame size, tool prompt, box convention and crop rule): the
+    target `name` (`eval --target`, for a fine-tune whose config and name do not tell), else as its config or
+    name tells (`targets.student_target`)."""
+    return TARGETS[name] if name else student_target(model.name.partition(":")[2] or model.name)
 
 
 async def run_episode(model: ChatModel, frame: Image.Image, question: str, options: list[str] | None,
@@ -211,7 +222,7 @@ async def evaluate_one(model: ChatModel, item: BenchItem, resolution: int, mode:
                 mode=mode, expected=item.answer)
     start = time.perf_counter()
     try:
-        target = model_target(model)
+        target = model_target(model, settings.target)
         with local_image(item.image) as path:  # an image inside the benchmark file is decoded for this episode only
             size = await asyncio.to_thread(image_size, path, settings.max_pixels)
             if settings.protocol == "cof-release":  # the release decodes the whole JPEG, then resizes
@@ -258,6 +269,9 @@ def check_protocol(model: ChatModel, items: list[BenchItem], settings: EvalSetti
     if any(item.text is None or not item.options for item in items):
         raise ConfigError("--protocol cof-release sends V*'s question text verbatim: pass a --bench folder (or file) "
                           "with test_questions.jsonl, as the V* dataset ships it")
+    if settings.target not in (None, DEFAULT_TARGET):
+        raise ConfigError(f"--protocol cof-release evaluates in the release's {DEFAULT_TARGET} convention; drop "
+                          f"--target {settings.target} or use --protocol mmcof")
     if settings.baseline_no_zoom:
         raise ConfigError("--protocol cof-release has no no-zoom baseline (the release has none); "
                           "drop --baseline-no-zoom")
@@ -287,9 +301,9 @@ def fingerprint(model: ChatModel, settings: EvalSettings, judge: ChatModel | Non
         return config.identity() if isinstance(config, ChatModelConfig) else getattr(chat, "name", None)
 
     return {"model": model.name, "bench": bench, "judge": judge.name if judge else None,
-            "protocol": settings.protocol, "decoding": decoding_of(model, settings), "model_identity": identity(model),
+            "target": model_target(model, settings.target).name, "protocol": settings.protocol, "decoding": decoding_of(model, settings), "model_identity": identity(model),
             "judge_identity": identity(judge), "prompts": request_prompts(),
-            "settings": settings.model_dump(exclude={"concurrency"})}
+            "settings": settings.model_dump(exclude={"concurrency", "target"})}  # the target as resolved, above
 
 
 def not_comparable(settings: EvalSettings, records: list[EvalRecord], full: bool,
@@ -462,7 +476,7 @@ async def check_image_tokens(model: ChatModel, item: BenchItem, settings: EvalSe
     `release: true` when it was checked so. Returns, per R, the frame's size and its image tokens (None: the
     server does not count them)."""
     release = settings.protocol == "cof-release"
-    target = model_target(model)
+    target = model_target(model, settings.target)
     with local_image(item.image) as path:
         frames = {r: await asyncio.to_thread(target.make_frame, path, r, settings.max_pixels)
                   for r in settings.resolutions}
@@ -490,7 +504,8 @@ async def check_image_tokens(model: ChatModel, item: BenchItem, settings: EvalSe
         if tokens is not None and tokens < patches and not release:
             raise ConfigError(f"--resolutions {resolution}: {model.name} turns a {frame.width}x{frame.height} frame "
                               f"into {tokens} image tokens, not its {patches}: the server downsizes it (vLLM: serve "
-                              f"with --mm-processor-kwargs '{{\"max_pixels\": {MAX_ZOOM_PIXELS}}}'), or drop {resolution}")
+                              f"with --mm-processor-kwargs '{{\"max_pixels\": {MAX_ZOOM_PIXELS}}}'), or drop {resolution}; "
+                              f"a model that is no {target.title} student: pass --target")
         found[str(resolution)] = {"frame": list(frame.size), "tokens": tokens}
     return _against_release(model, found) if release else found
 

@@ -454,7 +454,8 @@ def test_a_server_that_downsizes_a_frame_is_refused_for_that_resolution(tmp_path
     assert str(refused.value) == (f"--resolutions 448: openai:capped turns a {large.width}x{large.height} frame into "
                                   f"{210 * 210 // 784} image tokens, not its {large.width * large.height // 784}: the "
                                   "server downsizes it (vLLM: serve with --mm-processor-kwargs "
-                                  "'{\"max_pixels\": 14745600}'), or drop 448")
+                                  "'{\"max_pixels\": 14745600}'), or drop 448; a model that is no "
+                                  "Qwen2.5-VL student: pass --target")
     assert not (tmp_path / "capped").exists()
 
 

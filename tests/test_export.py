@@ -221,11 +221,11 @@ def test_the_card_says_how_each_trainer_loads_the_export_unchanged(tmp_path, run
         report = export(run_dir, fmt, tmp_path / fmt, max_pixels=2048 * 2048)
         cards[fmt] = ((tmp_path / fmt / "README.md").read_text(), report["token_budget"]["cutoff_len"])
     card, cutoff = cards["sharegpt"]
-    assert (f"`image_max_pixels: 4194304`" in card and f"`cutoff_len: {cutoff}` or more" in card
+    assert ("`image_max_pixels: 4194304`" in card and f"`cutoff_len: {cutoff}` or more" in card
             and "`template: qwen2_vl`" in card and "`dataset_dir: <this folder>`" in card)
     card, cutoff = cards["swift"]
     assert f"`MAX_PIXELS=4194304 swift sft --model Qwen/Qwen2.5-VL-7B-Instruct --dataset mmcof_swift.jsonl " \
            f"--max_length {cutoff}`" in card
     assert "`ROOT_IMAGE_DIR=<this folder>`" in card and "`--template qwen2_5_vl`" in card
     card, cutoff = cards["qwen"]
-    assert f"`--max_pixels 4194304`" in card and f"`--model_max_length {cutoff}` or more" in card
+    assert "`--max_pixels 4194304`" in card and f"`--model_max_length {cutoff}` or more" in card

@@ -24,18 +24,11 @@ from mmcof_gen.finetune.train import finetune
 from tests.support.runs import make_trajectory, write_noise_image, write_run
 from tests.support.tiny_models import build_tiny_qwen25vl
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
 TWO_ZOOMS = [(10, 10, 120, 90), (30, 30, 80, 60)]
 ANSWERS = ["EXIT", "STOP", "OPEN", "PUSH"]
 TINY_PIXELS = {"image_max_pixels": 112 * 112, "image_min_pixels": 56 * 56}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two threads on a shared 2-core machine run these tiny models ten times slower than one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

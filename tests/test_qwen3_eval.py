@@ -4,6 +4,10 @@ in that convention and executed with its tool's crop rule; an out-of-range call 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+
+import pytest
 
 from mmcof_gen import cof_format
 from mmcof_gen.evaluate import EvalSettings, evaluate
@@ -41,3 +45,57 @@ def test_a_qwen3_model_is_evaluated_with_its_own_tool_and_crops(tmp_path):
     assert record["zooms"] == [[round(500 * width / 1000), round(400 * height / 1000), round(800 * width / 1000),
                                 round(700 * height / 1000)]]
     assert len(record["bad_calls"]) == 1 and "rel1000" in record["bad_calls"][0]
+
+
+def test_eval_target_reads_a_fine_tune_its_name_does_not_tell_in_the_qwen3_convention(tmp_path):
+    """A served fine-tune named `my-finetune` is a Qwen2.5-VL student by default; `target="qwen3-vl"` evaluates it
+    with Qwen3-VL's tool prompt, factor-32 frames and 0-1000 calls, and the fingerprint names the target."""
+    glove = load_bench(write_vstar(tmp_path / "vstar", questions=True))[0]
+    frame = qwen3_make_frame(glove.image, 448, MAX_PIXELS)
+    call = [500, 400, 800, 700]
+    reports = {}
+    for target in (None, "qwen3-vl"):
+        script = [Reply(qwen3_turn("find the glove", call)), Reply(cof_format.answer_turn("blue", glove.answer_letter))]
+        with ScriptedServer(script) as server:
+            reports[target] = evaluate(openai_model(server, model="my-finetune"), [glove],
+                                       EvalSettings(resolutions=[448], target=target), tmp_path / f"out-{target}")
+        system = server.requests[0]["messages"][0]["content"]
+        record = json.loads((tmp_path / f"out-{target}" / "results.jsonl").read_text())
+        if target is None:
+            assert system == cof_format.SYSTEM_PROMPT  # and the call read as pixels of a ~448x336 frame: refused
+            assert record["zooms"] == [] and "outside" in record["bad_calls"][0]
+        else:
+            width, height = frame.size
+            assert system == QWEN3_SYSTEM_PROMPT and record["frame_size"] == list(frame.size)
+            assert record["zooms"] == [[round(500 * width / 1000), round(400 * height / 1000),
+                                        round(800 * width / 1000), round(700 * height / 1000)]]
+            assert images_of(server.requests[-1])[1].tobytes() == qwen3_zoom(frame, call).tobytes()
+    assert (reports[None]["target"], reports["qwen3-vl"]["target"]) == ("qwen2.5-vl", "qwen3-vl")
+
+
+def test_eval_target_flag_is_checked_and_passed_to_the_loop(tmp_path):
+    """`eval --target qwen3-vl` on the command line: the requests carry Qwen3-VL's tool prompt and report.json names
+    the target; an unknown target, or a Qwen3-VL target under the release protocol, is one line and exit 2."""
+    root = write_vstar(tmp_path / "vstar", questions=True)
+    cli = [sys.executable, "-m", "mmcof_gen.cli", "eval", "--bench", str(root), "--resolutions", "448", "--limit", "1"]
+    with ScriptedServer(lambda body: Reply("<answer> A </answer>")) as server:
+        done = subprocess.run([*cli, "--out", str(tmp_path / "out"), "--endpoint", server.url, "--served-model",
+                               "my-finetune", "--target", "qwen3-vl"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert server.requests[-1]["messages"][0]["content"] == QWEN3_SYSTEM_PROMPT
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["target"] == "qwen3-vl"
+    unknown = subprocess.run([*cli, "--out", str(tmp_path / "x"), "--endpoint", "http://h/v1", "--served-model", "m",
+                              "--target", "qwen4-vl"], capture_output=True, text=True, timeout=120)
+    assert unknown.returncode == 2 and len(unknown.stderr.strip().splitlines()) == 1
+    assert "--target" in unknown.stderr and "qwen4-vl" in unknown.stderr and "qwen3-vl" in unknown.stderr
+    release = subprocess.run([*cli, "--out", str(tmp_path / "y"), "--endpoint", "http://h/v1", "--served-model", "m",
+                              "--protocol", "cof-release", "--target", "qwen3-vl"], capture_output=True, text=True,
+                             timeout=120)
+    assert (release.returncode, release.stderr.strip()) == (
+        2, "mmcof-gen: --protocol cof-release evaluates in the release's qwen2.5-vl convention; drop --target "
+           "qwen3-vl or use --protocol mmcof")
+
+
+def test_eval_settings_refuse_an_unknown_target():
+    with pytest.raises(ValueError, match="unknown target 'qwen4-vl'; one of: qwen2.5-vl, qwen3-vl"):
+        EvalSettings(target="qwen4-vl")

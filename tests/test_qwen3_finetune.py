@@ -8,7 +8,6 @@ import json
 import math
 
 import pytest
-import torch
 import yaml
 
 from mmcof_gen.export import export
@@ -19,16 +18,10 @@ from mmcof_gen.finetune.settings import load_finetune_config
 from tests.support.runs import make_trajectory, write_noise_image, write_run
 from tests.support.tiny_models import build_tiny_qwen3vl
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
 TWO_ZOOMS = [(10, 10, 120, 90), (30, 30, 80, 60)]
 TINY_PIXELS = {"image_max_pixels": 128 * 128, "image_min_pixels": 32 * 32}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -78,13 +78,13 @@ def test_a_teacher_in_thousandths_stores_the_boxes_a_pixel_teacher_stores():
         by_pixels, _ = search(server, "pixels")
     with ScriptedServer(teacher("rel1000", (448, 336))) as server:
         by_thousandths, view = search(server, "rel1000")
-        system = next(m["content"] for r in server.requests for m in r["messages"] if m["role"] == "system")
+        planner = next(r for r in server.requests if r["response_format"]["json_schema"]["name"] == "PlannerAction")
         locator = next(r for r in server.requests if r["response_format"]["json_schema"]["name"] == "LocateReply")
     assert by_pixels.accepted and by_thousandths.accepted
     assert [step.box for step in by_pixels.chain] == [AROUND, SIGN]
     for ours, theirs in zip(by_thousandths.chain, by_pixels.chain, strict=True):
         assert max(abs(a - b) for a, b in zip(ours.box, theirs.box)) <= 1
-    assert "relative coordinates from 0 to 1000" in system
+    assert "relative coordinates from 0 to 1000" in planner["messages"][1]["content"][-1]["text"]  # its instructions
     assert "relative coordinates from 0 to 1000" in json.dumps(locator["messages"])
     # the planner is told boxes back in its own convention
     located = by_thousandths.steps[2].observation

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 from collections import defaultdict
@@ -18,7 +19,7 @@ from mmcof_gen.agent.search import PlannerAction, Roles, VlmSearchAgent, adjust_
 from mmcof_gen.agent.verify import as_option, box_hint
 from mmcof_gen.config import AgentConfig, PipelineConfig
 from mmcof_gen.imaging import crop_zoom, frame_from_image, image_sha256
-from mmcof_gen.models.chat import ChatError, ChatModelConfig, chat_model
+from mmcof_gen.models.chat import ChatError, ChatModelConfig, chat_model, data_url
 from mmcof_gen.prompts import Prompts
 from mmcof_gen.schema import Provenance, Task, Trajectory, View
 from tests.support.scripted_server import Reply, ScriptedServer
@@ -286,3 +287,57 @@ def test_a_configured_detector_plays_locator(tmp_path):
     assert [c.role for c in locate.calls] == ["planner"]  # the detector answered, no locator call
     assert locate.detections == owl.detect([(frame, ["the small sign"])])[0]
     assert len(locate.detections) == 3
+
+
+def sign_searcher(body: dict) -> Reply:
+    """A stateless stand-in VLM for concurrent searches of the sign picture: every role, replies by schema."""
+    name, messages = body["response_format"]["json_schema"]["name"], body["messages"]
+    if name == "ReaderReply":
+        return Reply(json.dumps({"answer": "red" if sent_images(body)[-1].width < 200 else "blue"}))
+    if name == "Targets":
+        return Reply('{"missing": ["the sign"]}')
+    if name == "LocateReply":
+        return Reply(json.dumps({"boxes": [EVIDENCE]}))
+    if name == "Summary":
+        count = int(re.search(r"\[(\d+) strings\]", json.dumps(messages)).group(1))
+        return Reply(json.dumps({"thoughts": ["Closer."] * count, "final_thought": "It is red."}))
+    steps = sum(m["role"] == "assistant" for m in messages)
+    return [action(thought="Find it.", action="locate", phrase="the sign"),
+            action(thought="Closer.", action="zoom", box=ZOOM),
+            action(thought="Read it.", action="read", box=EVIDENCE)][min(steps, 2)]
+
+
+def test_every_request_about_a_frame_starts_with_the_same_system_text_and_frame_across_roles_and_tasks(tmp_path):
+    """Prefix-stable requests (docs/speed.md): the reader, target naming, planner steps, locator and summariser of
+    every search on one frame send the same first tokens, so a prefix-caching server encodes the frame once; a
+    conversation only appends (its crops after the frame); a crop is read after the same system text."""
+    from mmcof_gen.tasks.sources import GivenQuestion, ImageUnit
+    from mmcof_gen.worker import ImageWorker, Resumed
+
+    picture().save(tmp_path / "sign.png")
+    questions = ["What colour is the small sign?", "Which colour does the small sign have?"]
+    unit = ImageUnit(tmp_path / "sign.png", "sign.png", [GivenQuestion(image="sign.png", question=q, answer="red",
+                                                                       bbox=EVIDENCE) for q in questions], "q")
+    with ScriptedServer(sign_searcher) as server:
+        model = {"base_url": server.url, "model": "scripted-model", "max_retries": 0}
+        config = PipelineConfig.model_validate({
+            "resolutions": [448], "prompts_dir": resources.prompts("agent"), "agent": {"kind": "vlm"},
+            "models": {"planner": model, "summariser": model}})
+        with ImageWorker(config, PROMPTS, Provenance(package_version="0", config_hash="x")) as worker:
+            records = list(worker.process(unit, Resumed()))
+    assert sorted((r.task.question, r.status) for r in records if isinstance(r, Trajectory)) == sorted(
+        (q, "accepted") for q in questions)
+    system = {"role": "system", "content": PROMPTS.render("system")}
+    frame_part = {"type": "image_url", "image_url": {"url": data_url(picture())}}  # the 448x336 picture is its frame
+    about_frame = [r for r in server.requests if r["messages"][1]["content"][0] == frame_part]
+    roles = {r["response_format"]["json_schema"]["name"] for r in about_frame}
+    assert roles == {"ReaderReply", "Targets", "PlannerAction", "LocateReply", "Summary"}
+    assert {q for r in about_frame for q in questions if q in json.dumps(r["messages"])} == set(questions)
+    crop_reads = [r for r in server.requests if r not in about_frame]
+    assert len(crop_reads) == 2 and all(sent_images(r)[0].width < 200 for r in crop_reads)
+    assert all(r["messages"][0] == system for r in server.requests)
+    for question in questions:  # each planner request is the one before it with turns (and crops) appended
+        planner = [r["messages"] for r in about_frame if r["response_format"]["json_schema"]["name"] ==
+                   "PlannerAction" and question in json.dumps(r["messages"])]
+        assert len(planner) == 3 and all(later[:len(earlier)] == earlier
+                                         for earlier, later in zip(planner, planner[1:]))

@@ -58,8 +58,8 @@ def images_of(body: dict) -> list[Image.Image]:
 
 
 def prompt_of(body: dict) -> str:
-    """The text of the first message (a repair request appends the model's reply and the problem)."""
-    content = body["messages"][0]["content"]
+    """The text of the first user message (a repair request appends the model's reply and the problem)."""
+    content = next(m["content"] for m in body["messages"] if m["role"] == "user")
     return content if isinstance(content, str) else content[-1]["text"]
 
 
@@ -166,6 +166,10 @@ def test_proposer_sees_each_tile_and_reader_sees_the_crop_then_the_frame(image):
              and SIGN_Q in prompt_of(r)]
     assert [images_of(r)[0].size != FRAME for r in reads] == [True, False]  # crop first, then the whole frame
     assert "(A) red\n(B) green\n(C) yellow\n(D) blue" in prompt_of(reads[0])
+    # the frame is asked about as the search's reader asks: the agent's system text, then the frame
+    system = Prompts(resources.prompts("agent")).render("system")
+    assert [r["messages"][0] for r in reads] == [{"role": "system", "content": system}] * 2
+    assert reads[1]["messages"][1]["content"][0]["type"] == "image_url"
 
 
 def test_unanswerable_on_the_crop_and_malformed_replies_drop_only_that_proposal(image):

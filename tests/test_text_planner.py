@@ -23,7 +23,6 @@ from mmcof_gen.models.detectors import detector
 from mmcof_gen.models.ocr import OcrReader, OcrReaderConfig, names_text
 from mmcof_gen.schema import Task
 from tests.support.scripted_server import ScriptedServer
-from tests.support.sign_model import picture
 from tests.test_search_agent import FULL_CHAIN, PROMPTS, by_schema, make_view, run_agent
 
 MODEL = {"backend": "openai", "model": "scripted-model"}

@@ -1,7 +1,8 @@
-"""The VLM path against a real vLLM OpenAI server (`make test-vllm` starts one: a tiny random-weight
-Qwen2.5-VL on 127.0.0.1, see tests/vllm/stage.sh). Random weights: these tests check the protocol and the
-bookkeeping (every request answered, every call counted, every task ended with a reason) and how each
-refusal of the server ends, never the answers. Skipped without a server (MMCOF_VLLM_URL unset)."""
+"""The VLM path against a real vLLM OpenAI server (`make test-vllm` starts two: a tiny random-weight
+Qwen2.5-VL and a tiny Qwen3-VL on 127.0.0.1, see tests/vllm/stage.sh). Random weights: these tests check the
+protocol and the bookkeeping (every request answered, every call counted, every task ended with a reason) and
+how each refusal of the server ends, never the answers. Skipped without a server (MMCOF_VLLM_URL unset; the
+Qwen3-VL tests: MMCOF_VLLM_QWEN3_URL)."""
 
 from __future__ import annotations
 
@@ -25,8 +26,10 @@ from rich.console import Console
 from mmcof_gen.agent import search
 from mmcof_gen import resources
 from mmcof_gen.config import PipelineConfig, load_config
+from mmcof_gen.conventions import CONVENTIONS, read_box
 from mmcof_gen.errors import ConfigError
 from mmcof_gen.models.chat import ChatMessage, ChatModelConfig, ReplyError, chat_model, complete_json
+from mmcof_gen.models.server_info import check_servers
 from mmcof_gen.store import MANIFEST, RunStore
 from mmcof_gen.synthesize import RunInputs, synthesize
 from tests.support.proxy import RecordingProxy
@@ -38,6 +41,10 @@ IMAGE_LIMIT = int(os.environ.get("MMCOF_VLLM_IMAGE_LIMIT", "6"))
 MAX_MODEL_LEN = int(os.environ.get("MMCOF_VLLM_MAX_MODEL_LEN", "4096"))
 CLI = [sys.executable, "-m", "mmcof_gen.cli"]
 SHIPPED = resources.PIPELINES / "vllm-qwen2.5-vl.yaml"
+QWEN3_URL = os.environ.get("MMCOF_VLLM_QWEN3_URL", "")
+QWEN3_MODEL = os.environ.get("MMCOF_VLLM_QWEN3_MODEL", "")  # a name that does not tell the family
+QWEN3_LOG = Path(os.environ.get("MMCOF_VLLM_QWEN3_LOG", "/nonexistent"))
+QWEN3_SHIPPED = resources.PIPELINES / "vllm-qwen3-vl.yaml"
 
 pytestmark = [pytest.mark.vllm, pytest.mark.skipif(not URL, reason="needs a vLLM server: run `make test-vllm`")]
 
@@ -47,15 +54,16 @@ class ServerLog:
 
     LINE = re.compile(r'"(GET|POST) (\S+) HTTP/[\d.]+" (\d{3})')
 
-    def __init__(self):
-        self.start = LOG.stat().st_size
+    def __init__(self, log: Path = LOG):
+        self.log = log
+        self.start = log.stat().st_size
 
     def requests(self, expected: int | None = None) -> list[tuple[str, str, int]]:
         """(method, path, status) of each request since the start; with `expected`, waits (at most 10 s) for
         that many chat requests, since a line is written as the reply goes out, not before the client has it."""
         deadline = time.monotonic() + 10
         while True:
-            with LOG.open("rb") as handle:
+            with self.log.open("rb") as handle:
                 handle.seek(self.start)
                 text = handle.read().decode("utf-8", "replace")
             found = [(m[1], m[2], int(m[3])) for m in self.LINE.finditer(text)]
@@ -91,11 +99,12 @@ def inputs(tmp_path_factory) -> tuple[Path, Path]:
     return images, questions
 
 
-def pipeline_data(structured: str = "response_format", **agent) -> dict:
-    """The shipped vLLM pipeline pointed at the test server: one resolution, short searches."""
-    data = load_config(SHIPPED).model_dump(mode="json")
+def pipeline_data(structured: str = "response_format", shipped: Path = SHIPPED, url: str = URL, model: str = MODEL,
+                  **agent) -> dict:
+    """A shipped vLLM pipeline pointed at a test server: one resolution, short searches."""
+    data = load_config(shipped).model_dump(mode="json")
     for role in ("planner", "reader", "locator"):
-        data["models"][role].update(base_url=URL, model=MODEL, structured_output=structured, timeout=120,
+        data["models"][role].update(base_url=url, model=model, structured_output=structured, timeout=120,
                                     max_retries=2)
     data["resolutions"] = [448]
     data["agent"].update({"max_steps": 3, **agent})
@@ -116,8 +125,8 @@ def all_calls(store: RunStore) -> list:
     return calls + [call for image in store.image_tasks() for call in image.calls]
 
 
-def get_json(path: str) -> dict:
-    with urllib.request.urlopen(URL.removesuffix("/v1") + path, timeout=10) as response:
+def get_json(path: str, url: str = URL) -> dict:
+    with urllib.request.urlopen(url.removesuffix("/v1") + path, timeout=10) as response:
         return json.loads(response.read())
 
 
@@ -208,7 +217,8 @@ def test_eval_refuses_a_resolution_the_server_downsizes(inputs, tmp_path, server
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1] == (
         f"mmcof-gen: --resolutions 448: openai:{MODEL} turns a 504x364 frame into 54 image tokens, not its 234: "
-        f"the server downsizes it (vLLM: serve with --mm-processor-kwargs '{{\"max_pixels\": 14745600}}'), or drop 448")
+        f"the server downsizes it (vLLM: serve with --mm-processor-kwargs '{{\"max_pixels\": 14745600}}'), or drop 448; "
+        "a model that is no Qwen2.5-VL student: pass --target")
     assert not (tmp_path / "eval" / "results.jsonl").exists()
 
 
@@ -366,3 +376,87 @@ def test_eval_sends_every_decoding_parameter_explicitly(inputs, tmp_path):
     assert {(b["temperature"], b["top_p"], b["repetition_penalty"]) for b in episodes} == {(0.0, 1.0, 1.0)}
     decoding = json.loads((tmp_path / "eval" / "report.json").read_text())["decoding"]
     assert (decoding["temperature"], decoding["top_p"], decoding["repetition_penalty"]) == (0.0, 1.0, 1.0)
+
+
+# ------------------------------------------------------------------------------------------ a served Qwen3-VL
+
+needs_qwen3 = pytest.mark.skipif(not QWEN3_URL, reason="needs the tiny Qwen3-VL server of `make test-vllm`")
+
+
+def qwen3_pipeline(**agent) -> PipelineConfig:
+    """The shipped vllm-qwen3-vl pipeline pointed at the tiny Qwen3-VL server, at two resolutions."""
+    data = pipeline_data(shipped=QWEN3_SHIPPED, url=QWEN3_URL, model=QWEN3_MODEL, **agent)
+    data["resolutions"] = [448, 672]
+    return PipelineConfig.model_validate(data)
+
+
+def one_question_bench(images: Path, path: Path) -> Path:
+    path.write_text(json.dumps({"image": str(images / "img0.png"), "question": "What colour is the small sign?",
+                                "options": ["red", "blue"], "answer": "A", "category": "colour"}) + "\n")
+    return path
+
+
+@needs_qwen3
+@pytest.mark.parametrize("zooming", [False, True], ids=["as-served", "always-zoom"])
+def test_the_qwen3_pipeline_runs_against_a_served_qwen3_with_no_request_refused(zooming, inputs, tmp_path,
+                                                                               monkeypatch):
+    """vllm-qwen3-vl against the tiny Qwen3-VL: every request (frames at two resolutions, and with a planner
+    that always zooms, crops of each size a search makes) is answered 200, every task ends with a reason, and
+    the zooms are the planner's 0-1000 boxes read as such."""
+    images, questions = inputs
+    log = ServerLog(QWEN3_LOG)
+    if zooming:
+        always_zoom(monkeypatch)
+    config = qwen3_pipeline(max_steps=5) if zooming else qwen3_pipeline()
+    assert {config.models.planner.box_convention.name, config.models.locator.box_convention.name} == {"rel1000"}
+    run(config, images, tmp_path / "run", questions=questions)
+    store = RunStore(tmp_path / "run")
+    trajectories = list(store.trajectories())
+    assert list(store.errors()) == []
+    assert sorted((t.task.image, t.view.resolution) for t in trajectories) == [
+        (image, r) for image in ("img0.png", "img1.png") for r in (448, 672)]
+    assert all(t.status == "accepted" or t.reason for t in trajectories)
+    calls = all_calls(store)
+    assert calls and ServerLog.chats(log.requests(expected=len(calls) + 1)) == [200] * (len(calls) + 1)
+    if zooming:  # always_zoom's boxes are [s, s, s + 100, s + 100] for s = 0, 10, 20, ...
+        zooms = [(t.view, tuple(step.box)) for t in trajectories for step in t.steps
+                 if step.action == "zoom" and step.box is not None]
+        assert zooms, [(s.action, s.observation) for t in trajectories for s in t.steps]
+        for view, box in zooms:
+            relative = {tuple(read_box([s, s, s + 100, s + 100], CONVENTIONS["rel1000"], view.width, view.height))
+                        for s in range(0, 900, 10)}
+            assert box in relative, (view.width, view.height, box)
+
+
+@needs_qwen3
+def test_the_server_check_passes_for_the_served_qwen3():
+    log = ServerLog(QWEN3_LOG)
+    servers = check_servers(qwen3_pipeline())
+    assert servers == {QWEN3_URL: {"version": get_json("/version", QWEN3_URL)["version"],
+                                   "models": {QWEN3_MODEL: MAX_MODEL_LEN}}}
+    assert ServerLog.chats(log.requests(expected=1)) == [200]  # the image-limit probe: the frame and max_zooms crops
+
+
+@needs_qwen3
+def test_eval_with_target_qwen3_runs_an_episode_against_the_served_qwen3(inputs, tmp_path):
+    """The served name does not tell the family: `--target qwen3-vl` sends factor-32 frames the server keeps
+    whole (32x32 pixels a token) and runs the episode; without it the Qwen2.5-VL frame (28x28 pixels a token)
+    comes back with fewer tokens than its patches, and that R is refused."""
+    images, _ = inputs
+    bench = one_question_bench(images, tmp_path / "bench.jsonl")
+    cli = [*CLI, "eval", "--bench", bench, "--endpoint", QWEN3_URL, "--served-model", QWEN3_MODEL, "--resolutions", "224"]
+    log = ServerLog(QWEN3_LOG)
+    done = subprocess.run([*cli, "--out", tmp_path / "eval", "--target", "qwen3-vl"], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr
+    (record,) = [json.loads(line) for line in (tmp_path / "eval" / "results.jsonl").read_text().splitlines()]
+    assert record["error"] is None and record["generations"] >= 1 and record["frame_size"] == [320, 224]
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert report["target"] == "qwen3-vl"
+    assert report["image_tokens"] == {"224": {"frame": [320, 224], "tokens": 320 * 224 // (32 * 32)}}
+    assert set(ServerLog.chats(log.requests())) == {200}
+    refused = subprocess.run([*cli, "--out", tmp_path / "eval-default"], capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 2
+    assert refused.stderr.strip().startswith(f"mmcof-gen: --resolutions 224: openai:{QWEN3_MODEL} turns a 252x168 "
+                                             "frame into 40 image tokens, not its 54")
+    assert refused.stderr.strip().endswith("a model that is no Qwen2.5-VL student: pass --target")

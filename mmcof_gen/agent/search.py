@@ -36,8 +36,8 @@ from mmcof_gen.cof_format import question_text
 from mmcof_gen.config import AgentConfig, ModelsConfig, PipelineConfig
 from mmcof_gen.conventions import CONVENTIONS, DEFAULT, BoxConvention, read_box, write_box
 from mmcof_gen.imaging import box_area, clip_box, crop_zoom, overlap_area, scale_box
-from mmcof_gen.models.chat import (ChatMessage, ChatModel, ChatModelConfig, Completion, ReplyError, chat_model,
-                                   complete_json)
+from mmcof_gen.models.chat import (ChatMessage, ChatModel, ChatModelConfig, Completion, ReplyError, about_images,
+                                   chat_model, complete_json)
 from mmcof_gen.models.detect import Detector, DetectorConfig
 from mmcof_gen.models.detectors import detector
 from mmcof_gen.models.ocr import OcrReader, OcrReaderConfig
@@ -305,22 +305,23 @@ class VlmSearchAgent:
                                      height=search.view.height,
                                      question_text=question_text(task.question, task.options))
         targets = await self._ask(search, step, "planner", self.roles.planner,
-                                  [ChatMessage("user", prompt, [search.frame] if sees else [])], Targets)
+                                  self._about([search.frame], prompt) if sees else [ChatMessage("user", prompt)],
+                                  Targets)
         search.targets = targets.missing
         step.arguments = {"targets": targets.missing}
         step.thought = f"I cannot answer; these objects are missing or unclear: {', '.join(targets.missing)}."
         step.observation = "search targets named"
 
-        messages = [
-            ChatMessage("system", self.prompts.render("planner" if sees else "planner_text", width=search.view.width,
-                                                      height=search.view.height,
-                                                      boxes=self._wording("planner", search.view),
-                                                      max_steps=self.config.max_steps,
-                                                      max_zooms=self.config.max_zooms)),
-            ChatMessage("user", f"{question_text(task.question, task.options)}\nFrom the whole image the reader "
-                                f"answered {answer!r}; {verdict.reason}. Missing or unclear: "
-                                f"{', '.join(targets.missing)}. Your first action?", [search.frame] if sees else []),
-        ]
+        instructions = self.prompts.render("planner" if sees else "planner_text", width=search.view.width,
+                                           height=search.view.height, boxes=self._wording("planner", search.view),
+                                           max_steps=self.config.max_steps, max_zooms=self.config.max_zooms)
+        opening = (f"{question_text(task.question, task.options)}\nFrom the whole image the reader answered "
+                   f"{answer!r}; {verdict.reason}. Missing or unclear: {', '.join(targets.missing)}. "
+                   "Your first action?")
+        # a seeing planner's conversation starts as every request about the frame does; its instructions, the
+        # same for every search on the frame, come before this search's question
+        messages = (self._about([search.frame], f"{instructions}\n\n{opening}") if sees
+                    else [ChatMessage("system", instructions), ChatMessage("user", opening)])
         for _ in range(self.config.max_steps):
             step = self._step(search, Step(action="locate"))
             action = await self._ask(search, step, "planner", self.roles.planner, messages,
@@ -337,6 +338,10 @@ class VlmSearchAgent:
         raise StopSearch(f"budget: {self.config.max_steps} planner steps without a verified answer")
 
     # ------------------------------------------------------------------ actions
+
+    def _about(self, images: list[Image.Image], text: str) -> list[ChatMessage]:
+        """A request about `images` (the frame first, when it is shown) laid out as every request about the frame."""
+        return about_images(self.prompts.render("system"), images, text)
 
     def _wording(self, role: str, view: View) -> str:
         """How the prompts of `role` state its box convention."""
@@ -393,8 +398,8 @@ class VlmSearchAgent:
         else:
             prompt = self.prompts.render("locator", phrase=phrase, width=view.width, height=view.height,
                                          boxes=self._wording("locator", view))
-            reply = await self._ask(search, step, "locator", self.roles.locator,
-                                    [ChatMessage("user", prompt, [search.frame])], LocateReply)
+            reply = await self._ask(search, step, "locator", self.roles.locator, self._about([search.frame], prompt),
+                                    LocateReply)
             detections, invalid = [], []
             for values in reply.boxes:
                 try:
@@ -420,8 +425,8 @@ class VlmSearchAgent:
             else:
                 image = search.frame if box is None else crop_zoom(search.frame, box)
                 prompt = self.prompts.render("reader", question_text=question_text(task.question, task.options))
-                reply = await self._ask(search, step, "reader", self.roles.reader,
-                                        [ChatMessage("user", prompt, [image])], ReaderReply)
+                reply = await self._ask(search, step, "reader", self.roles.reader, self._about([image], prompt),
+                                        ReaderReply)
                 answer = as_option(reply.answer.strip(), task.options)
         except StopSearch as exc:
             if box is not None:
@@ -504,11 +509,12 @@ class VlmSearchAgent:
             targets=", ".join(search.targets) or "nothing (readable directly)", width=search.view.width,
             height=search.view.height, chain=json.dumps([list(b) for b in kept]),
             detours=json.dumps([list(b) for b in detours]), count=len(kept))
-        images = [search.frame] + [crop_zoom(search.frame, box) for box in kept]
         if "summariser" in self.roles.blind:
-            images = []
-        summary = await self._ask(search, step, "summariser", self.roles.summariser,
-                                  [ChatMessage("user", prompt, images)], summary_schema(len(kept)))
+            messages = [ChatMessage("user", prompt)]
+        else:
+            messages = self._about([search.frame] + [crop_zoom(search.frame, box) for box in kept], prompt)
+        summary = await self._ask(search, step, "summariser", self.roles.summariser, messages,
+                                  summary_schema(len(kept)))
         return summary.thoughts, summary.final_thought
 
     # ------------------------------------------------------------------ calls and budgets

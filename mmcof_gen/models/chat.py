@@ -46,6 +46,16 @@ class ChatMessage:
     images: list[Image.Image] = field(default_factory=list)
 
 
+def about_images(system: str, images: list[Image.Image], text: str) -> list[ChatMessage]:
+    """The messages of a request about an image: the system text, then the image (a frame, or a crop), then what
+    this request asks. The system text is one for every role, so every request about one frame (each role of
+    each search on it, and task synthesis' check on it) begins with the same tokens, and a server with prefix
+    caching (vLLM) encodes the frame and computes its KV cache once; a conversation appends its crops and
+    turns after that prefix, never before (docs/speed.md, "Prefix-stable requests").
+    """
+    return [ChatMessage("system", system), ChatMessage("user", text, images)]
+
+
 class Completion(ModelCall):
     """A reply and what its call cost: the fields of `ModelCall` (cost_usd for API models, gpu_seconds for
     in-process ones), whose role only the caller knows."""

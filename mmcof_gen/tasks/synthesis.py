@@ -40,7 +40,7 @@ from mmcof_gen.cof_format import question_text
 from mmcof_gen.config import PipelineConfig, QuestionType
 from mmcof_gen.conventions import CONVENTIONS, DEFAULT, read_box
 from mmcof_gen.imaging import InvalidBox, box_area, clip_box, crop_zoom, frame_from_image, iou, scale_box
-from mmcof_gen.models.chat import ChatMessage, ChatModel, ReplyError, complete_json
+from mmcof_gen.models.chat import ChatMessage, ChatModel, ReplyError, about_images, complete_json
 from mmcof_gen.models.detect import Detector
 from mmcof_gen.models.replies import BoxValues, Phrase, ReaderReply
 from mmcof_gen.positions import cell_of, position_name
@@ -184,7 +184,8 @@ class TaskWriter:
                                              boxes=self.writer_boxes.describe(view.width, view.height),
                                              max_objects=self.settings.max_proposals)
                 try:
-                    reply = await self._ask(self.writer, "task_writer", prompt, [view], Proposals, out.calls)
+                    reply = await self._ask(self.writer, "task_writer", [ChatMessage("user", prompt, [view])], Proposals,
+                                            out.calls)
                 except Rejected as exc:
                     out.rejected.append(RejectedTask(object="(proposals)", reason=str(exc)))
                     reply = Proposals(objects=[])
@@ -243,13 +244,15 @@ class TaskWriter:
         try:
             crop = crop_zoom(image, candidate.box)
             prompt = self.prompts.render("describe", object=candidate.name)
-            seen = await self._ask(self.writer, "task_writer", prompt, [crop], CropDescription, calls)
+            seen = await self._ask(self.writer, "task_writer", [ChatMessage("user", prompt, [crop])], CropDescription,
+                                   calls)
             if not seen.clear:
                 raise Rejected(f"the crop does not clearly show a {candidate.name}: {seen.description}")
             prompt = self.prompts.render(
                 "write_question", object=candidate.name, position=candidate.position, description=seen.description,
                 question_types=", ".join(self.settings.question_types), num_options=self.settings.num_options)
-            written = await self._ask(self.writer, "task_writer", prompt, [crop], WrittenQuestion, calls)
+            written = await self._ask(self.writer, "task_writer", [ChatMessage("user", prompt, [crop])], WrittenQuestion,
+                                      calls)
             if written.question_type not in self.settings.question_types:
                 raise Rejected(f"the writer asked a {written.question_type} question, not one of "
                                f"tasks.synthesis.question_types")
@@ -320,17 +323,19 @@ class TaskWriter:
     async def _check(self, model: ChatModel, role: str, view: Image.Image, written: WrittenQuestion,
                      options: list[str] | None, calls: list[ModelCall], temperature: float = 0.0
                      ) -> tuple[str | None, bool]:
-        """A reader's answer from `view` (as option text) and whether it is right."""
+        """A reader's answer from `view` (as option text) and whether it is right; asked as the search's reader asks,
+        so that the check on the frame shares its prefix with the searches on that frame."""
         prompt = self.reader_prompts.render("reader", question_text=question_text(written.question, options))
-        reply = await self._ask(model, role, prompt, [view], ReaderReply, calls, temperature)
+        messages = about_images(self.reader_prompts.render("system"), [view], prompt)
+        reply = await self._ask(model, role, messages, ReaderReply, calls, temperature)
         answer = as_option(reply.answer.strip(), options)
         return answer, verify_answer(answer, written.answer).correct
 
-    async def _ask(self, model: ChatModel, role: str, prompt: str, images: list[Image.Image],
-                   schema: type[BaseModel], calls: list[ModelCall], temperature: float = 0.0) -> BaseModel:
+    async def _ask(self, model: ChatModel, role: str, messages: list[ChatMessage], schema: type[BaseModel],
+                   calls: list[ModelCall], temperature: float = 0.0) -> BaseModel:
         try:
-            reply, completions = await complete_json(model, [ChatMessage("user", prompt, images)], schema,
-                                                     max_tokens=self.reply_tokens, temperature=temperature)
+            reply, completions = await complete_json(model, messages, schema, max_tokens=self.reply_tokens,
+                                                     temperature=temperature)
         except ReplyError as exc:
             calls += [c.as_call(role) for c in exc.completions]
             raise Rejected(f"{role}: {exc}") from None

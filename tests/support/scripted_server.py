@@ -6,6 +6,9 @@ The client, its retries and our parsing then run for real over HTTP; faults (429
     with ScriptedServer([Reply("<answer> A </answer>"), Reply(status=429, headers={"Retry-After": "1"})]) as server:
         client = openai.OpenAI(base_url=server.url, api_key="test")
 
+With a `PrefixCache`, the server also counts what a vLLM server with prefix caching would (prompt tokens, prefix-
+cache and image-cache queries and hits) and serves them on `GET /metrics` under vLLM's names, exactly.
+
 One asyncio loop in a background thread serves every connection (HTTP/1.1 keep-alive, parsed by hand, each
 reply written in one send): benchmarks run it on the same cores as the client, so its CPU per request must
 stay small next to the client's. asyncio's transports set TCP_NODELAY, so no reply waits on a delayed ACK.
@@ -14,13 +17,19 @@ stay small next to the client's. asyncio's transports set TCP_NODELAY, so no rep
 from __future__ import annotations
 
 import asyncio
+import base64
+import dataclasses
+import io
 import json
+import math
 import socket
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.client import responses
+
+from PIL import Image
 
 BACKLOG = 1024  # a deep listen backlog: hundreds of clients connect at once in load tests
 
@@ -41,6 +50,66 @@ class Reply:
 
 
 Script = list[Reply] | Callable[[dict], Reply]
+
+
+class PrefixCache:
+    """The accounting of a serving engine with prefix caching, made exact for tests and benchmarks.
+
+    A request's tokens: per message a role token, then its content in order: an image as Qwen2.5-VL's count of
+    tokens (one per 28x28 pixels), each named by the image's bytes, and text as its words. A request's prefix-
+    cache hits are the tokens of its longest prefix that an earlier request began with, its image-cache hits
+    the images an earlier request sent. The cache never forgets (a test's run is far smaller than a server's
+    cache), so the totals do not depend on the order in which concurrent requests arrive: the tokens computed
+    are the distinct prefixes of all requests, the images encoded the distinct images. (vLLM differs in
+    counting whole blocks of tokens, and in computing the last token of a request sent twice.)
+    """
+
+    PATCH = 28
+
+    def __init__(self):
+        self.prefixes: set[int] = set()  # hash of every prefix of every request so far
+        self.images: set[str] = set()
+        self.counts = {"prompt_tokens": 0, "generation_tokens": 0, "prefix_cache_queries": 0,
+                       "prefix_cache_hits": 0, "mm_cache_queries": 0, "mm_cache_hits": 0, "request_success": 0}
+
+    def tokens(self, body: dict) -> list[tuple]:
+        out: list[tuple] = []
+        for message in body.get("messages", []):
+            out.append(("<role>", message.get("role")))
+            content = message.get("content")
+            parts = [{"type": "text", "text": content}] if isinstance(content, str) else content or []
+            for part in parts:
+                if part.get("type") == "image_url":
+                    url = part["image_url"]["url"]
+                    width, height = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).size
+                    out += [("<image>", url, k) for k in range(math.ceil(width / self.PATCH)
+                                                                * math.ceil(height / self.PATCH))]
+                else:
+                    out += [(word,) for word in part.get("text", "").split()]
+        return out
+
+    def record(self, body: dict) -> int:
+        """Count one request; its prompt tokens."""
+        tokens = self.tokens(body)
+        hits, chain = 0, 0
+        for token in tokens:
+            chain = hash((chain, token))
+            hits += chain in self.prefixes  # a prefix seen before: so were all of its own prefixes
+            self.prefixes.add(chain)
+        images = list(dict.fromkeys(t[1] for t in tokens if t[0] == "<image>"))
+        counts = self.counts
+        counts["prompt_tokens"] += len(tokens)
+        counts["prefix_cache_queries"] += len(tokens)
+        counts["prefix_cache_hits"] += hits
+        counts["mm_cache_queries"] += len(images)
+        counts["mm_cache_hits"] += sum(url in self.images for url in images)
+        self.images.update(images)
+        return len(tokens)
+
+    def metrics(self, model: str) -> bytes:
+        """The counters in Prometheus' text format, named as vLLM names them."""
+        return "".join(f'vllm:{name}_total{{model_name="{model}"}} {value}.0\n'
+                       for name, value in self.counts.items()).encode()
 
 
 def completion_body(reply: Reply, model: str) -> bytes:
@@ -65,12 +134,15 @@ class ScriptedServer:
 
     `requests` records every request body received, in arrival order; `headers` the HTTP headers of each
     (names lower-cased). A script function is called on the server's loop, one request at a time. `port`: a
-    given port (a server that starts late on the port a run was told), else a free one.
+    given port (a server that starts late on the port a run was told), else a free one. `cache`: count the
+    requests answered 200 as a prefix-caching engine would, served on /metrics (their replies' usage then
+    gives the counted prompt tokens).
     """
 
-    def __init__(self, script: Script, model: str = "scripted-model", port: int = 0):
+    def __init__(self, script: Script, model: str = "scripted-model", port: int = 0, cache: PrefixCache | None = None):
         self.script = script
         self.model = model
+        self.cache = cache
         self.requests: list[dict] = []
         self.headers: list[dict[str, str]] = []
         self._socket = socket.create_server(("127.0.0.1", port))
@@ -133,6 +205,11 @@ class ScriptedServer:
                 headers[name.strip().lower()] = value.strip()
         raw = await reader.readexactly(int(headers.get("content-length", 0)))
         keep_alive = headers.get("connection", "").lower() != "close"
+        if request_line.startswith("GET /metrics") and self.cache is not None:
+            payload = self.cache.metrics(self.model)
+            writer.write(response_head(200, len(payload), {}) + payload)
+            await writer.drain()
+            return keep_alive
         if request_line.startswith("GET "):
             payload = json.dumps({"object": "list", "data": [{"id": self.model, "object": "model"}]}).encode()
             writer.write(response_head(200, len(payload), {}) + payload)
@@ -150,6 +227,10 @@ class ScriptedServer:
         if reply.body is not None:
             payload = reply.body
         elif reply.status == 200:
+            if self.cache is not None:
+                reply = dataclasses.replace(reply, prompt_tokens=self.cache.record(body))
+                self.cache.counts["generation_tokens"] += reply.completion_tokens
+                self.cache.counts["request_success"] += 1
             payload = completion_body(reply, body.get("model", self.model))
         else:
             payload = json.dumps({"error": {"message": f"scripted {reply.status}"}}).encode()

@@ -14,9 +14,9 @@ from PIL import Image
 from tests.support.scripted_server import Reply
 
 
-def picture() -> Image.Image:
+def picture(seed: int = 0) -> Image.Image:
     """448x336 noise (so that every crop has distinct pixels) with a red sign at EVIDENCE."""
-    pixels = np.random.default_rng(0).integers(0, 255, (336, 448, 3), dtype=np.uint8)
+    pixels = np.random.default_rng(seed).integers(0, 255, (336, 448, 3), dtype=np.uint8)
     pixels[200:230, 300:340] = (220, 20, 20)
     return Image.fromarray(pixels)
 
@@ -37,13 +37,14 @@ def frame_box(width: int, height: int) -> list[int]:
     return [round(600 * sx), round(400 * sy), round(680 * sx), round(460 * sy)]
 
 
-def scripted_model():
-    """A stand-in VLM for the CLI run: zooms on the sign, reads it from a crop, and faults once (429)."""
+def scripted_model(fault: bool = True):
+    """A stand-in VLM for the CLI run: zooms on the sign, reads it from a crop, and faults once (429) unless
+    `fault` is off."""
     state = {"requests": 0}
 
     def answer(body: dict) -> Reply:
         state["requests"] += 1
-        if state["requests"] == 1:
+        if state["requests"] == 1 and fault:
             return Reply(status=429, headers={"Retry-After": "0.01"})
         name = body["response_format"]["json_schema"]["name"]
         text = json.dumps(body["messages"])

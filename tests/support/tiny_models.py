@@ -4,6 +4,7 @@
     path = build_tiny_qwen25vl(tmp_path / "qwen")   # a few seconds, ~2 MB
     path = build_tiny_qwen25vl(tmp_path / "qwen", for_vllm=True)   # what a vLLM server loads (make test-vllm)
     path = build_tiny_qwen3vl(tmp_path / "qwen3")    # Qwen3-VL: patch 16, its own chat template
+    path = build_tiny_qwen3vl(tmp_path / "qwen3", for_vllm=True)   # the Qwen3-VL a vLLM server loads
     path = build_tiny_owlv2(tmp_path / "owl")        # GroundingDINO, OWLv2, YOLO: about a second each
 """
 
@@ -108,9 +109,12 @@ QWEN3_CHAT_TEMPLATE = (
 
 
 def build_tiny_qwen3vl(path: Path, seed: int = 0, corpus: list[str] | None = None, vocab_size: int = 400,
-                       max_pixels: int = 256 * 256) -> Path:
+                       max_pixels: int = 256 * 256, for_vllm: bool = False) -> Path:
     """A randomly initialised Qwen3-VL (hidden 64, 2 layers, vision patch 16 with deepstack) with its processor
-    (factor 32, its chat template), saved to `path`."""
+    (factor 32, its chat template), saved to `path`.
+
+    `for_vllm`: as build_tiny_qwen25vl's, twice as wide (hidden 128 in 4 heads of 32, vision 64 in 2 heads of
+    32) and saved in bfloat16, for vLLM's CPU attention."""
     import torch
     from transformers import (Qwen2VLImageProcessor, Qwen3VLConfig, Qwen3VLForConditionalGeneration,
                               Qwen3VLProcessor, Qwen3VLVideoProcessor)
@@ -131,13 +135,16 @@ def build_tiny_qwen3vl(path: Path, seed: int = 0, corpus: list[str] | None = Non
     processor = Qwen3VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
                                  video_processor=Qwen3VLVideoProcessor(), chat_template=QWEN3_CHAT_TEMPLATE)
     ids = {name: tokenizer.convert_tokens_to_ids(name) for name in QWEN_SPECIAL_TOKENS}
+    hidden, vision, mrope = (128, 64, [4, 6, 6]) if for_vllm else (64, 32, [2, 3, 3])
     config = Qwen3VLConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=4096,
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=hidden // 4,
+                         max_position_embeddings=4096,
                          rope_parameters={"rope_type": "default", "rope_theta": 5000000.0,
-                                          "mrope_section": [2, 3, 3], "mrope_interleaved": True},
+                                          "mrope_section": mrope, "mrope_interleaved": True},
                          pad_token_id=ids["<|endoftext|>"]),
-        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+        vision_config=dict(depth=2, hidden_size=vision, intermediate_size=2 * vision, num_heads=2,
+                           out_hidden_size=hidden,
                            patch_size=16, spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64,
                            deepstack_visual_indexes=[1]),
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
@@ -148,6 +155,8 @@ def build_tiny_qwen3vl(path: Path, seed: int = 0, corpus: list[str] | None = Non
     model = Qwen3VLForConditionalGeneration(config)
     model.generation_config.eos_token_id = ids["<|im_end|>"]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    if for_vllm:
+        model = model.to(torch.bfloat16)
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return path
