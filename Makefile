@@ -61,7 +61,8 @@ test-vllm: $(VENV)/.installed-test
 test-verl: $(VENV)/.installed-test
 	tests/verl/stage.sh
 
-# A real text LLM (Gemma-3-270M GGUF, llama-cpp-python server in .venv-llm) plans over RapidOCR: docs/planner.md
+# A small real LLM (SmolLM2-135M-Instruct GGUF from PyPI, in .venv-llm; served by transformers from .venv)
+# chooses among RapidOCR's candidates, against the rule and a random chooser: docs/planner.md
 test-llm: $(VENV)/.installed-test
 	tests/llm/stage.sh
 

@@ -34,7 +34,8 @@ def test_unknown_key_and_bad_values_name_the_file(tmp_path):
     with pytest.raises(ConfigError, match="resolutions"):
         load_config(path)
     with pytest.raises(ConfigError, match="missing.yaml: no such file or shipped pipeline; pass a YAML file or "
-                                          "one of: default, finetune, llm-planner-ocr, llm-planner-vlm-tools, "
+                                          "one of: default, finetune, llm-planner-choose, llm-planner-ocr, "
+                                          "llm-planner-vlm-tools, "
                                           "openai-api, transformers-local, vllm-qwen2.5-vl, vllm-qwen3-vl"):
         load_config(tmp_path / "missing.yaml")
 

@@ -379,7 +379,8 @@ def test_the_choice_schema_bounds_every_reply_to_this_steps_options():
 
 def test_the_action_space_is_chosen_in_the_config_and_boxes_stay_the_default():
     assert AgentConfig().planner_actions == "boxes"
-    assert load_config("llm-planner-ocr").agent.planner_actions == "boxes"  # its real-LLM stage writes boxes
+    assert load_config("llm-planner-ocr").agent.planner_actions == "boxes"
+    assert load_config("llm-planner-choose").agent.planner_actions == "choose"  # the real-LLM stage's
     assert AgentConfig(planner_actions="choose").planner_actions == "choose"
     with pytest.raises(ValueError, match="planner_actions"):
         AgentConfig(planner_actions="pick")

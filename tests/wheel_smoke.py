@@ -127,8 +127,8 @@ def main() -> None:
         # configs from anywhere
         listing = run([cli, "pipelines"], work).stdout
         check([line.split()[0] for line in listing.splitlines()] ==
-              ["default", "finetune", "llm-planner-ocr", "llm-planner-vlm-tools", "openai-api", "transformers-local",
-               "vllm-qwen2.5-vl", "vllm-qwen3-vl"], "pipelines lists 8")
+              ["default", "finetune", "llm-planner-choose", "llm-planner-ocr", "llm-planner-vlm-tools", "openai-api",
+               "transformers-local", "vllm-qwen2.5-vl", "vllm-qwen3-vl"], "pipelines lists 9")
         (work / "empty").mkdir()
         stderr = run([cli, "synthesize", "--images", "empty", "--out", "empty-run"], work,
                      expect=1).stderr  # nothing to do, but the config resolved and the run folder opened

