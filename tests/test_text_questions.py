@@ -5,7 +5,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps
 
 from mmcof_gen.config import DEFAULT_CONFIG, TextTasksConfig, load_config
 from mmcof_gen.models.ocr import OcrEngine, TextHit, merge_lines
-from mmcof_gen.scenes import generate_scenes
+from mmcof_gen.scenes import _street_font, generate_scenes
 from mmcof_gen.schema import RejectedTask
 from mmcof_gen.tasks.synthesis import task_prompts
 from mmcof_gen.tasks.text_questions import Gap, reconcile, synthesize_text_tasks, word_gaps
@@ -213,6 +213,42 @@ def test_word_gaps_counts_the_spaces_the_pixels_show_and_none_when_letters_merge
     assert _counted(word_gaps(image, (x1, y1, x2, y2))) == (1, 1)
     part = (40 + round(font.getlength("ZONE ")) - 6, y1, x2, y2)  # OCR boxed only "Z3": the line goes on
     assert word_gaps(image, part) is None
+
+
+def _spaced(text: str, track: float = 0.16, size: int = 40) -> tuple[Image.Image, list[tuple[int, int]]]:
+    """`text` in light DejaVu Sans Mono on a red plate, `track` of the font size between letters (the street
+    scenes' widest), and where each of its words starts and ends (x of its first and last letter's ink)."""
+    font = _street_font("DejaVuSansMono.ttf")(size)
+    image = Image.new("RGB", (60 + round(len(text) * size * (0.9 + track)), 120), (160, 30, 35))
+    draw = ImageDraw.Draw(image)
+    x, words = 40.0, []
+    for k, char in enumerate(text):
+        if char != " ":
+            draw.text((x, 40), char, font=font, fill=(245, 240, 235))
+            left, _, right, _ = draw.textbbox((x, 40), char, font=font)
+            words += [(round(left), 0)] if k == 0 or text[k - 1] == " " else []
+            words[-1] = (words[-1][0], round(right))
+        x += font.getlength(char) + track * size
+    return image, words
+
+
+def test_word_gaps_sees_a_line_that_goes_on_past_its_box_by_the_lines_own_word_spacing():
+    """PP-OCR boxed "OLD TOWN" of a widely spaced "OLD TOWN Z5" (street seed 3001), and the second reader, reading
+    the same box, agreed: the code lies farther past the box than a fixed 0.6 ink heights, but within the line's
+    own word spacing, so the line is not taken as whole. A line that ends there is, and so is one with a
+    letter-sized blot past it that is not level with its letters."""
+    image, words = _spaced("OLD TOWN Z5")
+    top, bottom = 40 + 8, 40 + 38  # the font's capitals at 40 px: 30 px of ink
+    end = words[1][1] + 8  # PP-OCR's box ends a quarter of the ink height past the last letter
+    assert words[2][0] - end > 0.6 * 30  # the code starts farther past the box than the old rule looked
+    assert word_gaps(image, (30, top - 10, end, bottom + 10)) is None
+    assert word_gaps(image, (30, top - 10, words[2][1] + 8, bottom + 10)) is not None
+    whole, words = _spaced("OLD TOWN")
+    box = (30, top - 10, words[1][1] + 8, bottom + 20)
+    assert word_gaps(whole, box) is not None
+    blot = (words[1][1] + 30, bottom - 12, words[1][1] + 50, bottom + 16)  # letter-sized, half a line low
+    ImageDraw.Draw(whole).rectangle(blot, fill=(245, 240, 235))
+    assert word_gaps(whole, box) is not None
 
 
 def test_word_gaps_sees_the_space_of_a_small_sign_whose_tilted_edge_crosses_the_box():
