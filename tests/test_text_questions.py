@@ -122,6 +122,23 @@ def test_a_task_is_kept_only_when_the_second_reader_agrees_or_the_rule_decides()
         "readers disagree: 'STATION Z4' (RapidOCR) vs 'STATION 24' (Tesseract)"]
 
 
+def test_a_piece_of_a_line_read_again_is_no_other_text_in_its_cell():
+    """A tile's box of one letter inside the line's box ("M" over "MUSEUM", street seed 3001) does not make the
+    cell ambiguous; another text beside the line in the same cell still does."""
+    museum = TextHit((2798, 2023, 3143, 2081), "MUSEUM", 0.99)
+    assert [t.answer for t in _tasks([TextHit((2795, 2018, 2873, 2084), "M", 0.99), museum])] == ["MUSEUM"]
+    assert _tasks([TextHit((2795, 2090, 2873, 2150), "M", 0.99), museum]) == []  # below it: another text
+
+
+def test_a_mark_only_the_rereads_read_is_not_written():
+    """Both rereads read a wide letter gap as a colon ("FIR: ST AID"); the whole-image reading and Tesseract read
+    no mark: the mark is left out, and the space inside "FIRST" that only RapidOCR puts is not written."""
+    tasks, rejected = _synthesize([TextHit((200, 1700, 300, 1730), "FIRST AID", 0.99)],
+                                  lambda hit, height, unclip: _reading("FIR: ST AID"),
+                                  gaps=lambda hit: _gaps(_reading("FIR: ST AID")), second={"FIRST AID": "FIRST AID"})
+    assert [t.answer for t in tasks] == ["FIRST AID"] and rejected == []
+
+
 def test_words_boxed_apart_on_one_line_are_one_hit_with_their_space():
     hits = [TextHit((250, 17, 359, 87), "J5", 0.99), TextHit((21, 18, 286, 96), "TOWER", 0.98),  # boxes overlap
             TextHit((600, 20, 700, 90), "EXIT", 0.97),  # more than a line height away: another text
@@ -141,7 +158,7 @@ def test_a_reading_whose_spaces_the_pixels_do_not_show_is_dropped():
     assert tasks == []
     assert [r.reason for r in rejected] == [
         "spaces disagree: 'GATE85' (RapidOCR) vs 'GATE85' (Tesseract), its pixels 1 to 2 word gap(s)",
-        "readings disagree: the letters of 'TOWERJ5' cannot be told apart in its pixels",
+        "pixels unclear: the letters of 'TOWERJ5' cannot be told apart in its pixels, or the line goes on past its box",
         "readings disagree: 'PLATFORM5 54' (line 64 px tall) vs 'PLATFORM5 54' (44 px) vs 'PLATFORM 54' (whole image)"]
 
 

@@ -289,7 +289,8 @@ def synthesize_text_tasks(
             reason = (f"readings disagree: {text_a!r} (line {height_a} px tall) vs {text_b!r} ({height_b} px) "
                       f"vs {hit.text!r} (whole image)")
         elif (seen := gaps(hit)) is None:
-            reason = f"readings disagree: the letters of {spelled(rereads[0].text)!r} cannot be told apart in its pixels"
+            reason = (f"pixels unclear: the letters of {spelled(rereads[0].text)!r} cannot be told apart in its pixels, "
+                      "or the line goes on past its box")
         else:
             own = spelled(rereads[0].text)
             proposal = proposed(text_a, text_b, first, second, seen) if len(rereads) == 2 else None
