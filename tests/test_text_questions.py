@@ -5,7 +5,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps
 
 from mmcof_gen.config import DEFAULT_CONFIG, TextTasksConfig, load_config
 from mmcof_gen.models.ocr import OcrEngine, TextHit, merge_lines
-from mmcof_gen.scenes import generate_scenes
+from mmcof_gen.scenes import _street_font, generate_scenes
 from mmcof_gen.schema import RejectedTask
 from mmcof_gen.tasks.synthesis import task_prompts
 from mmcof_gen.tasks.text_questions import Gap, reconcile, synthesize_text_tasks, word_gaps
@@ -122,6 +122,23 @@ def test_a_task_is_kept_only_when_the_second_reader_agrees_or_the_rule_decides()
         "readers disagree: 'STATION Z4' (RapidOCR) vs 'STATION 24' (Tesseract)"]
 
 
+def test_a_piece_of_a_line_read_again_is_no_other_text_in_its_cell():
+    """A tile's box of one letter inside the line's box ("M" over "MUSEUM", street seed 3001) does not make the
+    cell ambiguous; another text beside the line in the same cell still does."""
+    museum = TextHit((2798, 2023, 3143, 2081), "MUSEUM", 0.99)
+    assert [t.answer for t in _tasks([TextHit((2795, 2018, 2873, 2084), "M", 0.99), museum])] == ["MUSEUM"]
+    assert _tasks([TextHit((2795, 2090, 2873, 2150), "M", 0.99), museum]) == []  # below it: another text
+
+
+def test_a_mark_only_the_rereads_read_is_not_written():
+    """Both rereads read a wide letter gap as a colon ("FIR: ST AID"); the whole-image reading and Tesseract read
+    no mark: the mark is left out, and the space inside "FIRST" that only RapidOCR puts is not written."""
+    tasks, rejected = _synthesize([TextHit((200, 1700, 300, 1730), "FIRST AID", 0.99)],
+                                  lambda hit, height, unclip: _reading("FIR: ST AID"),
+                                  gaps=lambda hit: _gaps(_reading("FIR: ST AID")), second={"FIRST AID": "FIRST AID"})
+    assert [t.answer for t in tasks] == ["FIRST AID"] and rejected == []
+
+
 def test_words_boxed_apart_on_one_line_are_one_hit_with_their_space():
     hits = [TextHit((250, 17, 359, 87), "J5", 0.99), TextHit((21, 18, 286, 96), "TOWER", 0.98),  # boxes overlap
             TextHit((600, 20, 700, 90), "EXIT", 0.97),  # more than a line height away: another text
@@ -141,7 +158,7 @@ def test_a_reading_whose_spaces_the_pixels_do_not_show_is_dropped():
     assert tasks == []
     assert [r.reason for r in rejected] == [
         "spaces disagree: 'GATE85' (RapidOCR) vs 'GATE85' (Tesseract), its pixels 1 to 2 word gap(s)",
-        "readings disagree: the letters of 'TOWERJ5' cannot be told apart in its pixels",
+        "pixels unclear: the letters of 'TOWERJ5' cannot be told apart in its pixels, or the line goes on past its box",
         "readings disagree: 'PLATFORM5 54' (line 64 px tall) vs 'PLATFORM5 54' (44 px) vs 'PLATFORM 54' (whole image)"]
 
 
@@ -213,6 +230,42 @@ def test_word_gaps_counts_the_spaces_the_pixels_show_and_none_when_letters_merge
     assert _counted(word_gaps(image, (x1, y1, x2, y2))) == (1, 1)
     part = (40 + round(font.getlength("ZONE ")) - 6, y1, x2, y2)  # OCR boxed only "Z3": the line goes on
     assert word_gaps(image, part) is None
+
+
+def _spaced(text: str, track: float = 0.16, size: int = 40) -> tuple[Image.Image, list[tuple[int, int]]]:
+    """`text` in light DejaVu Sans Mono on a red plate, `track` of the font size between letters (the street
+    scenes' widest), and where each of its words starts and ends (x of its first and last letter's ink)."""
+    font = _street_font("DejaVuSansMono.ttf")(size)
+    image = Image.new("RGB", (60 + round(len(text) * size * (0.9 + track)), 120), (160, 30, 35))
+    draw = ImageDraw.Draw(image)
+    x, words = 40.0, []
+    for k, char in enumerate(text):
+        if char != " ":
+            draw.text((x, 40), char, font=font, fill=(245, 240, 235))
+            left, _, right, _ = draw.textbbox((x, 40), char, font=font)
+            words += [(round(left), 0)] if k == 0 or text[k - 1] == " " else []
+            words[-1] = (words[-1][0], round(right))
+        x += font.getlength(char) + track * size
+    return image, words
+
+
+def test_word_gaps_sees_a_line_that_goes_on_past_its_box_by_the_lines_own_word_spacing():
+    """PP-OCR boxed "OLD TOWN" of a widely spaced "OLD TOWN Z5" (street seed 3001), and the second reader, reading
+    the same box, agreed: the code lies farther past the box than a fixed 0.6 ink heights, but within the line's
+    own word spacing, so the line is not taken as whole. A line that ends there is, and so is one with a
+    letter-sized blot past it that is not level with its letters."""
+    image, words = _spaced("OLD TOWN Z5")
+    top, bottom = 40 + 8, 40 + 38  # the font's capitals at 40 px: 30 px of ink
+    end = words[1][1] + 8  # PP-OCR's box ends a quarter of the ink height past the last letter
+    assert words[2][0] - end > 0.6 * 30  # the code starts farther past the box than the old rule looked
+    assert word_gaps(image, (30, top - 10, end, bottom + 10)) is None
+    assert word_gaps(image, (30, top - 10, words[2][1] + 8, bottom + 10)) is not None
+    whole, words = _spaced("OLD TOWN")
+    box = (30, top - 10, words[1][1] + 8, bottom + 20)
+    assert word_gaps(whole, box) is not None
+    blot = (words[1][1] + 30, bottom - 12, words[1][1] + 50, bottom + 16)  # letter-sized, half a line low
+    ImageDraw.Draw(whole).rectangle(blot, fill=(245, 240, 235))
+    assert word_gaps(whole, box) is not None
 
 
 def test_word_gaps_sees_the_space_of_a_small_sign_whose_tilted_edge_crosses_the_box():

@@ -35,6 +35,9 @@ READINGS = ((64, 0.9), (44, 1.2))
 ReadAgain = Callable[[TextHit, int, float], "TextHit | None"]
 WORD_GAP = 0.3  # a blank run of columns at least this share of the ink height separates words
 NARROW = 0.5  # ink narrower than this share of its height ("1", "I") has wide blank sides of its own
+LOOK_PAST = 3  # how far past a line's OCR box its pixels are searched for more of the line, in box heights
+ONE_WORD_GAP = 1.2  # the widest word gap looked for past a box that shows none, in ink heights (a space of a
+#                     wide font with letters spaced 0.16 of the font size apart is about 0.9)
 
 
 class Gap(NamedTuple):
@@ -51,11 +54,11 @@ def word_gaps(image: Image.Image, box) -> list[Gap] | None:
     its rows that are neither wide (a plate's edge, tilted or not, or a rule: wider than half the box), tall (a
     post) nor cut by those rows, nor specks. None when the letters cannot be told apart (fewer blank runs than
     half the ink's width in ink heights, e.g. text too blurred, or letters joined to the plate's edge), when a
-    letter-sized piece lies just past the box (it holds only part of the line: OCR found "Z3" of "ZONE Z3"), or
+    letter-sized piece past the box continues the line (`_goes_on`: it holds only part of the line), or
     there is no contrast. PP-OCR drops spaces, also wide ones: this finds them without it (on the demo scenes:
     the one space of each of the 12 two-word signs, also of those every reading spelled "WEST4", "BANKZ7")."""
     x1, y1, x2, y2 = box
-    left, right = max(0, x1 - (y2 - y1)), min(image.width, x2 + (y2 - y1))
+    left, right = max(0, x1 - LOOK_PAST * (y2 - y1)), min(image.width, x2 + LOOK_PAST * (y2 - y1))
     grey = np.asarray(image.crop((left, y1, right, y2)).convert("L"), dtype=np.float32)
     in_box = grey[:, x1 - left:x2 - left]
     low, high = np.percentile(in_box, 5), np.percentile(in_box, 95)
@@ -73,10 +76,6 @@ def word_gaps(image: Image.Image, box) -> list[Gap] | None:
     if not inside:
         return None
     ink_height = float(stats[inside, 3].max())
-    for k in set(pieces) - set(inside):  # a letter-sized piece just past the box: the line goes on
-        x, width = left + stats[k, 0], stats[k, 2]
-        if stats[k, 3] >= 0.6 * ink_height and max(x1 - x - width, x - x2) <= 0.6 * ink_height:
-            return None
     letters = [k for k in inside if stats[k, 3] >= 0.3 * ink_height or stats[k, 4] >= 0.1 * ink_height ** 2]
     filled_columns = np.isin(labels, letters).any(axis=0)
     columns = np.flatnonzero(filled_columns)
@@ -87,12 +86,34 @@ def word_gaps(image: Image.Image, box) -> list[Gap] | None:
     widths = [len(run) for run in np.split(filled, edges)]  # ink, blank, ink, ..., ink
     if (len(widths) - 1) / 2 < (columns[-1] - columns[0]) / ink_height / 2:
         return None
+    if _goes_on(stats, [k for k in pieces if k not in inside], letters, max(widths[1::2], default=0), ink_height):
+        return None
     gaps, at = [], left + columns[0]
     for k, width in enumerate(widths):
         if k % 2 and width >= WORD_GAP * ink_height:
             gaps.append(Gap(at + width / 2, min(widths[k - 1], widths[k + 1]) >= NARROW * ink_height))
         at += width
     return gaps
+
+
+def _goes_on(stats: np.ndarray, outside: list[int], letters: list[int], widest_blank: int, ink_height: float) -> bool:
+    """Whether a letter-sized piece of ink past the box continues the line (OCR boxed only part of it: every
+    reading of a seed-77 scene said "Z3" for "ZONE Z3", of a street one "OLD TOWN" for "OLD TOWN Z5"): as tall
+    as 0.6 of the letters, level with the line's letter at that end, and no farther from it than the line's
+    own word spacing allows (1.5 times its widest blank run, at least ONE_WORD_GAP ink heights: a sign whose box holds
+    one word shows no word gap of its own)."""
+    reach = max(1.5 * widest_blank, ONE_WORD_GAP * ink_height)
+    first = min(letters, key=lambda k: stats[k, 0])
+    last = max(letters, key=lambda k: stats[k, 0] + stats[k, 2])
+    for k in outside:
+        if stats[k, 3] < 0.6 * ink_height:
+            continue
+        end = last if stats[k, 0] > stats[last, 0] else first
+        distance = max(stats[k, 0] - stats[end, 0] - stats[end, 2], stats[end, 0] - stats[k, 0] - stats[k, 2])
+        level = abs((stats[k, 1] + stats[k, 3] / 2) - (stats[end, 1] + stats[end, 3] / 2)) <= 0.25 * ink_height
+        if level and distance <= reach:
+            return True
+    return False
 
 
 def placed(reading: TextHit | None, gaps: list[Gap]) -> str | None:
@@ -191,6 +212,25 @@ def reconcile(proposal: str | None, second: str, engine_readings: list[str],
     return " ".join(letters[a:b] for a, b in zip([0, *sorted(kept)], [*sorted(kept), len(letters)]))
 
 
+def _piece_of(hit: TextHit, line: TextHit) -> bool:
+    """Whether `hit` is a piece of `line` read again (a tile's box of one of its letters or words: "M" over
+    "MUSEUM", "C" over "CITY HALL K4"): most of its box in the line's, its reading part of the line's. Such a
+    piece is no other text in the line's grid cell."""
+    (a1, b1, a2, b2), (c1, d1, c2, d2) = hit.box, line.box
+    shared = max(0, min(a2, c2) - max(a1, c1)) * max(0, min(b2, d2) - max(b1, d1))
+    return (shared >= 0.8 * (a2 - a1) * (b2 - b1) and (c2 - c1) * (d2 - d1) > (a2 - a1) * (b2 - b1)
+            and normalize_text(hit.text) in normalize_text(line.text))
+
+
+def _without_marks(reading: TextHit | None, whole: str) -> TextHit | None:
+    """A reread less the marks that are neither letters, digits nor spaces, when the whole-image reading has
+    none: a wide gap in a spaced-out word may be read as one ("FIR: ST AID" for "FIRST AID")."""
+    if reading is None or any(not (c.isalnum() or c.isspace()) for c in whole):
+        return reading
+    text = "".join(c for c in reading.text if c.isalnum() or c.isspace())
+    return TextHit(reading.box, text, reading.score, tuple((c, x) for c, x in reading.letters if c.isalnum()))
+
+
 def synthesize_text_tasks(
     hits: list[TextHit],
     truth_size: tuple[int, int],
@@ -210,6 +250,7 @@ def synthesize_text_tasks(
     RapidOCR's letters is compared), all on the image at truth size."""
     width, height = truth_size
     hits = [hit for hit in hits if normalize_text(hit.text)]  # stray marks read as symbols name nothing
+    hits = [hit for hit in hits if not any(_piece_of(hit, line) for line in hits if line is not hit)]
     occupancy: dict[tuple[int, int], int] = {}
     for hit in hits:
         cell = cell_of(hit.box, width, height)
@@ -238,16 +279,18 @@ def synthesize_text_tasks(
         box = scale_box(hit.box, sx, sy)
         (height_a, unclip_a), (height_b, unclip_b) = READINGS
         first, second = read_again(hit, height_a, unclip_a), read_again(hit, height_b, unclip_b)
-        text_a, text_b = spelled(first and first.text), spelled(second and second.text)
         # the rereads with the whole-image reading's letters (the whole-image reading drops spaces, but its
         # letters count); with one only, RapidOCR leaves the spaces to the two-reader rule
+        first, second = (_without_marks(r, hit.text) for r in (first, second))
+        text_a, text_b = spelled(first and first.text), spelled(second and second.text)
         rereads = [r for r in (first, second) if r and normalize_text(r.text) == reading]
         answer = reason = None
         if not rereads:
             reason = (f"readings disagree: {text_a!r} (line {height_a} px tall) vs {text_b!r} ({height_b} px) "
                       f"vs {hit.text!r} (whole image)")
         elif (seen := gaps(hit)) is None:
-            reason = f"readings disagree: the letters of {spelled(rereads[0].text)!r} cannot be told apart in its pixels"
+            reason = (f"pixels unclear: the letters of {spelled(rereads[0].text)!r} cannot be told apart in its pixels, "
+                      "or the line goes on past its box")
         else:
             own = spelled(rereads[0].text)
             proposal = proposed(text_a, text_b, first, second, seen) if len(rereads) == 2 else None
