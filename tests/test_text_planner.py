@@ -15,6 +15,7 @@ from mmcof_gen import cof_format, resources
 import tests.test_search_agent as search_module
 from mmcof_gen.agent.search import PlannerAction, Roles, TextPlannerAction, VlmSearchAgent
 from mmcof_gen.config import AgentConfig, PipelineConfig, load_config
+from mmcof_gen.conventions import CONVENTIONS, write_box
 from mmcof_gen.errors import ConfigError
 from mmcof_gen.imaging import frame_from_image
 from mmcof_gen.models.chat import ChatMessage, ChatModelConfig, chat_model
@@ -23,6 +24,7 @@ from mmcof_gen.models.detectors import detector
 from mmcof_gen.models.ocr import OcrReader, OcrReaderConfig, names_text
 from mmcof_gen.schema import Task
 from tests.support.scripted_server import ScriptedServer
+from tests.support.sign_model import action
 from tests.test_search_agent import FULL_CHAIN, PROMPTS, by_schema, make_view, run_agent
 
 MODEL = {"backend": "openai", "model": "scripted-model"}
@@ -94,6 +96,28 @@ def test_a_text_only_planner_is_told_each_reading_with_its_box():
     assert planner[-1]["messages"][-1]["content"] == (
         "read [300, 200, 340, 230]: the reader answered 'blue'; verifier: read 'blue', expected 'red'; the box "
         "holds the target; zoom in and read it closely")
+
+
+def test_a_text_only_planner_is_told_every_box_in_its_own_convention():
+    """A planner that writes 0-1000 boxes (Qwen3-VL's convention) is told the candidates, its zoom and its read in
+    0-1000 too, never in the frame's pixels it does not know."""
+    rel1000 = CONVENTIONS["rel1000"]
+    shown = functools.partial(write_box, boxes=rel1000, width=448, height=336)
+    zoom, evidence = shown(search_module.ZOOM), shown(search_module.EVIDENCE)
+    script = dict(FULL_CHAIN, PlannerAction=[FULL_CHAIN["PlannerAction"][0],
+                                             action(thought="Look closer around it.", action="zoom", box=zoom),
+                                             action(thought="Read the sign.", action="read", box=evidence)])
+    with ScriptedServer(by_schema(script)) as server, pytest.MonkeyPatch.context() as patch:
+        patch.setattr(search_module, "Roles", functools.partial(Roles, blind=frozenset({"planner"}),
+                                                                boxes={"planner": "rel1000"}))
+        trajectory, _ = run_agent(server)
+        planner = [r for r in server.requests if schema_name(r) == "PlannerAction"]
+    assert trajectory.status == "accepted"
+    told = [m["content"] for m in planner[-1]["messages"] if m["role"] == "user"][1:]
+    assert zoom == [580, 505, 849, 774] and evidence == [669, 595, 759, 685]
+    assert told[0] == f"1 candidate(s) for 'the small sign': {evidence} (1.00)"
+    assert told[1].startswith(f"zoomed into {zoom}, a region of ")
+    assert shown(trajectory.chain[-1].box) == evidence
 
 
 def test_the_text_planners_schema_requires_each_actions_arguments():

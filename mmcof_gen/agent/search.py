@@ -22,6 +22,7 @@ import asyncio
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Literal
 
@@ -149,15 +150,16 @@ def chain_boxes(zooms: list[Box], evidence: Box) -> tuple[list[Box], list[Box]]:
     return kept, [z for z in dict.fromkeys(zooms) if z not in kept]
 
 
-def text_observation(step: Step) -> str:
-    """What a planner without eyes is told of one step: the observation in words, naming the box it concerns;
-    a zoom is told by its region's size in frame pixels instead of being shown."""
+def text_observation(step: Step, shown: Callable[[Box], list]) -> str:
+    """What a planner without eyes is told of one step: the observation in words, naming the box it concerns as
+    the planner writes boxes (`shown`: its convention); a zoom is told by its region's size in frame pixels
+    instead of being shown."""
     if step.action == "zoom" and step.box is not None:
         x1, y1, x2, y2 = step.box
-        return (f"zoomed into {list(step.box)}, a region of {x2 - x1}x{y2 - y1} frame pixels; "
+        return (f"zoomed into {shown(step.box)}, a region of {x2 - x1}x{y2 - y1} frame pixels; "
                 "read a box to learn what it shows")
     if step.action == "read" and not step.observation.startswith("invalid box"):
-        return f"read {list(step.box) if step.box else 'the whole image'}: {step.observation}"
+        return f"read {shown(step.box) if step.box else 'the whole image'}: {step.observation}"
     return step.observation
 
 
@@ -332,7 +334,7 @@ class VlmSearchAgent:
             images = await self._act(search, step, action)
             messages += [ChatMessage("assistant", action.model_dump_json(exclude_none=True)),
                          ChatMessage("user", step.observation, images) if sees
-                         else ChatMessage("user", text_observation(step))]
+                         else ChatMessage("user", text_observation(step, lambda box: self._shown(box, search.view)))]
             if search.evidence is not None:
                 await self._finish(search, *search.verified)
                 return
