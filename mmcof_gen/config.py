@@ -18,6 +18,7 @@ from pydantic import (BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, 
                       field_validator, model_validator)
 
 from mmcof_gen import extras, resources
+from mmcof_gen.agent import AGENTS
 from mmcof_gen.errors import ConfigError
 from mmcof_gen.executors import EXECUTORS
 from mmcof_gen.models.chat import ChatModelConfig
@@ -107,7 +108,8 @@ class TasksConfig(TextTasksConfig):
 
 
 class AgentConfig(Section):
-    kind: Literal["ocr", "vlm"] = Field("ocr", description="ocr: the offline RapidOCR agent; vlm: the model roles of `models`")
+    kind: str = Field("ocr", description="a name of AGENTS (agent/__init__.py): ocr: the offline RapidOCR agent; "
+                                         "vlm: the model roles of `models`")
     max_zooms: int = Field(3, ge=1, description="zooms per search, kept or not")
     target_padding: float = Field(0.15, ge=0, description="a located text box grows by this fraction per side before zooming")
     max_steps: int = Field(12, ge=1, description="vlm: planner actions per search")
@@ -117,6 +119,11 @@ class AgentConfig(Section):
     planner_actions: Literal["boxes", "choose"] = Field(
         "boxes", description="vlm: boxes: the planner writes boxes; choose: it picks among numbered candidates the "
                              "tools propose (a small text LLM; agent/candidates.py)")
+
+    @field_validator("kind")
+    @classmethod
+    def _registered(cls, kind: str) -> str:
+        return registered(kind, AGENTS)
 
 
 def _reader_kind(value) -> str:
@@ -252,16 +259,17 @@ class PipelineConfig(Section):
 
     @model_validator(mode="after")
     def _vlm_has_a_planner(self) -> PipelineConfig:
-        if self.agent.kind == "vlm" and self.models.planner is None:
-            raise ValueError("agent.kind vlm needs models.planner (a ChatModelConfig); see "
+        agent = AGENTS[self.agent.kind]
+        if agent.model_roles and self.models.planner is None:
+            raise ValueError(f"agent.kind {self.agent.kind} needs models.planner (a ChatModelConfig); see "
                              "`mmcof-gen pipelines --show vllm-qwen2.5-vl`")
-        if TASK_MAKERS[self.tasks.kind].model_roles and self.agent.kind != "vlm":
-            raise ValueError("tasks.kind vlm synthesises with the model roles: it needs agent.kind vlm")
+        if TASK_MAKERS[self.tasks.kind].model_roles and not agent.model_roles:
+            raise ValueError(f"tasks.kind {self.tasks.kind} synthesises with the model roles: it needs agent.kind vlm")
         self._roles_that_see()
         if self.verify.difficulty is not None and self.models.small_reader is None:
             raise ValueError("verify.difficulty needs models.small_reader (a ChatModelConfig of the small model)")
         if self.prompts_dir is None:
-            self.prompts_dir = resources.prompts("agent" if self.agent.kind == "vlm" else "template")
+            self.prompts_dir = resources.prompts(agent.prompts)
         return self
 
     def _roles_that_see(self) -> None:

@@ -71,7 +71,7 @@ class RunInputs:
 # The task sources by kind (`RunInputs.source_kind`): (config, images folder, inputs) -> the source.
 SOURCES: dict[str, Callable[[PipelineConfig, Path, RunInputs], WorkSource]] = {
     "questions": lambda config, images, inputs: questions_source(images, inputs.questions,
-                                                                 agent_class(config).cannot_search),
+                                                                 agent_class(config.agent.kind).cannot_search),
     "coco": lambda config, images, inputs: coco_source(images, inputs.coco, config.tasks),
     "vstar": lambda config, images, inputs: vstar_source(images),
     "folder": lambda config, images, inputs: folder_source(images),
@@ -101,7 +101,7 @@ def synthesize(config: PipelineConfig, images_dir: Path, out_dir: Path, inputs: 
     prompts = Prompts(config.prompts_dir)
     # the task prompts (text questions, or the vlm task writer's) are hashed whichever agent searches
     hashes = {**prompts.hashes, **{f"tasks/{name}": digest for name, digest in task_prompts(config).hashes.items()}}
-    agent = agent_class(config)
+    agent = agent_class(config.agent.kind)
     models = agent.models(config)
     if TASK_MAKERS[config.tasks.kind].model_roles:
         writer = config.models.task_writer or config.models.planner

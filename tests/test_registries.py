@@ -8,6 +8,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from mmcof_gen import cli
+from mmcof_gen.agent import AGENTS, AgentKind
+from mmcof_gen.agent.base import SearchResult
 from mmcof_gen.config import load_config, require_extras
 from mmcof_gen.errors import ConfigError
 from mmcof_gen.export import FORMATS
@@ -15,7 +17,7 @@ from mmcof_gen.export.base import ExportFormat
 from mmcof_gen.export.sharegpt import messages
 from mmcof_gen.models.detect import DETECTORS, DetectorBackend, DetectorConfig
 from mmcof_gen.models.detectors import detector
-from mmcof_gen.schema import Detection
+from mmcof_gen.schema import Detection, Verdict
 from tests.support.runs import make_trajectory, write_noise_image, write_run
 
 
@@ -70,3 +72,60 @@ def test_a_detector_registered_once_is_a_config_choice(tmp_path, monkeypatch):
     assert isinstance(found, FakeDetector) and found.name == "fake:tiny"
     assert found.detect([(Image.new("RGB", (64, 64)), ["sign"])]) == [[Detection(label="sign", box=(0, 0, 10, 10),
                                                                                   score=1.0)]]
+
+
+class AnswerKeyAgent:
+    """The test's own agent: it answers with the question's given answer, no zoom (a `SearchAgent`)."""
+
+    cpu_bound = True
+
+    def __init__(self, greeting: str):
+        self.greeting = greeting
+
+    @classmethod
+    def build(cls, config, prompts, engine, shared_detector=None):
+        return cls("built")
+
+    @staticmethod
+    def models(config) -> dict[str, str]:
+        return {"planner": "answer-key"}
+
+    @staticmethod
+    def check_servers(config, wait_seconds: float = 0.0) -> dict[str, dict]:
+        return {}
+
+    @staticmethod
+    def detector(config):
+        return None
+
+    @staticmethod
+    def cannot_search(question) -> str | None:
+        return None if question.answer else "it needs the answer"
+
+    async def run(self, task, frame, view) -> SearchResult:
+        verdict = Verdict(correct=True, predicted=task.answer, expected=task.answer, reason=self.greeting)
+        return SearchResult(final_thought=f"The answer key says {task.answer}.", answer=task.answer, verdict=verdict,
+                            accepted=True)
+
+    async def aclose(self) -> None:
+        pass
+
+
+def test_an_agent_registered_once_is_a_config_choice(tmp_path, monkeypatch):
+    images = tmp_path / "images"
+    write_noise_image(images / "a.png", (600, 400), seed=1)
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text(json.dumps({"image": "a.png", "question": "What is written?", "answer": "EXIT"}) + "\n")
+    pipeline = tmp_path / "key.yaml"
+    pipeline.write_text("resolutions: [448]\nagent: {kind: answer-key}\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="agent.kind: Input should be 'ocr' or 'vlm'"):
+        load_config(pipeline)
+    monkeypatch.setitem(AGENTS, "answer-key", AgentKind(f"{__name__}:AnswerKeyAgent", model_roles=False,
+                                                         prompts="template"))  # the one registration
+
+    result = CliRunner().invoke(cli.app, ["synthesize", "--images", str(images), "--questions", str(questions),
+                                          "--config", str(pipeline), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    [record] = [json.loads(line) for line in (tmp_path / "run" / "trajectories.jsonl").read_text().splitlines()]
+    assert (record["status"], record["answer"], record["verdict"]["reason"]) == ("accepted", "EXIT", "built")
+    assert record["provenance"]["models"] == {"planner": "answer-key"}

@@ -1,38 +1,48 @@
-"""The search agents. `agent_class` and `build_agent` are the one place that reads `agent.kind`; the agents
-import `agent.base`, so they are imported here late, by the function that needs them."""
+"""The search agents. AGENTS is the one registry of them (`agent.kind`), read by config validation,
+`synthesize`, the worker and the Ray executor. An entry names its class as "module:Class", imported when a run
+needs it: the agents import `config`, which reads this registry."""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from mmcof_gen.agent.base import SearchAgent
-    from mmcof_gen.config import PipelineConfig
+if TYPE_CHECKING:  # (not config: it imports this registry)
     from mmcof_gen.models.detect import Detector
     from mmcof_gen.models.ocr import OcrEngine
     from mmcof_gen.prompts import Prompts
 
 
-def agent_class(config: PipelineConfig) -> type[SearchAgent]:
-    """The agent `agent.kind` names."""
-    if config.agent.kind == "vlm":
-        from mmcof_gen.agent.search import VlmSearchAgent
+@dataclass(frozen=True)
+class AgentKind:
+    """One search agent: its class (a `SearchAgent`, agent/base.py) and what config validation asks of it."""
 
-        return VlmSearchAgent
-    from mmcof_gen.agent.ocr_search import OcrSearchAgent
+    cls: str
+    """"module:Class"; the class has `build(config, prompts, engine, shared_detector)`"""
+    model_roles: bool
+    """it plays the model roles of `models` (it needs models.planner)"""
+    prompts: str
+    """the shipped prompts folder (`resources.prompts`) a config without prompts_dir uses"""
 
-    return OcrSearchAgent
+    def load(self) -> type:
+        module, _, name = self.cls.partition(":")
+        return getattr(importlib.import_module(module), name)
 
 
-def build_agent(config: PipelineConfig, prompts: Prompts, engine: Callable[[], OcrEngine],
-                shared_detector: Detector | None = None) -> SearchAgent:
-    """The configured agent with its models. `engine`: the worker's OCR engine, built on first call (the OCR
+AGENTS: dict[str, AgentKind] = {
+    "ocr": AgentKind("mmcof_gen.agent.ocr_search:OcrSearchAgent", model_roles=False, prompts="template"),
+    "vlm": AgentKind("mmcof_gen.agent.search:VlmSearchAgent", model_roles=True, prompts="agent"),
+}
+
+
+def agent_class(kind: str) -> type:
+    """The `SearchAgent` class an `agent.kind` names."""
+    return AGENTS[kind].load()
+
+
+def build_agent(config, prompts: Prompts, engine: Callable[[], OcrEngine], shared_detector: Detector | None = None):
+    """The agent a `PipelineConfig` names, with its models. `engine`: the worker's OCR engine, built on first call (the OCR
     agent's locator and reader); `shared_detector` stands in for a model of `models.detector` built here."""
-    if config.agent.kind == "vlm":
-        from mmcof_gen.agent.search import Roles, VlmSearchAgent
-
-        return VlmSearchAgent(Roles.build(config.models, shared_detector), prompts, config.agent)
-    from mmcof_gen.agent.ocr_search import OcrSearchAgent
-
-    return OcrSearchAgent(engine(), prompts, config.agent, config.ocr.min_read_height)
+    return agent_class(config.agent.kind).build(config, prompts, engine, shared_detector)

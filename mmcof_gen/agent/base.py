@@ -1,5 +1,5 @@
 """What every search agent is to the rest of the package: the `SearchAgent` protocol and its `SearchResult`
-(`agent_class` and `build_agent`, in the package's `__init__`, are the one place that reads `agent.kind`).
+(its registry, AGENTS in the package's `__init__`, is the one place that reads `agent.kind`).
 
 A worker (worker.py) makes the frames and runs `run` on its event loop for every (task, resolution); it
 never needs to know which agent it holds. The agent's class answers, before any model is built, what the
@@ -9,6 +9,7 @@ executor shares between actors, and whether its searches compute here (CPU-bound
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
@@ -18,7 +19,9 @@ from mmcof_gen.schema import ChainStep, Step, Task, Verdict, View
 
 if TYPE_CHECKING:
     from mmcof_gen.config import PipelineConfig
-    from mmcof_gen.models.detect import DetectorConfig
+    from mmcof_gen.models.detect import Detector, DetectorConfig
+    from mmcof_gen.models.ocr import OcrEngine
+    from mmcof_gen.prompts import Prompts
     from mmcof_gen.tasks.sources import GivenQuestion
 
 
@@ -42,6 +45,13 @@ class SearchAgent(Protocol):
     so a worker keeps every search of many images in flight on its event loop."""
 
     cpu_bound: ClassVar[bool]
+
+    @classmethod
+    def build(cls, config: PipelineConfig, prompts: Prompts, engine: Callable[[], OcrEngine],
+              shared_detector: Detector | None = None) -> SearchAgent:
+        """The agent with its models (`build_agent`). `engine`: the worker's OCR engine, built on first call;
+        `shared_detector` stands in for a model of `models.detector` built here."""
+        ...
 
     @staticmethod
     def models(config: PipelineConfig) -> dict[str, str]:

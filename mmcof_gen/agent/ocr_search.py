@@ -50,6 +50,11 @@ class OcrSearchAgent:
         self.min_read_height = min_read_height
         self._frame_read: tuple[Image.Image, list[TextHit]] | None = None  # the last frame read whole, its hits
 
+    @classmethod
+    def build(cls, config: PipelineConfig, prompts: Prompts, engine, shared_detector=None) -> OcrSearchAgent:
+        """With the worker's OCR engine (`engine()`, built on first call) as locator and reader; no model server."""
+        return cls(engine(), prompts, config.agent, config.ocr.min_read_height)
+
     @staticmethod
     def models(config: PipelineConfig) -> dict[str, str]:
         return {"planner": "template", "summariser": "template", "locator": OCR_MODEL, "reader": OCR_MODEL,

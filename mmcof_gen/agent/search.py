@@ -256,6 +256,11 @@ class VlmSearchAgent:
         self.config = config
         self._detector_lock = threading.Lock()
 
+    @classmethod
+    def build(cls, config: PipelineConfig, prompts: Prompts, engine, shared_detector=None) -> VlmSearchAgent:
+        """With the models of `config.models` (`shared_detector` stands in for models.detector); no OCR engine."""
+        return cls(Roles.build(config.models, shared_detector), prompts, config.agent)
+
     @staticmethod
     def models(config: PipelineConfig) -> dict[str, str]:
         return role_models(config.models)

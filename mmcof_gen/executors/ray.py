@@ -118,7 +118,7 @@ def run_ray(units: Iterable[ImageUnit], make_worker: WorkerFactory, sink: Record
     config = make_worker.config
     run_dir = sink.run_dir
     settings = config.executor
-    agent = agent_class(config)
+    agent = agent_class(config.agent.kind)
     detecting = agent.detector(config) is not None
     detector_names = [f"mmcof-detector-{index}" for index in range(settings.detector_actors if detecting else 0)]
     started = _connect(settings.address, settings.workers + len(detector_names))
