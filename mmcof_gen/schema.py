@@ -7,6 +7,7 @@ same config reproduces the same ids.
 from __future__ import annotations
 
 import hashlib
+import importlib
 from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError
@@ -28,6 +29,13 @@ def reason_kind(reason: str | None) -> str:
     """The kind of a rejection or drop reason, which every writer puts before its first colon ("budget: 8
     planner steps without a verified answer" is a "budget"); how reasons are counted."""
     return (reason or "").split(":")[0]
+
+
+def named_object(path: str):
+    """The object a registry entry names as "module:name", imported now: an entry names its class or function
+    so that its module (and its heavy or optional imports) is imported only when a run needs it."""
+    module, name = path.split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def registered(name: str, registry: dict) -> str:

@@ -4,10 +4,11 @@ needs it: the agents import `config`, which reads this registry."""
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from mmcof_gen.schema import named_object
 
 if TYPE_CHECKING:  # (not config: it imports this registry)
     from mmcof_gen.models.detect import Detector
@@ -27,8 +28,7 @@ class AgentKind:
     """the shipped prompts folder (`resources.prompts`) a config without prompts_dir uses"""
 
     def load(self) -> type:
-        module, _, name = self.cls.partition(":")
-        return getattr(importlib.import_module(module), name)
+        return named_object(self.cls)
 
 
 AGENTS: dict[str, AgentKind] = {

@@ -5,9 +5,10 @@ the CLI's choices, the extras check and `synthesize` read. A new executor is one
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from mmcof_gen.schema import named_object
 
 
 @dataclass(frozen=True)
@@ -23,8 +24,7 @@ class Executor:
     """it joins a cluster at `executor.address` and bounds the images in flight (`--ray-address`, `--max-in-flight`)"""
 
     def runner(self) -> Callable:
-        module, name = self.run.split(":")
-        return getattr(importlib.import_module(module), name)
+        return named_object(self.run)
 
 
 EXECUTORS: dict[str, Executor] = {

@@ -6,10 +6,9 @@ are imported by the name their registration gives, only as one is built, so thei
 
 from __future__ import annotations
 
-import importlib
-
 from mmcof_gen.extras import require
 from mmcof_gen.models.detect import DETECTORS, Detector, DetectorConfig
+from mmcof_gen.schema import named_object
 
 
 def detector(config: DetectorConfig) -> Detector:
@@ -17,5 +16,4 @@ def detector(config: DetectorConfig) -> Detector:
     backend = DETECTORS[config.backend]
     if backend.extra:
         require(backend.extra, f"detector {config.backend}", backend.modules)
-    module, name = backend.component.split(":")
-    return getattr(importlib.import_module(module), name)(config)
+    return named_object(backend.component)(config)
