@@ -55,50 +55,19 @@ def model_source(model: str) -> str:
 def finetune(config: FinetuneConfig) -> dict:
     """Train as `config` says; returns the report also written to `out/finetune_report.json`."""
     import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor, Trainer, TrainingArguments
-    from transformers.trainer_utils import get_last_checkpoint
+    from transformers import Trainer
 
-    from mmcof_gen.finetune.dataset import ConversationDataset, collator_for, read_dataset
+    from mmcof_gen.finetune.dataset import collator_for, read_dataset
 
     if config.data is None:
         raise ConfigError("finetune: pass --data EXPORT_DIR (a folder written by `mmcof-gen export --format sharegpt`)")
     samples = read_dataset(config.data)  # a wrong --data is said before a model loads
     out = Path(config.out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file, not a folder; pass a new folder for the fine-tune")
-    checkpoint = get_last_checkpoint(str(out)) if out.is_dir() else None
-    if config.resume and checkpoint is None:
-        raise ConfigError(f"--resume: {out} holds no checkpoint-N folder to continue from; drop --resume to start")
-    if checkpoint and not config.resume:
-        raise ConfigError(f"--out {out} holds checkpoints of an earlier run; pass --resume to continue it or a new --out")
+    checkpoint = _checkpoint(out, config.resume)
     source = model_source(config.model)
     gpu = torch.cuda.is_available()
-
-    # Arguments before the model: under `accelerate launch` with ZeRO-3 they set up partitioned loading.
-    # warmup_steps below 1 is a ratio of the total steps in transformers 5 (which dropped warmup_ratio); the
-    # config keeps warmup_ratio < 1, so it always is one (the tests check the rates of the first steps).
-    args = TrainingArguments(
-        output_dir=str(out), per_device_train_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.grad_accum, learning_rate=config.lr, num_train_epochs=config.epochs,
-        max_steps=config.max_steps or -1, lr_scheduler_type="cosine", warmup_steps=config.warmup_ratio,
-        bf16=gpu, gradient_checkpointing=gpu if config.gradient_checkpointing is None else config.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False}, logging_steps=1, save_strategy="steps",
-        save_steps=config.save_steps, save_total_limit=config.save_total_limit, seed=config.seed,
-        remove_unused_columns=False, report_to="none", use_cpu=not gpu)
-
-    try:
-        processor = AutoProcessor.from_pretrained(
-            source, size={"shortest_edge": config.image_min_pixels, "longest_edge": config.image_max_pixels})
-        dataset = ConversationDataset(samples, processor, config.max_length)
-        if len(dataset) == 0:
-            raise ConfigError(f"--data {config.data}: no usable sample ({dataset.report['drop_reasons']}); "
-                              "see the reasons, or raise --max-length")
-        # LoRA keeps the frozen base in bf16 on a GPU; full training keeps fp32 master weights under bf16 autocast.
-        dtype = torch.bfloat16 if gpu and config.method == "lora" else torch.float32
-        model = AutoModelForImageTextToText.from_pretrained(source, dtype=dtype)
-    except OSError as exc:
-        raise ConfigError(f"--model {config.model}: cannot load it ({str(exc).splitlines()[0]}); download it with "
-                          f"`huggingface-cli download {config.model}` or pass a local folder") from None
+    args = _training_arguments(config, out, gpu)  # before the model: under ZeRO-3 they set up partitioned loading
+    processor, dataset, model = _load(config, samples, source, gpu)
     model.config.use_cache = False
     model, trainable = _trainable(model, config)
 
@@ -125,6 +94,60 @@ def finetune(config: FinetuneConfig) -> dict:
         }
         write_json_atomic(out / "finetune_report.json", report)
     return report
+
+
+def _checkpoint(out: Path, resume: bool) -> str | None:
+    """The checkpoint `--resume` continues from; an output folder that is a file, or holds an earlier run's
+    checkpoints without `--resume`, is refused."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder; pass a new folder for the fine-tune")
+    checkpoint = get_last_checkpoint(str(out)) if out.is_dir() else None
+    if resume and checkpoint is None:
+        raise ConfigError(f"--resume: {out} holds no checkpoint-N folder to continue from; drop --resume to start")
+    if checkpoint and not resume:
+        raise ConfigError(f"--out {out} holds checkpoints of an earlier run; pass --resume to continue it or a new --out")
+    return checkpoint
+
+
+def _training_arguments(config: FinetuneConfig, out: Path, gpu: bool):
+    """transformers' arguments for `config`. warmup_steps below 1 is a ratio of the total steps in transformers 5
+    (which dropped warmup_ratio); the config keeps warmup_ratio < 1, so it always is one (the tests check the
+    rates of the first steps)."""
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(out), per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum, learning_rate=config.lr, num_train_epochs=config.epochs,
+        max_steps=config.max_steps or -1, lr_scheduler_type="cosine", warmup_steps=config.warmup_ratio,
+        bf16=gpu, gradient_checkpointing=gpu if config.gradient_checkpointing is None else config.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False}, logging_steps=1, save_strategy="steps",
+        save_steps=config.save_steps, save_total_limit=config.save_total_limit, seed=config.seed,
+        remove_unused_columns=False, report_to="none", use_cpu=not gpu)
+
+
+def _load(config: FinetuneConfig, samples: list, source: str, gpu: bool):
+    """(processor, dataset, model): the processor at the config's image bounds, the samples it can train on (none
+    is refused before the model loads), the model. LoRA keeps the frozen base in bf16 on a GPU; full training
+    keeps fp32 master weights under bf16 autocast."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from mmcof_gen.finetune.dataset import ConversationDataset
+
+    try:
+        processor = AutoProcessor.from_pretrained(
+            source, size={"shortest_edge": config.image_min_pixels, "longest_edge": config.image_max_pixels})
+        dataset = ConversationDataset(samples, processor, config.max_length)
+        if len(dataset) == 0:
+            raise ConfigError(f"--data {config.data}: no usable sample ({dataset.report['drop_reasons']}); "
+                              "see the reasons, or raise --max-length")
+        dtype = torch.bfloat16 if gpu and config.method == "lora" else torch.float32
+        return processor, dataset, AutoModelForImageTextToText.from_pretrained(source, dtype=dtype)
+    except OSError as exc:
+        raise ConfigError(f"--model {config.model}: cannot load it ({str(exc).splitlines()[0]}); download it with "
+                          f"`huggingface-cli download {config.model}` or pass a local folder") from None
 
 
 def _trainable(model, config: FinetuneConfig):
