@@ -1,5 +1,6 @@
-"""A chat model's settings (one model for one or more roles) and the backends a setting can name: settings
-only, so that the pipeline's configuration reads them without importing a client."""
+"""A chat model's settings (one model for one or more roles), the backends a setting can name and the
+caller's settings its refusals name: settings only, so that the pipeline's configuration reads them without
+importing a client (layers.py keeps this module below the clients)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 from mmcof_gen.conventions import BoxConvention, convention, family_default
-from mmcof_gen.models.chat.refusals import LimitAdvice
 from mmcof_gen.schema import registered
 
 
@@ -20,6 +20,17 @@ class ChatBackend:
 
     component: str
     extra: str | None = None
+
+
+@dataclass(frozen=True)
+class LimitAdvice:
+    """The caller's settings that bound a request, each as a refusal names it after the server's flag: the
+    models layer knows the server's side of a limit, only the caller knows its own settings (config.py gives
+    the pipeline's roles theirs; a model built elsewhere names the server's side alone)."""
+
+    images: str | None = None  # what lowers the images in one request
+    reply_tokens: str = "the max_tokens of each reply"
+    conversation: str | None = None  # what shortens a conversation
 
 
 # The chat backends by name (`backend` of a model): the one registry that config validation, `chat_model()`

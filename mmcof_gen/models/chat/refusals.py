@@ -1,11 +1,12 @@
 """What a server's refusal says, and what to change for it: the error of a request refused for good (a vLLM
 limit names the `vllm serve` flag to raise, and the caller's settings that bound the request, which the
-caller passes in as `LimitAdvice`)."""
+caller passes in as the model's `LimitAdvice`)."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+
+from mmcof_gen.models.chat.config import LimitAdvice
 
 
 class ChatError(RuntimeError):
@@ -54,17 +55,6 @@ def describe(exc: Exception) -> str:
 IMAGE_LIMIT = "image(s) may be provided in one prompt"
 MAX_TOKENS_LIMIT = "cannot be greater than max_model_len"
 CONTEXT_LIMIT = "maximum context length"
-
-
-@dataclass(frozen=True)
-class LimitAdvice:
-    """The caller's settings that bound a request, each as a refusal names it after the server's flag: the
-    models layer knows the server's side of a limit, only the caller knows its own settings (config.py gives
-    the pipeline's roles theirs; a model built elsewhere names the server's side alone)."""
-
-    images: str | None = None  # what lowers the images in one request
-    reply_tokens: str = "the max_tokens of each reply"
-    conversation: str | None = None  # what shortens a conversation
 
 
 def refusal(where: str, exc: Exception, images: int, retries: int, advice: LimitAdvice) -> ChatError:
