@@ -145,7 +145,8 @@ def refused(said: str, advice: LimitAdvice) -> ChatError:
 
 def test_a_refusal_over_a_server_limit_names_the_server_flag_and_only_the_settings_passed_in():
     where = "http://server/v1 (m): HTTP 400: "
-    images, max_tokens, context = (refused(said, LimitAdvice()) for said in (OVER_IMAGES, OVER_MAX_TOKENS, OVER_CONTEXT))
+    images, max_tokens, context = (refused(said, LimitAdvice())
+                                   for said in (OVER_IMAGES, OVER_MAX_TOKENS, OVER_CONTEXT))
     assert isinstance(images, ServerLimitError) and isinstance(max_tokens, ServerLimitError)
     assert type(context) is ChatError
     assert str(images) == (f"{where}{OVER_IMAGES}; this request had 3 images: start vllm serve with "
@@ -172,7 +173,8 @@ def test_a_pipeline_roles_refusal_names_the_agent_settings_that_bound_the_reques
 
 def test_every_chat_role_of_a_pipeline_is_built_with_the_pipelines_limit_advice():
     config = load_config("llm-planner-vlm-tools")
-    assert config.models.planner.limit_advice == PIPELINE_LIMITS and ChatModelConfig(model="m").limit_advice == LimitAdvice()
+    assert config.models.planner.limit_advice == PIPELINE_LIMITS
+    assert ChatModelConfig(model="m").limit_advice == LimitAdvice()  # a model built elsewhere: the server's side
     with ScriptedServer([Reply(status=400, body=json.dumps({"error": {"message": OVER_IMAGES}}).encode())]) as server:
         with pytest.raises(ServerLimitError, match=r"or more, or lower agent\.max_zooms \(a search sends"):
             ask(chat_model(config.models.planner.model_copy(update={"base_url": server.url})),
