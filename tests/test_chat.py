@@ -19,7 +19,8 @@ from mmcof_gen.errors import ConfigError
 from mmcof_gen.imaging import image_to_png_bytes
 from mmcof_gen.models.chat import (ChatError, ChatMessage, ChatModelConfig, OpenAIChat, ReplyError, chat_model,
                                    complete_json, endpoint_limiter)
-from mmcof_gen.models.chat.refusals import HTTPStatusError, LimitAdvice, ServerLimitError, refusal
+from mmcof_gen.models.chat.config import LimitAdvice
+from mmcof_gen.models.chat.refusals import HTTPStatusError, ServerLimitError, refusal
 from tests.support.scripted_server import Reply, ScriptedServer
 
 

@@ -1,6 +1,7 @@
 """A swappable part is one module plus one registration: a part defined here and registered in its
 registry is usable from the CLI and the config with no other edit."""
 
+import asyncio
 import json
 
 import pytest
@@ -15,6 +16,8 @@ from mmcof_gen.errors import ConfigError
 from mmcof_gen.export import FORMATS
 from mmcof_gen.export.base import ExportFormat
 from mmcof_gen.export.sharegpt import messages
+from mmcof_gen.models.chat import ChatMessage, Completion, chat_model
+from mmcof_gen.models.chat.config import CHAT_BACKENDS, ChatBackend
 from mmcof_gen.models.detect import DETECTORS, DetectorBackend, DetectorConfig
 from mmcof_gen.models.detectors import detector
 from mmcof_gen.schema import Detection, Verdict
@@ -72,6 +75,33 @@ def test_a_detector_registered_once_is_a_config_choice(tmp_path, monkeypatch):
     assert isinstance(found, FakeDetector) and found.name == "fake:tiny"
     assert found.detect([(Image.new("RGB", (64, 64)), ["sign"])]) == [[Detection(label="sign", box=(0, 0, 10, 10),
                                                                                   score=1.0)]]
+
+
+class EchoChat:
+    """The test's own chat backend: it replies with the last message's text (a `ChatModel`)."""
+
+    def __init__(self, config):
+        self.name = config.name
+
+    async def complete(self, messages, *, max_tokens=512, temperature=0.0, json_schema=None) -> Completion:
+        return Completion(text=messages[-1].text, model=self.name)
+
+    async def aclose(self) -> None:
+        """Nothing to release."""
+
+
+def test_a_chat_backend_registered_once_is_a_config_choice(tmp_path, monkeypatch):
+    pipeline = tmp_path / "echo.yaml"
+    pipeline.write_text("agent: {kind: vlm}\nmodels:\n  planner: {backend: echo, model: tiny}\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="Input should be 'openai' or 'transformers'"):
+        load_config(pipeline)
+    monkeypatch.setitem(CHAT_BACKENDS, "echo", ChatBackend(f"{__name__}:EchoChat"))  # the one registration
+
+    config = load_config(pipeline)
+    require_extras(config)  # it declares no extra
+    model = chat_model(config.models.planner)
+    assert isinstance(model, EchoChat) and model.name == "echo:tiny"
+    assert asyncio.run(model.complete([ChatMessage("user", "hello")])).text == "hello"
 
 
 class AnswerKeyAgent:

@@ -14,14 +14,14 @@ refusal says and what to change), `in_process` (transformers) and `json_replies`
 replies). Importers use the names below.
 """
 
-from mmcof_gen.models.chat.config import CHAT_BACKENDS, ChatModelConfig
+from mmcof_gen.models.chat.config import ChatModelConfig
 from mmcof_gen.models.chat.in_process import chat_conversation
 from mmcof_gen.models.chat.interface import ChatMessage, ChatModel, Completion, about_images, chat_model
 from mmcof_gen.models.chat.json_replies import ReplyError, complete_json
 from mmcof_gen.models.chat.openai_server import OpenAIChat, data_url, openai_messages
 from mmcof_gen.models.chat.rate_limits import endpoint_limiter
-from mmcof_gen.models.chat.refusals import IMAGE_LIMIT, ChatError, LimitAdvice, ServerLimitError
+from mmcof_gen.models.chat.refusals import IMAGE_LIMIT, ChatError, ServerLimitError
 
-__all__ = ["CHAT_BACKENDS", "IMAGE_LIMIT", "ChatError", "ChatMessage", "ChatModel", "ChatModelConfig", "Completion",
-           "LimitAdvice", "OpenAIChat", "ReplyError", "ServerLimitError", "about_images", "chat_conversation",
-           "chat_model", "complete_json", "data_url", "endpoint_limiter", "openai_messages"]
+__all__ = ["IMAGE_LIMIT", "ChatError", "ChatMessage", "ChatModel", "ChatModelConfig", "Completion", "OpenAIChat",
+           "ReplyError", "ServerLimitError", "about_images", "chat_conversation", "chat_model", "complete_json",
+           "data_url", "endpoint_limiter", "openai_messages"]
