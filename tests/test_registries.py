@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from mmcof_gen import cli
 from mmcof_gen.agent import AGENTS, AgentKind
 from mmcof_gen.agent.base import SearchResult
-from mmcof_gen.config import load_config, require_extras
+from mmcof_gen.config import PipelineConfig, load_config, require_extras
 from mmcof_gen.errors import ConfigError
 from mmcof_gen.export import FORMATS
 from mmcof_gen.export.base import ExportFormat
@@ -62,15 +62,23 @@ class FakeDetector:
                 for _, phrases in requests]
 
 
-def test_a_detector_registered_once_is_a_config_choice(tmp_path, monkeypatch):
-    pipeline = tmp_path / "fake.yaml"
-    pipeline.write_text("models:\n  detector: {backend: fake, model: tiny}\n", encoding="utf-8")
-    with pytest.raises(ConfigError, match="Input should be 'grounding-dino', .* or 'rapidocr'"):
-        load_config(pipeline)
-    monkeypatch.setitem(DETECTORS, "fake", DetectorBackend(f"{__name__}:FakeDetector"))  # the one registration
+def registered_pipeline(path, text: str, refused: str, register) -> PipelineConfig:
+    """The pipeline YAML `text` at `path`: refused with `refused` until `register()` (the one registration)
+    makes the part it names a choice; then loaded, its extras checked (the part declares none)."""
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError, match=refused):
+        load_config(path)
+    register()
+    config = load_config(path)
+    require_extras(config)
+    return config
 
-    config = load_config(pipeline)
-    require_extras(config)  # it declares no extra
+
+def test_a_detector_registered_once_is_a_config_choice(tmp_path, monkeypatch):
+    config = registered_pipeline(
+        tmp_path / "fake.yaml", "models:\n  detector: {backend: fake, model: tiny}\n",
+        "Input should be 'grounding-dino', .* or 'rapidocr'",
+        lambda: monkeypatch.setitem(DETECTORS, "fake", DetectorBackend(f"{__name__}:FakeDetector")))
     found = detector(config.models.detector)
     assert isinstance(found, FakeDetector) and found.name == "fake:tiny"
     assert found.detect([(Image.new("RGB", (64, 64)), ["sign"])]) == [[Detection(label="sign", box=(0, 0, 10, 10),
@@ -91,17 +99,12 @@ class EchoChat:
 
 
 def test_a_chat_backend_registered_once_is_a_config_choice(tmp_path, monkeypatch):
-    pipeline = tmp_path / "echo.yaml"
-    pipeline.write_text("agent: {kind: vlm}\nmodels:\n  planner: {backend: echo, model: tiny}\n", encoding="utf-8")
-    with pytest.raises(ConfigError, match="Input should be 'openai' or 'transformers'"):
-        load_config(pipeline)
-    monkeypatch.setitem(CHAT_BACKENDS, "echo", ChatBackend(f"{__name__}:EchoChat"))  # the one registration
-
-    config = load_config(pipeline)
-    require_extras(config)  # it declares no extra
-    model = chat_model(config.models.planner)
-    assert isinstance(model, EchoChat) and model.name == "echo:tiny"
-    assert asyncio.run(model.complete([ChatMessage("user", "hello")])).text == "hello"
+    config = registered_pipeline(
+        tmp_path / "echo.yaml", "agent: {kind: vlm}\nmodels:\n  planner: {backend: echo, model: tiny}\n",
+        "Input should be 'openai' or 'transformers'",
+        lambda: monkeypatch.setitem(CHAT_BACKENDS, "echo", ChatBackend(f"{__name__}:EchoChat")))
+    reply = asyncio.run(chat_model(config.models.planner).complete([ChatMessage("user", "hello")]))
+    assert (reply.text, reply.model) == ("hello", "echo:tiny")  # EchoChat's reply, named by the config
 
 
 class AnswerKeyAgent:
