@@ -4,8 +4,9 @@ reshaped. Exports record their input and output paths (and verl their absolute i
 Parquet pages), so the run and the exports are made in one FIXED folder, `ROOT`, not under pytest's tmp_path;
 a lock keeps two test sessions on one machine from sharing it at once.
 
-The hashes hold for the pinned Pillow, zlib and pyarrow of the lock file (the run records mmcof-gen version 0.0.0); after a deliberate change of the
-exported bytes, record them again with `MMCOF_RECORD_EXPORT_BYTES=1 pytest tests/test_export_bytes.py`.
+The hashes hold for the pinned Pillow, zlib and pyarrow of the lock file (the run records mmcof-gen version
+0.0.0); after a deliberate change of the exported bytes, record them again with
+`MMCOF_RECORD_EXPORT_BYTES=1 pytest tests/test_export_bytes.py`.
 """
 
 import fcntl
