@@ -278,27 +278,40 @@ def export_command(
     samples, a token budget (cutoff_len, vLLM --limit-mm-per-prompt), export_report.json and a README.md card.
     RL formats write the run's tasks as prompts with their measured difficulty instead."""
     from mmcof_gen.export import export, rl
+
+    rl_options = _rl_options(embed_images, test_fraction, pass_rate_model, samples, keep_pass_rate)
+    prompt = system_prompt.read_text(encoding="utf-8").removesuffix("\n") if system_prompt else None
+    report = export(run_dir, format, out, system_prompt=prompt, max_pixels=max_pixels,
+                    absolute_paths=absolute_paths, tokenizer=tokenizer, overwrite=overwrite,
+                    jobs=jobs, rl_options=rl_options, target=target.value)
+    (_echo_task_export if format in rl.FORMATS else _echo_sample_export)(report, out)
+
+
+def _rl_options(embed_images: bool, test_fraction: float | None, pass_rate_model: tuple[str, str] | None,
+                samples: int, keep_pass_rate: str | None):
+    """The RL formats' options from their flags; None when none of them was given (an SFT export refuses them)."""
+    from mmcof_gen.export import rl
     from mmcof_gen.models.chat import ChatModelConfig
 
     if keep_pass_rate is not None and pass_rate_model is None:
         raise UserError("--keep-pass-rate needs --pass-rate-model URL NAME to measure the pass rates")
     rate = rl.PassRate(ChatModelConfig(base_url=pass_rate_model[0], model=pass_rate_model[1]), samples,
                        rl.parse_band(keep_pass_rate) if keep_pass_rate else None) if pass_rate_model else None
-    rl_options = None
     if embed_images or test_fraction is not None or rate is not None:
-        rl_options = rl.RLOptions(embed_images, rl.RLOptions.test_fraction if test_fraction is None else test_fraction, rate)
-    prompt = system_prompt.read_text(encoding="utf-8").removesuffix("\n") if system_prompt else None
-    report = export(run_dir, format, out, system_prompt=prompt, max_pixels=max_pixels,
-                    absolute_paths=absolute_paths, tokenizer=tokenizer, overwrite=overwrite,
-                    jobs=jobs, rl_options=rl_options, target=target.value)
-    if format in rl.FORMATS:  # tasks, not samples
-        typer.echo(f"{report['samples']} prompts (train {report['train']}, test {report['test']}) of "
-                   f"{report['tasks']} tasks, {report['skipped']} skipped; "
-                   + ", ".join(str(out / name) for name in report["data_files"].values()))
-        if report["samples"] == 0:
-            raise NothingMade(f"export: no prompt was written ({report['skipped']} tasks skipped); the reasons are in "
-                              f"{out / 'export_report.json'}")
-        return
+        return rl.RLOptions(embed_images, rl.RLOptions.test_fraction if test_fraction is None else test_fraction, rate)
+    return None
+
+
+def _echo_task_export(report: dict, out: Path) -> None:
+    typer.echo(f"{report['samples']} prompts (train {report['train']}, test {report['test']}) of "
+               f"{report['tasks']} tasks, {report['skipped']} skipped; "
+               + ", ".join(str(out / name) for name in report["data_files"].values()))
+    if report["samples"] == 0:
+        raise NothingMade(f"export: no prompt was written ({report['skipped']} tasks skipped); the reasons are in "
+                          f"{out / 'export_report.json'}")
+
+
+def _echo_sample_export(report: dict, out: Path) -> None:
     budget = report["token_budget"]
     typer.echo(f"{report['samples']} samples ({report['direct']} direct, {report['zoom']} zoom), "
                f"{report['dropped']} dropped; {out / report['data_file']}")

@@ -132,7 +132,7 @@ def synthesize(config: PipelineConfig, images_dir: Path, out_dir: Path, inputs: 
             run = EXECUTORS[config.executor.kind].runner()  # imported now: Ray is the optional [ray] extra
             run(status.counted(units), WorkerFactory(config, prompts, provenance), sink)
             stats = run_stats(store)
-            store.write_manifest({**store.manifest(), "counts": stats})
+            store.write_manifest(store.manifest().model_copy(update={"counts": stats}))
         except OSError as exc:
             raise unwritable(out_dir, exc) from None
         except ServerLimitError as exc:  # the first request over a server limit stops the run (models/chat.py)

@@ -40,7 +40,7 @@ from mmcof_gen.evaluate import EvalSettings, run_episode
 from mmcof_gen.imaging import image_to_png_bytes
 from mmcof_gen.models.chat import ChatModelConfig, chat_model
 from mmcof_gen.replay import WINDOW, FrameSource, ReplayError, replayed
-from mmcof_gen.schema import Task, Trajectory, short_hash
+from mmcof_gen.schema import Manifest, Task, Trajectory, short_hash
 from mmcof_gen.scoring import score_by_rules
 from mmcof_gen.store import AtomicFile, RunStore
 
@@ -197,7 +197,7 @@ class RLFormat:
         """How to train on it (`resources/cards/<name>.md`)."""
         return (resources.CARDS / f"{self.name}.md").read_text(encoding="utf-8").removesuffix("\n")
 
-    def export(self, store: RunStore, manifest: dict, out_dir: Path, options: RLOptions, jobs: int = 1) -> dict:
+    def export(self, store: RunStore, manifest: Manifest, out_dir: Path, options: RLOptions, jobs: int = 1) -> dict:
         return export_tasks(self, store, manifest, out_dir, options, jobs)
 
 
@@ -258,7 +258,7 @@ def _frame(embed: bool, files: ImageFiles | None, frames: FrameSource, trajector
     return files.add(frame)[0], frame.size
 
 
-def export_tasks(form: RLFormat, store: RunStore, manifest: dict, out_dir: Path, options: RLOptions,
+def export_tasks(form: RLFormat, store: RunStore, manifest: Manifest, out_dir: Path, options: RLOptions,
                  jobs: int = 1) -> dict:
     """Every task of the run with a trusted ground truth as one row of `form`, split train/test by a hash of the
     task id (stable when the run grows); returns the export report (the exporter writes it and the card)."""
