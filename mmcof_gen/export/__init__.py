@@ -9,7 +9,7 @@ them), write one record per sample in the chosen format, count tokens, then writ
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -70,7 +70,8 @@ def export(
     except ReplayError as exc:
         raise StoreError(f"{run_dir}: {exc}") from None
     if isinstance(form, rl.RLFormat):
-        return _export_tasks(form, store, manifest, run_dir, out_dir, rl_options or rl.RLOptions(), overwrite, jobs)
+        options = replace(rl_options or rl.RLOptions(), target=student.name)
+        return _export_tasks(form, store, manifest, run_dir, out_dir, options, overwrite, jobs)
     if rl_options is not None:
         raise ConfigError(f"--embed-images, --test-fraction and --pass-rate-model apply to --format "
                           f"{' or '.join(rl.FORMATS)}, not {fmt}; drop them")
