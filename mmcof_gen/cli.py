@@ -475,10 +475,7 @@ def eval_(
     """Evaluate a chain-of-focus model on a V*-style benchmark at each resolution: the CoF zoom loop (at most
     6 replies and 6 images), scored by option letter / normalised match / judge. Writes results.jsonl,
     report.json and report.png to --out and prints accuracy, zoom rate, tokens and failures."""
-    from rich import box
-
-    from mmcof_gen.evaluate import EvalSettings, evaluate_bench
-    from mmcof_gen.models.chat import ChatModelConfig
+    from mmcof_gen.evaluate import evaluate_bench
 
     if compare:
         from mmcof_gen.benchmarks.table import compare as side_by_side
@@ -487,6 +484,22 @@ def eval_(
         return
     if bench is None:
         raise UserError("eval: pass --bench PATH (the benchmark to evaluate on), or --compare A B")
+    chat, judge = _eval_models(model, endpoint, served_model, api_key_env, judge_endpoint, judge_model, concurrency)
+    settings = _eval_settings(resolutions=_resolutions(resolutions, "eval"), baseline_no_zoom=baseline_no_zoom,
+                              concurrency=concurrency, protocol=protocol, target=target.value if target else None)
+    chosen = [c.strip() for c in categories.split(",") if c.strip()] if categories else None
+    report = evaluate_bench(bench, out, settings, chat, judge, limit, bench_format.value if bench_format else None,
+                            chosen)
+    _print_eval(report, bench, out)
+    if all(row["errors"] == row["n"] for row in report["rows"]):
+        raise NothingMade(f"eval: every episode failed; the reasons are in {out / 'results.jsonl'}")
+
+
+def _eval_models(model: str | None, endpoint: str | None, served_model: str | None, api_key_env: str | None,
+                 judge_endpoint: str | None, judge_model: str | None, concurrency: int):
+    """The evaluated model's config (in process, or served) and the judge's (None: no judge) from eval's flags."""
+    from mmcof_gen.models.chat import ChatModelConfig
+
     if (model is None) == (endpoint is None):
         raise UserError("eval: pass exactly one of --model (in-process) or --endpoint URL --served-model NAME")
     if endpoint and not served_model:
@@ -500,33 +513,42 @@ def eval_(
         chat = ChatModelConfig(backend="openai", base_url=endpoint, model=served_model, api_key_env=api_key_env,
                                max_concurrency=concurrency)
     judge = ChatModelConfig(backend="openai", base_url=judge_endpoint, model=judge_model) if judge_endpoint else None
+    return chat, judge
+
+
+def _eval_settings(**fields):
+    """eval's `EvalSettings`; a value they refuse is one line naming its flag."""
+    from mmcof_gen.evaluate import EvalSettings
+
     try:
-        settings = EvalSettings(resolutions=_resolutions(resolutions, "eval"), baseline_no_zoom=baseline_no_zoom,
-                                concurrency=concurrency, protocol=protocol, target=target.value if target else None)
+        return EvalSettings(**fields)
     except ValueError as exc:
         error = exc.errors()[0]
-        flag = "--protocol" if error["loc"] == ("protocol",) else "--resolutions"
+        flag = "--" + str(error["loc"][0]).replace("_", "-")
         raise UserError(f"eval: {flag}: {error['msg'].removeprefix('Value error, ')}") from None
-    chosen = [c.strip() for c in categories.split(",") if c.strip()] if categories else None
-    report = evaluate_bench(bench, out, settings, chat, judge, limit, bench_format.value if bench_format else None,
-                            chosen)
+
+
+def _print_eval(report: dict, bench: Path, out: Path) -> None:
+    """eval's tables: per mode, each R and category's figures; then the results table (`results.md`)."""
+    from rich import box
+
+    from mmcof_gen.eval_protocols import PROTOCOLS
+
     columns = {"resolution": "R", "category": "category", "n": "n", "accuracy": "accuracy", "zoom_rate": "zoom",
                "mean_zooms": "zooms", "mean_tokens": "tokens", "no_answer": "no-ans", "bad_call": "bad",
                "errors": "err"}
     for mode in dict.fromkeys(row["mode"] for row in report["rows"]):
-        table = Table(title=f"{report['model']} ({mode}, protocol {report['protocol']}) on {bench}", box=box.SIMPLE_HEAD,
-                      pad_edge=False, collapse_padding=True)
+        table = Table(title=f"{report['model']} ({mode}, protocol {report['protocol']}) on {bench}",
+                      box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
         for key, header in columns.items():
             table.add_column(header, justify="left" if key == "category" else "right", no_wrap=key == "category")
         for row in (row for row in report["rows"] if row["mode"] == mode):
             table.add_row(*(str(row[key]) for key in columns))
         Console().print(table)
-    if report["protocol"] == "cof-release":
+    if PROTOCOLS[report["protocol"]].comparable:
         typer.echo("comparable with the published numbers: the R=3840 rows (the release evaluates at 3840 only)")
     typer.echo((out / "results.md").read_text(encoding="utf-8").rstrip())
     typer.echo(f"results in {out} (results.jsonl, report.json, report.png, results.md, results.csv)")
-    if all(row["errors"] == row["n"] for row in report["rows"]):
-        raise NothingMade(f"eval: every episode failed; the reasons are in {out / 'results.jsonl'}")
 
 
 @app.command()

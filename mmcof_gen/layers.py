@@ -20,7 +20,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("synthesis", ("worker", "executors.*", "progress", "synthesize", "stats")),
     ("after a run", ("replay", "filtering", "targets", "export", "export.*", "validate", "report", "finetune",
                      "finetune.*", "scoring", "rewards", "cof_release", "benchmarks", "benchmarks.*",
-                     "evaluate")),
+                     "eval_protocols", "evaluate")),
     ("entry points", ("cli", "scenes")),
 )
 

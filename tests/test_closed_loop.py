@@ -16,7 +16,8 @@ import pytest
 
 from mmcof_gen import cof_format
 from mmcof_gen.cli import main
-from mmcof_gen.evaluate import EvalSettings, check_image_tokens, first_messages, model_target
+from mmcof_gen.eval_protocols import first_messages
+from mmcof_gen.evaluate import EvalSettings, check_image_tokens, model_target
 from mmcof_gen.imaging import make_frame, scale_box
 from mmcof_gen.models.chat import ChatModelConfig, chat_model
 from mmcof_gen.scenes import generate_scenes

@@ -9,7 +9,7 @@ them), write one record per sample in the chosen format, count tokens, then writ
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -69,7 +69,8 @@ def export(
         if form.needs:
             require("data", f"export --format {form.name}", form.needs)
         _prepare_out_dir(run_dir, out_dir, overwrite)
-        made = form.export(store, manifest, out_dir, rl_options or rl.RLOptions(), jobs)
+        options = replace(rl_options or rl.RLOptions(), target=student.name)
+        made = form.export(store, manifest, out_dir, options, jobs)
         task_sources = made.pop("task_sources")
         report = {"input": str(run_dir), "output": str(out_dir), **made, **_run_facts(manifest, task_sources)}
         return _write_report(run_dir, out_dir, report, rl.card(report, form))
