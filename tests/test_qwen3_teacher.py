@@ -124,7 +124,7 @@ def test_a_task_writer_in_thousandths_proposes_the_boxes_a_pixel_writer_proposes
     """Task synthesis' proposer (models.task_writer, here the planner) reads its boxes in its convention too."""
     from mmcof_gen.imaging import file_sha256, load_image, make_frame
     from mmcof_gen.tasks.base import task_prompts
-    from mmcof_gen.tasks.synthesis import TaskWriter
+    from mmcof_gen.tasks.vlm_writer import TaskWriter
     from tests import test_task_synthesis as pixels
     from tests.support.runs import write_noise_image
 

@@ -22,7 +22,7 @@ from mmcof_gen.schema import Detection, ErrorRecord, ImageTasks, RejectedTask, T
 from mmcof_gen.store import read_jsonl
 from mmcof_gen.synthesize import synthesize
 from mmcof_gen.tasks.base import task_prompts
-from mmcof_gen.tasks.synthesis import TaskWriter
+from mmcof_gen.tasks.vlm_writer import TaskWriter
 from tests.support.runs import write_noise_image
 from tests.support.scripted_server import Reply, ScriptedServer
 

@@ -28,7 +28,7 @@ TASK_MAKERS: dict[str, TaskMakerKind] = {
     # text questions from OCR at full resolution
     "ocr": TaskMakerKind("mmcof_gen.tasks.text_questions:OcrTextQuestions", model_roles=False),
     # proposed, described and checked by the model roles
-    "vlm": TaskMakerKind("mmcof_gen.tasks.synthesis:VlmTaskWriter", model_roles=True),
+    "vlm": TaskMakerKind("mmcof_gen.tasks.vlm_writer:VlmTaskWriter", model_roles=True),
 }
 
 GIVEN = TaskMakerKind("mmcof_gen.tasks.given:GivenTasks", model_roles=False)
