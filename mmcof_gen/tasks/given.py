@@ -11,8 +11,7 @@ from mmcof_gen.tasks.sources import ImageUnit
 
 
 class GivenTasks:
-    """The tasks of an image whose questions the work source gives (a questions file, COCO annotations, a V*
-    folder: a `TaskMaker`); the worker reads the image's hash and size, the driver never opens an image."""
+    """A `TaskMaker`: the questions the image's source gives, as its finished tasks."""
 
     @classmethod
     def build(cls, config, prompts, engine, agent, on_loop) -> GivenTasks:
