@@ -272,7 +272,8 @@ def synthesize_text_tasks(
     return tasks, rejected
 
 
-def _candidates(hits: list[TextHit], size: tuple[int, int], config: TextTasksConfig) -> Iterator[tuple[TextHit, str, str]]:
+def _candidates(hits: list[TextHit], size: tuple[int, int],
+                config: TextTasksConfig) -> Iterator[tuple[TextHit, str, str]]:
     """The texts a question can name without giving them away, with their normalised reading and position:
     read confidently, small, of a length the config allows, alone in their grid cell and read nowhere else."""
     width, height = size
