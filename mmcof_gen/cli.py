@@ -131,7 +131,6 @@ def synthesize(
                                        "started before its servers); default 0: refuse at once.")] = 0.0,
 ) -> None:
     """Search each image for the regions its questions depend on and write verified chains."""
-    from mmcof_gen.stats import no_task_line
     from mmcof_gen.synthesize import RunInputs, synthesize as run
 
     pipeline = load_config(config, {
@@ -147,6 +146,13 @@ def synthesize(
     require_extras(pipeline)
     stats = run(pipeline, images, out, RunInputs(questions, coco, source.value, limit), relocated=relocated,
                 wait_for_servers=wait_for_servers)
+    _say_what_was_made(stats, images, out)
+
+
+def _say_what_was_made(stats: dict, images: Path, out: Path) -> None:
+    """The run's counts; NothingMade when no trajectory came of it, saying why (no image, no task, or errors)."""
+    from mmcof_gen.stats import no_task_line
+
     typer.echo(f"{stats['accepted']} accepted ({stats['direct']} direct, {stats['zoom']} zoom), "
                f"{stats['rejected']} rejected, {_errors(stats)}; results in {out}")
     if stats["images_without_tasks"]:

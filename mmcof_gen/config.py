@@ -74,7 +74,7 @@ QuestionType = Literal["attribute", "position", "text", "counting"]
 
 class TaskSynthesisConfig(Section):
     """Task synthesis with the model roles (tasks.kind vlm): propose small objects, describe each tight crop,
-    write a question with ground truth, keep it only if it needs a zoom (tasks/synthesis.py)."""
+    write a question with ground truth, keep it only if it needs a zoom (tasks/vlm_writer.py)."""
 
     prompts_dir: Path | None = Field(None, description="templates propose/describe/write_question; relative to the "
                                                        "YAML file; none: the shipped prompts/tasks")

@@ -32,7 +32,7 @@ from mmcof_gen.tasks import TASK_MAKERS
 from mmcof_gen.tasks.coco import coco_source
 from mmcof_gen.tasks.exclusion import load_exclusions, screen
 from mmcof_gen.tasks.sources import WorkSource, folder_source, questions_source
-from mmcof_gen.tasks.synthesis import task_prompts
+from mmcof_gen.tasks.base import task_prompts
 from mmcof_gen.tasks.vstar import is_vstar_folder, vstar_source
 from mmcof_gen.worker import WorkerFactory
 

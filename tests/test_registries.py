@@ -20,7 +20,9 @@ from mmcof_gen.models.chat import ChatMessage, Completion, chat_model
 from mmcof_gen.models.chat.config import CHAT_BACKENDS, ChatBackend
 from mmcof_gen.models.detect import DETECTORS, DetectorBackend, DetectorConfig
 from mmcof_gen.models.detectors import detector
-from mmcof_gen.schema import Detection, Verdict
+from mmcof_gen.schema import Detection, Task, Verdict, task_id
+from mmcof_gen.tasks import TASK_MAKERS, TaskMakerKind
+from mmcof_gen.tasks.base import image_tasks
 from tests.support.runs import make_trajectory, write_noise_image, write_run
 
 
@@ -162,3 +164,39 @@ def test_an_agent_registered_once_is_a_config_choice(tmp_path, monkeypatch):
     [record] = [json.loads(line) for line in (tmp_path / "run" / "trajectories.jsonl").read_text().splitlines()]
     assert (record["status"], record["answer"], record["verdict"]["reason"]) == ("accepted", "EXIT", "built")
     assert record["provenance"]["models"] == {"planner": "answer-key"}
+
+
+class OneQuestionMaker:
+    """The test's own task maker: one question about every bare image, its answer given (a `TaskMaker`)."""
+
+    @classmethod
+    def build(cls, config, prompts, engine, agent, on_loop):
+        return cls()
+
+    def make(self, unit, sha256, size):
+        task = Task(id=task_id(sha256, "What is shown?"), image=unit.rel, image_sha256=sha256,
+                    question="What is shown?", answer="noise", source="one-question", question_type="object")
+        return image_tasks(unit.rel, sha256, size, tasks=[task]), []
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_task_maker_registered_once_is_a_config_choice(tmp_path, monkeypatch):
+    images = tmp_path / "images"
+    write_noise_image(images / "a.png", (600, 400), seed=1)
+    pipeline = tmp_path / "one.yaml"
+    pipeline.write_text("resolutions: [448]\nagent: {kind: answer-key}\ntasks: {kind: one-question}\n",
+                        encoding="utf-8")
+    monkeypatch.setitem(AGENTS, "answer-key", AgentKind(f"{__name__}:AnswerKeyAgent", model_roles=False,
+                                                         prompts="template"))
+    with pytest.raises(ConfigError, match="tasks.kind: Input should be 'ocr' or 'vlm'"):
+        load_config(pipeline)
+    monkeypatch.setitem(TASK_MAKERS, "one-question", TaskMakerKind(f"{__name__}:OneQuestionMaker",
+                                                                   model_roles=False))  # the one registration
+
+    result = CliRunner().invoke(cli.app, ["synthesize", "--images", str(images), "--config", str(pipeline),
+                                          "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    [record] = [json.loads(line) for line in (tmp_path / "run" / "trajectories.jsonl").read_text().splitlines()]
+    assert (record["task"]["source"], record["status"], record["answer"]) == ("one-question", "accepted", "noise")

@@ -67,8 +67,8 @@ def test_registry_holds_both_rl_formats_and_the_cli_offers_them():
 
 
 def test_synthesized_sources_are_the_synthesizers_own():
-    from mmcof_gen.tasks import synthesis
-    assert synthesis.SOURCE in rl.SYNTHESIZED
+    from mmcof_gen.tasks import vlm_writer
+    assert vlm_writer.SOURCE in rl.SYNTHESIZED
     assert 'source="ocr-synthesis"' in (REPO / "mmcof_gen" / "tasks" / "text_questions.py").read_text()
 
 
