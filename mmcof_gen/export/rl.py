@@ -53,7 +53,7 @@ DATA_SOURCE = "mmcof"
 AGENT_NAME = "tool_agent"  # verl's ToolAgentLoop
 ABILITY = "vision"
 SYNTHESIZED = frozenset({"vlm-synthesis", "ocr-synthesis"})
-"""task sources whose answer this project's own models wrote (tasks/synthesis.py SOURCE, tasks/text_questions.py):
+"""task sources whose answer this project's own models wrote (tasks/vlm_writer.py SOURCE, tasks/text_questions.py):
 their ground truth is trusted only once a chain or the consistency check confirmed it"""
 SPLITS = ("train", "test")
 
