@@ -13,7 +13,7 @@ Clients take turns, `--repeat` rounds, and each one's median is printed with its
 - **openai SDK**: `AsyncOpenAI.chat.completions.create` with the messages and `response_format` as
   arguments, on the SDK's default transport with a pool of 64;
 - **SDK + aiohttp**: the same on the SDK's own aiohttp transport (`openai.DefaultAioHttpClient`);
-- **project**: `OpenAIChat.complete(..., json_schema=...)` (models/chat.py) as the agent calls it.
+- **project**: `OpenAIChat.complete(..., json_schema=...)` (models/chat/openai_server.py) as the agent calls it.
 
 No asserts: the machine is shared and noisy; numbers go to docs/speed.md by hand.
 """

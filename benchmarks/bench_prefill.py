@@ -15,7 +15,10 @@ server has them).
 Without --url: the scripted server (tests/support/scripted_server.py) plays a VLM that zooms on the sign and reads
 it from the crop, and counts tokens and cache hits exactly as its `PrefixCache` says (tests assert the counts).
 With --url: a served model, such as the vLLM server of tests/vllm/stage.sh (a tiny random Qwen2.5-VL: its
-answers are noise, but the token accounting is the server's own).
+answers are noise, but the token accounting is the server's own). A random model's searches differ in length
+with every change of a prompt's tokens, which swamps a change of layout; `--forced` makes them the scripted
+ones: each request goes to the served model with the scripted VLM's reply as the only choice its grammar allows
+(vLLM's `structured_outputs` choice), so the server generates exactly that reply and counts the tokens itself.
 
 `--baseline REF` first runs the code of a git revision (extracted with `git archive`, as bench_scale.py does)
 against the same server. Every run draws its pictures' pixels (same sizes) from the server's count of prompt
@@ -43,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_scale import extract  # noqa: E402
 from mmcof_gen import resources  # noqa: E402
-from tests.support.scripted_server import PrefixCache, ScriptedServer  # noqa: E402
+from tests.support.scripted_server import PrefixCache, Reply, ScriptedServer  # noqa: E402
 from tests.support.sign_model import picture, scripted_model  # noqa: E402
 
 SIGN = [600, 400, 680, 460]  # the sign in the 896x672 picture
@@ -117,10 +120,28 @@ def write_config(path: Path, base_url: str, model: str) -> Path:
     return path
 
 
+def forced(url: str, model: str):
+    """A script that has the served model at `url` write the scripted VLM's reply to each request, under a grammar
+    that allows only that reply. Requests are forwarded one at a time (the searches' order is the scripted
+    server's), which the token accounting does not depend on."""
+    script = scripted_model(fault=False)
+
+    def answer(body: dict) -> Reply:
+        body = {**body, "model": model, "structured_outputs": {"choice": [script(body).content]}}
+        del body["response_format"]
+        request = urllib.request.Request(f"{url}/chat/completions", json.dumps(body).encode(),
+                                         {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=600) as response:
+            return Reply(body=response.read())
+    return answer
+
+
 def measure(code: Path, folder: Path, base_url: str, model: str, images: int, questions: int,
-            resolutions: str) -> Figures:
-    """One `synthesize` run of the code in `code` against the server, with the server's counters around it."""
-    before = counters(base_url)
+            resolutions: str, metrics_url: str | None = None) -> Figures:
+    """One `synthesize` run of the code in `code` against the server, with the counters of the server at
+    `metrics_url` (default: the same) around it."""
+    metrics_url = metrics_url or base_url
+    before = counters(metrics_url)
     image_dir, questions_file = write_inputs(folder, int(before["prompt_tokens"]), images, questions)
     config = write_config(folder / "pipeline.yaml", base_url, model)
     done = subprocess.run([sys.executable, "-m", "mmcof_gen.cli", "synthesize", "--images", str(image_dir),
@@ -129,7 +150,7 @@ def measure(code: Path, folder: Path, base_url: str, model: str, images: int, qu
                           capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"synthesize with the code of {code} failed ({done.returncode}):\n{done.stderr[-2000:]}")
-    after = counters(base_url)
+    after = counters(metrics_url)
     trajectories = (folder / "run" / "trajectories.jsonl").read_text(encoding="utf-8").splitlines()
     accepted = sum(json.loads(line)["status"] == "accepted" for line in trajectories)
     return Figures({name: after[name] - before[name] for name in COUNTERS}, accepted)
@@ -149,7 +170,7 @@ def report(label: str, figures: Figures) -> str:
 
 
 def run(base_url: str, model: str, baseline: str | None, images: int, questions: int, resolutions: str,
-        out=print) -> dict[str, Figures]:
+        out=print, metrics_url: str | None = None) -> dict[str, Figures]:
     """Every setting against the server at `base_url`; the figures by setting, each printed as it is done."""
     out(f"{'setting':<22} {'requests':>8} {'prompt':>9} {'generated':>9} {'accepted':>8} {'prompt/acc.':>12} "
         f"{'computed/acc.':>13} {'prefix hit':>10} {'image-cache hit':>16}")
@@ -159,7 +180,8 @@ def run(base_url: str, model: str, baseline: str | None, images: int, questions:
         settings = [(f"baseline {baseline}", extract(baseline, tmp))] if baseline else []
         settings.append(("current", ROOT))
         for number, (label, code) in enumerate(settings):
-            figures = measure(code, tmp / f"setting{number}", base_url, model, images, questions, resolutions)
+            figures = measure(code, tmp / f"setting{number}", base_url, model, images, questions, resolutions,
+                              metrics_url)
             out(report(label, figures))
             results[label] = figures
     return results
@@ -174,9 +196,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--questions", type=int, default=3, choices=range(1, len(QUESTIONS) + 1),
                         help="questions per picture")
     parser.add_argument("--resolutions", default="448,672", help="the run's pixel budgets R")
+    parser.add_argument("--forced", action="store_true",
+                        help="with --url: the served model writes the scripted VLM's replies (same searches)")
     args = parser.parse_args(argv)
+    forcing = ", replies forced to the scripted ones" if args.forced else ""
     print(f"{args.images} pictures x {args.questions} questions at R {args.resolutions}, pipeline vllm-qwen2.5-vl, "
-          f"server {args.url or 'scripted (exact accounting)'}\n")
+          f"server {args.url or 'scripted (exact accounting)'}{forcing}\n")
+    if args.url and args.forced:
+        with ScriptedServer(forced(args.url, args.model), model=args.model) as proxy:
+            run(proxy.url, args.model, args.baseline, args.images, args.questions, args.resolutions,
+                metrics_url=args.url)
+        return
     if args.url:
         run(args.url, args.model, args.baseline, args.images, args.questions, args.resolutions)
         return

@@ -39,9 +39,9 @@ from mmcof_gen.config import load_config
 from mmcof_gen.filtering import evidence_coverage
 from mmcof_gen.models.ocr import OcrEngine
 from mmcof_gen.schema import ImageTasks
-from mmcof_gen.tasks.synthesis import task_prompts
+from mmcof_gen.tasks.base import task_prompts
 from mmcof_gen.tasks.text_questions import synthesize_text_tasks, word_gaps
-from mmcof_gen.worker import truth_size
+from mmcof_gen.tasks.base import truth_size
 from mmcof_gen.scenes import FAMILIES, generate_scenes
 from mmcof_gen.store import RunStore
 from mmcof_gen.synthesize import synthesize

@@ -131,7 +131,6 @@ def synthesize(
                                        "started before its servers); default 0: refuse at once.")] = 0.0,
 ) -> None:
     """Search each image for the regions its questions depend on and write verified chains."""
-    from mmcof_gen.stats import no_task_line
     from mmcof_gen.synthesize import RunInputs, synthesize as run
 
     pipeline = load_config(config, {
@@ -147,6 +146,13 @@ def synthesize(
     require_extras(pipeline)
     stats = run(pipeline, images, out, RunInputs(questions, coco, source.value, limit), relocated=relocated,
                 wait_for_servers=wait_for_servers)
+    _say_what_was_made(stats, images, out)
+
+
+def _say_what_was_made(stats: dict, images: Path, out: Path) -> None:
+    """The run's counts; NothingMade when no trajectory came of it, saying why (no image, no task, or errors)."""
+    from mmcof_gen.stats import no_task_line
+
     typer.echo(f"{stats['accepted']} accepted ({stats['direct']} direct, {stats['zoom']} zoom), "
                f"{stats['rejected']} rejected, {_errors(stats)}; results in {out}")
     if stats["images_without_tasks"]:
@@ -278,27 +284,40 @@ def export_command(
     samples, a token budget (cutoff_len, vLLM --limit-mm-per-prompt), export_report.json and a README.md card.
     RL formats write the run's tasks as prompts with their measured difficulty instead."""
     from mmcof_gen.export import export, rl
+
+    rl_options = _rl_options(embed_images, test_fraction, pass_rate_model, samples, keep_pass_rate)
+    prompt = system_prompt.read_text(encoding="utf-8").removesuffix("\n") if system_prompt else None
+    report = export(run_dir, format, out, system_prompt=prompt, max_pixels=max_pixels,
+                    absolute_paths=absolute_paths, tokenizer=tokenizer, overwrite=overwrite,
+                    jobs=jobs, rl_options=rl_options, target=target.value)
+    (_echo_task_export if format in rl.FORMATS else _echo_sample_export)(report, out)
+
+
+def _rl_options(embed_images: bool, test_fraction: float | None, pass_rate_model: tuple[str, str] | None,
+                samples: int, keep_pass_rate: str | None):
+    """The RL formats' options from their flags; None when none of them was given (an SFT export refuses them)."""
+    from mmcof_gen.export import rl
     from mmcof_gen.models.chat import ChatModelConfig
 
     if keep_pass_rate is not None and pass_rate_model is None:
         raise UserError("--keep-pass-rate needs --pass-rate-model URL NAME to measure the pass rates")
     rate = rl.PassRate(ChatModelConfig(base_url=pass_rate_model[0], model=pass_rate_model[1]), samples,
                        rl.parse_band(keep_pass_rate) if keep_pass_rate else None) if pass_rate_model else None
-    rl_options = None
     if embed_images or test_fraction is not None or rate is not None:
-        rl_options = rl.RLOptions(embed_images, rl.RLOptions.test_fraction if test_fraction is None else test_fraction, rate)
-    prompt = system_prompt.read_text(encoding="utf-8").removesuffix("\n") if system_prompt else None
-    report = export(run_dir, format, out, system_prompt=prompt, max_pixels=max_pixels,
-                    absolute_paths=absolute_paths, tokenizer=tokenizer, overwrite=overwrite,
-                    jobs=jobs, rl_options=rl_options, target=target.value)
-    if format in rl.FORMATS:  # tasks, not samples
-        typer.echo(f"{report['samples']} prompts (train {report['train']}, test {report['test']}) of "
-                   f"{report['tasks']} tasks, {report['skipped']} skipped; "
-                   + ", ".join(str(out / name) for name in report["data_files"].values()))
-        if report["samples"] == 0:
-            raise NothingMade(f"export: no prompt was written ({report['skipped']} tasks skipped); the reasons are in "
-                              f"{out / 'export_report.json'}")
-        return
+        return rl.RLOptions(embed_images, rl.RLOptions.test_fraction if test_fraction is None else test_fraction, rate)
+    return None
+
+
+def _echo_task_export(report: dict, out: Path) -> None:
+    typer.echo(f"{report['samples']} prompts (train {report['train']}, test {report['test']}) of "
+               f"{report['tasks']} tasks, {report['skipped']} skipped; "
+               + ", ".join(str(out / name) for name in report["data_files"].values()))
+    if report["samples"] == 0:
+        raise NothingMade(f"export: no prompt was written ({report['skipped']} tasks skipped); the reasons are in "
+                          f"{out / 'export_report.json'}")
+
+
+def _echo_sample_export(report: dict, out: Path) -> None:
     budget = report["token_budget"]
     typer.echo(f"{report['samples']} samples ({report['direct']} direct, {report['zoom']} zoom), "
                f"{report['dropped']} dropped; {out / report['data_file']}")
@@ -462,10 +481,7 @@ def eval_(
     """Evaluate a chain-of-focus model on a V*-style benchmark at each resolution: the CoF zoom loop (at most
     6 replies and 6 images), scored by option letter / normalised match / judge. Writes results.jsonl,
     report.json and report.png to --out and prints accuracy, zoom rate, tokens and failures."""
-    from rich import box
-
-    from mmcof_gen.evaluate import EvalSettings, evaluate_bench
-    from mmcof_gen.models.chat import ChatModelConfig
+    from mmcof_gen.evaluate import evaluate_bench
 
     if compare:
         from mmcof_gen.benchmarks.table import compare as side_by_side
@@ -474,6 +490,22 @@ def eval_(
         return
     if bench is None:
         raise UserError("eval: pass --bench PATH (the benchmark to evaluate on), or --compare A B")
+    chat, judge = _eval_models(model, endpoint, served_model, api_key_env, judge_endpoint, judge_model, concurrency)
+    settings = _eval_settings(resolutions=_resolutions(resolutions, "eval"), baseline_no_zoom=baseline_no_zoom,
+                              concurrency=concurrency, protocol=protocol, target=target.value if target else None)
+    chosen = [c.strip() for c in categories.split(",") if c.strip()] if categories else None
+    report = evaluate_bench(bench, out, settings, chat, judge, limit, bench_format.value if bench_format else None,
+                            chosen)
+    _print_eval(report, bench, out)
+    if all(row["errors"] == row["n"] for row in report["rows"]):
+        raise NothingMade(f"eval: every episode failed; the reasons are in {out / 'results.jsonl'}")
+
+
+def _eval_models(model: str | None, endpoint: str | None, served_model: str | None, api_key_env: str | None,
+                 judge_endpoint: str | None, judge_model: str | None, concurrency: int):
+    """The evaluated model's config (in process, or served) and the judge's (None: no judge) from eval's flags."""
+    from mmcof_gen.models.chat import ChatModelConfig
+
     if (model is None) == (endpoint is None):
         raise UserError("eval: pass exactly one of --model (in-process) or --endpoint URL --served-model NAME")
     if endpoint and not served_model:
@@ -487,33 +519,42 @@ def eval_(
         chat = ChatModelConfig(backend="openai", base_url=endpoint, model=served_model, api_key_env=api_key_env,
                                max_concurrency=concurrency)
     judge = ChatModelConfig(backend="openai", base_url=judge_endpoint, model=judge_model) if judge_endpoint else None
+    return chat, judge
+
+
+def _eval_settings(**fields):
+    """eval's `EvalSettings`; a value they refuse is one line naming its flag."""
+    from mmcof_gen.evaluate import EvalSettings
+
     try:
-        settings = EvalSettings(resolutions=_resolutions(resolutions, "eval"), baseline_no_zoom=baseline_no_zoom,
-                                concurrency=concurrency, protocol=protocol, target=target.value if target else None)
+        return EvalSettings(**fields)
     except ValueError as exc:
         error = exc.errors()[0]
-        flag = "--protocol" if error["loc"] == ("protocol",) else "--resolutions"
+        flag = "--" + str(error["loc"][0]).replace("_", "-")
         raise UserError(f"eval: {flag}: {error['msg'].removeprefix('Value error, ')}") from None
-    chosen = [c.strip() for c in categories.split(",") if c.strip()] if categories else None
-    report = evaluate_bench(bench, out, settings, chat, judge, limit, bench_format.value if bench_format else None,
-                            chosen)
+
+
+def _print_eval(report: dict, bench: Path, out: Path) -> None:
+    """eval's tables: per mode, each R and category's figures; then the results table (`results.md`)."""
+    from rich import box
+
+    from mmcof_gen.eval_protocols import PROTOCOLS
+
     columns = {"resolution": "R", "category": "category", "n": "n", "accuracy": "accuracy", "zoom_rate": "zoom",
                "mean_zooms": "zooms", "mean_tokens": "tokens", "no_answer": "no-ans", "bad_call": "bad",
                "errors": "err"}
     for mode in dict.fromkeys(row["mode"] for row in report["rows"]):
-        table = Table(title=f"{report['model']} ({mode}, protocol {report['protocol']}) on {bench}", box=box.SIMPLE_HEAD,
-                      pad_edge=False, collapse_padding=True)
+        table = Table(title=f"{report['model']} ({mode}, protocol {report['protocol']}) on {bench}",
+                      box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
         for key, header in columns.items():
             table.add_column(header, justify="left" if key == "category" else "right", no_wrap=key == "category")
         for row in (row for row in report["rows"] if row["mode"] == mode):
             table.add_row(*(str(row[key]) for key in columns))
         Console().print(table)
-    if report["protocol"] == "cof-release":
+    if PROTOCOLS[report["protocol"]].comparable:
         typer.echo("comparable with the published numbers: the R=3840 rows (the release evaluates at 3840 only)")
     typer.echo((out / "results.md").read_text(encoding="utf-8").rstrip())
     typer.echo(f"results in {out} (results.jsonl, report.json, report.png, results.md, results.csv)")
-    if all(row["errors"] == row["n"] for row in report["rows"]):
-        raise NothingMade(f"eval: every episode failed; the reasons are in {out / 'results.jsonl'}")
 
 
 @app.command()

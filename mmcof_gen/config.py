@@ -21,9 +21,9 @@ from mmcof_gen import extras, resources
 from mmcof_gen.agent import AGENTS
 from mmcof_gen.errors import ConfigError
 from mmcof_gen.executors import EXECUTORS
-from mmcof_gen.models.chat import ChatModelConfig
+from mmcof_gen.models.chat.config import CHAT_BACKENDS, ChatModelConfig, LimitAdvice
 from mmcof_gen.models.detect import DETECTORS, DetectorConfig
-from mmcof_gen.models.ocr import OcrReaderConfig
+from mmcof_gen.models.ocr_config import OcrReaderConfig
 from mmcof_gen.schema import invalid_fields, registered
 from mmcof_gen.tasks import TASK_MAKERS
 
@@ -74,7 +74,7 @@ QuestionType = Literal["attribute", "position", "text", "counting"]
 
 class TaskSynthesisConfig(Section):
     """Task synthesis with the model roles (tasks.kind vlm): propose small objects, describe each tight crop,
-    write a question with ground truth, keep it only if it needs a zoom (tasks/synthesis.py)."""
+    write a question with ground truth, keep it only if it needs a zoom (tasks/vlm_writer.py)."""
 
     prompts_dir: Path | None = Field(None, description="templates propose/describe/write_question; relative to the "
                                                        "YAML file; none: the shipped prompts/tasks")
@@ -131,6 +131,13 @@ def _reader_kind(value) -> str:
     return "ocr" if backend == "rapidocr" else "chat"
 
 
+# The pipeline's settings that bound a role's requests, as a refusal over a server limit names them
+# (models/chat/refusals.py).
+PIPELINE_LIMITS = LimitAdvice(images="agent.max_zooms (a search sends up to max_zooms + 2 images in one request)",
+                              reply_tokens="agent.reply_tokens (the max_tokens of each reply)",
+                              conversation="resolutions or agent.max_steps")
+
+
 # A reader is a chat model or the OCR engine, told apart by `backend` (so a wrong field is reported once)
 Reader = Annotated[Annotated[ChatModelConfig, Tag("chat")] | Annotated[OcrReaderConfig, Tag("ocr")],
                    Discriminator(_reader_kind)]
@@ -153,6 +160,14 @@ class ModelsConfig(Section):
                                                                     "answers on the crop join the reader's votes")
     small_reader: ChatModelConfig | None = Field(None, description="verify.difficulty: the small model that must not "
                                                                    "answer a question from the whole frame")
+
+    @model_validator(mode="after")
+    def _advise_limits(self) -> ModelsConfig:
+        """Each role's refusals over a server limit name the pipeline's settings that bound its requests."""
+        for _, model in self:
+            if isinstance(model, ChatModelConfig):
+                model.advise(PIPELINE_LIMITS)
+        return self
 
 
 class ConsistencyConfig(Section):
@@ -373,8 +388,8 @@ def require_extras(config: PipelineConfig) -> None:
     for role, model in config.models:
         if model is None:
             continue
-        if getattr(model, "backend", None) == "transformers":
-            extras.require("hf", f"models.{role} backend transformers")
+        if isinstance(model, ChatModelConfig) and (extra := CHAT_BACKENDS[model.backend].extra):
+            extras.require(extra, f"models.{role} backend {model.backend}")
         elif role == "detector" and (extra := DETECTORS[model.backend].extra):
             extras.require(extra, f"models.detector backend {model.backend}")
     if config.tasks.near_duplicate_distance is not None:

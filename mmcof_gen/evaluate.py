@@ -8,10 +8,11 @@ FORMAT_SUFFIX); any other reply ends the episode and its last `<answer>` is the 
 generations and 6 images. Ours: an invalid call (bad JSON, box outside the frame) gets a text error back
 instead of the whole frame; several resolutions; a no-tool baseline (`baseline_no_zoom`).
 
-Two protocols (docs/eval.md): `mmcof` (the default, above) and `cof-release`, the published V* protocol to
-the letter (`cof_release`: V* text verbatim, the release's tool-call handling, first-answer extraction,
-rule scoring and judge, full JPEG decoding; its R=3840 row is the one comparable with published numbers,
-when the run is whole, error-free and its image inputs were checked equal to the release's: `not_comparable`).
+Each step where protocols differ is the protocol's, looked up by name in `eval_protocols.PROTOCOLS`
+(docs/eval.md): `mmcof` (the default, above) and `cof-release`, the published V* protocol to the letter
+(`cof_release`: V* text verbatim, the release's tool-call handling, first-answer extraction, rule scoring and
+judge, full JPEG decoding; its R=3840 row is the one comparable with published numbers, when the run is whole,
+error-free and its image inputs were checked equal to the release's: `not_comparable`).
 Decoding is explicit on every request (greedy, top_p 1, repetition_penalty 1 unless the model config says
 otherwise) and recorded with the protocol in `eval.json` and `report.json`.
 
@@ -31,48 +32,46 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 from PIL import Image
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from mmcof_gen import benchmarks, cof_format, cof_release, resources
+from mmcof_gen import benchmarks, cof_format, resources
 from mmcof_gen.benchmarks.embedded import local_image
 from mmcof_gen.benchmarks.table import write_tables
 from mmcof_gen.config import ImagesConfig, valid_resolutions
-from mmcof_gen.conventions import CONVENTIONS, read_box
 from mmcof_gen.errors import ConfigError
-from mmcof_gen.targets import DEFAULT_TARGET, TARGETS, Target, student_target
+from mmcof_gen.eval_protocols import DEFAULT_PROTOCOL, PROTOCOLS, Mode
 from mmcof_gen.extras import require
-from mmcof_gen.imaging import MAX_ZOOM_PIXELS, MIN_PIXELS, file_sha256, frame_from_image, image_size, load_image
+from mmcof_gen.imaging import MAX_ZOOM_PIXELS, MIN_PIXELS, file_sha256, image_size
 from mmcof_gen.models.chat import ChatError, ChatMessage, ChatModel, ChatModelConfig, chat_model
-from mmcof_gen.prompts import Prompts
-from mmcof_gen.schema import Box
-from mmcof_gen.scoring import Score
+from mmcof_gen.schema import Box, registered
 from mmcof_gen.store import read_jsonl, repair_torn_tail, write_json_atomic
+from mmcof_gen.targets import DEFAULT_TARGET, TARGETS, Target, student_target
 from mmcof_gen.tasks.vstar import BenchItem
 
-PROMPTS = Prompts(resources.prompts("eval"))
-TOOL_RESULT_TEXT = cof_format.TOOL_RESULT.removeprefix(cof_format.IMAGE)  # what follows the crop image
 RESULTS, REPORT, PLOT, SETTINGS = "results.jsonl", "report.json", "report.png", "eval.json"
-Mode = Literal["cof", "no_zoom"]
-Protocol = Literal["mmcof", "cof-release"]
 COMPARABLE_RESOLUTION = 3840  # the only budget the release evaluates at
 RELEASE_LIMITS = {"max_generations": 6, "max_images": 6, "max_new_tokens": 512}  # the release's loop
 
 
 def known_target(name: str | None) -> str | None:
-    if name is not None and name not in TARGETS:
-        raise ValueError(f"unknown target {name!r}; one of: {', '.join(TARGETS)}")
-    return name
+    """`EvalSettings.target`: a target of the registry, or None (told by the model)."""
+    return None if name is None else registered(name, TARGETS)
+
+
+def known_protocol(name: str) -> str:
+    return registered(name, PROTOCOLS)
 
 
 class EvalSettings(BaseModel):
     """What changes the numbers; a results folder made with other settings is refused, never mixed."""
 
     model_config = ConfigDict(extra="forbid")
-    protocol: Protocol = Field("mmcof", description="mmcof: this project's (strict calls, lenient rules); "
-                                                    "cof-release: the published V* protocol to the letter")
+    protocol: Annotated[str, AfterValidator(known_protocol)] = Field(
+        DEFAULT_PROTOCOL, description="eval_protocols.PROTOCOLS: mmcof, this project's (strict calls, lenient rules); "
+                                      "cof-release, the published V* protocol to the letter")
     resolutions: Annotated[list[int], AfterValidator(valid_resolutions)] = Field(
         default_factory=lambda: [224, 448, 672, 1024, 1920, 3840])
     max_generations: int = Field(6, ge=1, description="model replies per episode (CoF eval: 6)")
@@ -128,31 +127,6 @@ def record_id(item: BenchItem, resolution: int, mode: Mode) -> str:
     return f"{item.id}@{resolution}:{mode}"
 
 
-def first_messages(frame: Image.Image, question: str, options: list[str] | None, mode: Mode,
-                   text: str | None = None, system_prompt: str = cof_format.SYSTEM_PROMPT) -> list[ChatMessage]:
-    """System + first user turn: the CoF prompt with the tool (`system_prompt`: the student's own declaration of
-    it), or (baseline) a plain assistant, no tool.
-
-    `text` (cof-release): the benchmark's question text, sent verbatim instead of being rebuilt."""
-    if text is not None:
-        return [ChatMessage("system", cof_format.SYSTEM_PROMPT),
-                ChatMessage("user", cof_release.question_text(text), [frame])]
-    if mode == "no_zoom":
-        return [ChatMessage("system", PROMPTS.render("direct_system")),
-                ChatMessage("user", cof_format.question_text(question, options), [frame])]
-    return [ChatMessage("system", system_prompt),
-            ChatMessage("user", cof_format.question_text(question, options) + cof_format.FORMAT_SUFFIX, [frame])]
-
-
-def zoom_call(reply: str, frame: Image.Image, target: Target) -> tuple[Box, dict]:
-    """(the box in frame pixels, the arguments) of the reply's first tool call, read in the box convention of
-    the model's `target` (Qwen3-VL: 0-1000); ValueError (the reason) when invalid."""
-    call = cof_format.parse_tool_call(reply)
-    if call is None:
-        raise ValueError("the <tool_call> has no closing </tool_call>")
-    return read_box(call["arguments"]["bbox_2d"], CONVENTIONS[target.boxes], *frame.size), call["arguments"]
-
-
 def model_target(model: ChatModel, name: str | None = None) -> Target:
     """The student family of the evaluated model (its frame size, tool prompt, box convention and crop rule): the
     target `name` (`eval --target`, for a fine-tune whose config and name do not tell), else as its config or
@@ -163,16 +137,16 @@ def model_target(model: ChatModel, name: str | None = None) -> Target:
 async def run_episode(model: ChatModel, frame: Image.Image, question: str, options: list[str] | None,
                       settings: EvalSettings, mode: Mode = "cof", text: str | None = None,
                       temperature: float = 0.0, target: Target = TARGETS[DEFAULT_TARGET]) -> Episode:
-    """The CoF inference loop on one working frame (module docstring); the baseline is one plain reply. Each
-    call is read and executed as the `target` model's own tool does it. `temperature` > 0 samples (RL export's
-    pass rate over k samples); eval itself decodes greedily."""
-    release = settings.protocol == "cof-release"
-    messages = first_messages(frame, question, options, mode, text if release else None, target.system_prompt)
+    """The CoF inference loop on one working frame (module docstring), each step as `settings.protocol` takes it;
+    the baseline is one plain reply. Each call is read and executed as the `target` model's own tool does it.
+    `text`: the benchmark's question text; `temperature` > 0 samples (RL export's pass rate over k samples); eval
+    itself decodes greedily."""
+    protocol = PROTOCOLS[settings.protocol]
+    messages = protocol.first_messages(frame, question, options, text, mode, target)
     episode = Episode()
-    images = 1
     shown = [frame]  # the conversation's images, which a call's img_idx indexes
     for _ in range(1 if mode == "no_zoom" else settings.max_generations):
-        episode.max_images = max(episode.max_images, images)
+        episode.max_images = max(episode.max_images, len(shown))
         completion = await model.complete(messages, max_tokens=settings.max_new_tokens, temperature=temperature)
         reply = completion.text
         episode.replies.append(reply)
@@ -182,36 +156,22 @@ async def run_episode(model: ChatModel, frame: Image.Image, question: str, optio
             episode.answer = cof_format.extract_answer(reply) or reply.strip() or None
             break
         if "<tool_call>" not in reply:  # as the release: a reply with any tool call is a zoom turn
-            episode.answer = cof_release.extract_answer(reply) if release else cof_format.extract_answer(reply)
+            episode.answer = protocol.answer(reply)
             break
         if len(episode.replies) == settings.max_generations:
             episode.stop = "generation_limit"
             break
-        if release:
-            image, box, bad = await asyncio.to_thread(cof_release.zoom, frame, reply)
-            episode.zooms += [tuple(round(v) for v in box)] if box else []  # the record keeps whole pixels
-            episode.bad_calls += [bad] if bad else []
-            images += 1
-            messages.append(ChatMessage("user", TOOL_RESULT_TEXT, [image]))
-            continue
-        try:
-            box, arguments = zoom_call(reply, frame, target)
-            crop = None if images == settings.max_images else await asyncio.to_thread(target.crop, shown, arguments)
-        except ValueError as exc:  # parse_tool_call's reasons, InvalidBox
-            episode.bad_calls.append(str(exc))
-            error = PROMPTS.render("tool_error", reason=exc, width=frame.width, height=frame.height)
-            messages.append(ChatMessage("user", error + cof_format.FORMAT_SUFFIX))
-            continue
-        if crop is None:
+        zoom = await protocol.zoom(reply, frame, shown, target, room=len(shown) < settings.max_images)
+        if zoom.turn is None:
             episode.stop = "image_limit"
             break
-        episode.zooms.append(box)
-        images += 1
-        shown.append(crop)
-        messages.append(ChatMessage("user", TOOL_RESULT_TEXT, [crop]))
+        episode.zooms += [zoom.box] if zoom.box else []
+        episode.bad_calls += [zoom.problem] if zoom.problem else []
+        shown += zoom.turn.images
+        messages.append(zoom.turn)
     episode.stop = episode.stop or ("answer" if episode.answer else "no_answer")
-    if release and episode.answer is None:
-        episode.answer = ""  # the release judges an episode without an answer as the empty answer
+    if episode.answer is None:
+        episode.answer = protocol.unanswered
     return episode
 
 
@@ -221,21 +181,15 @@ async def evaluate_one(model: ChatModel, item: BenchItem, resolution: int, mode:
     base = dict(id=record_id(item, resolution, mode), item=item.id, category=item.category, resolution=resolution,
                 mode=mode, expected=item.answer)
     start = time.perf_counter()
+    protocol = PROTOCOLS[settings.protocol]
     try:
         target = model_target(model, settings.target)
         with local_image(item.image) as path:  # an image inside the benchmark file is decoded for this episode only
             size = await asyncio.to_thread(image_size, path, settings.max_pixels)
-            if settings.protocol == "cof-release":  # the release decodes the whole JPEG, then resizes
-                frame = await asyncio.to_thread(
-                    lambda: frame_from_image(load_image(path, settings.max_pixels), resolution))
-            else:
-                frame = await asyncio.to_thread(target.make_frame, path, resolution, settings.max_pixels)
-        if settings.protocol == "cof-release":
-            episode = await run_episode(model, frame, item.question, item.options, settings, mode, item.text)
-            verdict = await score_release(item, episode.answer, judge)
-        else:
-            episode = await run_episode(model, frame, item.question, item.options, settings, mode, target=target)
-            verdict = await benchmarks.score_answer(item, episode.answer, judge, PROMPTS)
+            frame = await asyncio.to_thread(protocol.make_frame, path, resolution, settings.max_pixels, target)
+        episode = await run_episode(model, frame, item.question, item.options, settings, mode, item.text,
+                                    target=target)
+        verdict = await protocol.score(item, episode.answer, judge)
     except Exception as exc:  # one bad sample never kills a run
         return EvalRecord(**base, error=f"{type(exc).__name__}: {exc}", stop="error",
                           seconds=round(time.perf_counter() - start, 3))
@@ -245,17 +199,6 @@ async def evaluate_one(model: ChatModel, item: BenchItem, resolution: int, mode:
                       replies=episode.replies, seconds=round(time.perf_counter() - start, 3))
 
 
-async def score_release(item: BenchItem, predicted: str, judge: ChatModel) -> Score:
-    """The release's scoring: its rules on the letter, else its judge (which sees the bare letter)."""
-    decided = cof_release.score_by_rules(predicted, item.label, item.text)
-    if decided is not None:
-        return Score(decided, "rule")
-    prompt = cof_release.judge_prompt(item.text, item.label, predicted)
-    reply = await judge.complete([ChatMessage("system", cof_release.JUDGE_SYSTEM), ChatMessage("user", prompt)],
-                                 max_tokens=None, temperature=0.0)
-    return Score(cof_release.read_judgement(reply.text), "judge")
-
-
 def decoding_of(model: ChatModel, settings: EvalSettings) -> dict | None:
     """The decoding parameters every request of the model carries (None for a model without a config)."""
     config = getattr(model, "config", None)
@@ -263,29 +206,9 @@ def decoding_of(model: ChatModel, settings: EvalSettings) -> dict | None:
 
 
 def check_protocol(model: ChatModel, items: list[BenchItem], settings: EvalSettings, judge: ChatModel | None) -> None:
-    """cof-release needs what the release had: V*'s question texts, a judge, and plain greedy decoding."""
-    if settings.protocol != "cof-release":
-        return
-    if any(item.text is None or not item.options for item in items):
-        raise ConfigError("--protocol cof-release sends V*'s question text verbatim: pass a --bench folder (or file) "
-                          "with test_questions.jsonl, as the V* dataset ships it")
-    if settings.target not in (None, DEFAULT_TARGET):
-        raise ConfigError(f"--protocol cof-release evaluates in the release's {DEFAULT_TARGET} convention; drop "
-                          f"--target {settings.target} or use --protocol mmcof")
-    if settings.baseline_no_zoom:
-        raise ConfigError("--protocol cof-release has no no-zoom baseline (the release has none); "
-                          "drop --baseline-no-zoom")
-    if judge is None:
-        raise ConfigError("--protocol cof-release sends every answer its rules cannot score to an LLM judge: pass "
-                          "--judge-endpoint URL --judge-model NAME")
-    decoding = decoding_of(model, settings)
-    if decoding and (decoding.get("top_p") != 1.0 or decoding.get("repetition_penalty") != 1.0):
-        raise ConfigError(f"--protocol cof-release decodes greedily with top_p 1.0 and repetition_penalty 1.0; "
-                          f"the model config says {decoding}")
-    config = getattr(judge, "config", None)
-    if isinstance(config, ChatModelConfig) and config.decoding(None, 0.0) != {"temperature": 0.0}:
-        raise ConfigError(f"--protocol cof-release sends the judge only temperature 0, as the release does; its "
-                          f"config sends {config.decoding(None, 0.0)}: build it with cof_release.judge_config")
+    """What the protocol needs of the run (cof-release: what the release had), before the first request."""
+    PROTOCOLS[settings.protocol].check(items, settings.target, settings.baseline_no_zoom,
+                                       decoding_of(model, settings), judge)
 
 
 def request_prompts() -> dict[str, str]:
@@ -301,7 +224,8 @@ def fingerprint(model: ChatModel, settings: EvalSettings, judge: ChatModel | Non
         return config.identity() if isinstance(config, ChatModelConfig) else getattr(chat, "name", None)
 
     return {"model": model.name, "bench": bench, "judge": judge.name if judge else None,
-            "target": model_target(model, settings.target).name, "protocol": settings.protocol, "decoding": decoding_of(model, settings), "model_identity": identity(model),
+            "target": model_target(model, settings.target).name, "protocol": settings.protocol,
+            "decoding": decoding_of(model, settings), "model_identity": identity(model),
             "judge_identity": identity(judge), "prompts": request_prompts(),
             "settings": settings.model_dump(exclude={"concurrency", "target"})}  # the target as resolved, above
 
@@ -310,7 +234,7 @@ def not_comparable(settings: EvalSettings, records: list[EvalRecord], full: bool
                    image_tokens: dict | None) -> list[str]:
     """Why the R=3840 rows cannot stand next to the published numbers (none: they can)."""
     reasons = []
-    if settings.protocol != "cof-release":
+    if not PROTOCOLS[settings.protocol].comparable:
         reasons.append(f"protocol {settings.protocol}, not cof-release")
     if COMPARABLE_RESOLUTION not in settings.resolutions:
         reasons.append(f"no R={COMPARABLE_RESOLUTION}")
@@ -470,57 +394,54 @@ async def check_image_tokens(model: ChatModel, item: BenchItem, settings: EvalSe
     In process: the processor's pixel bounds are widened to the zoom tool's (112^2 .. 3840^2), which holds
     every frame and crop, so nothing is resized. A server is asked: the prompt tokens of the first item's
     frame minus those of the same text alone; fewer than the frame's own patches (Qwen2.5-VL: 28x28 pixels a
-    token, Qwen3-VL: 32x32) means the server downsizes it, and that R is refused. Under cof-release nothing is
-    widened: the release ran with the checkpoint's own processor limits, so each R's count must equal what those
-    give (`cof_release.image_tokens`; a server widened as the default protocol needs is refused), and is marked
-    `release: true` when it was checked so. Returns, per R, the frame's size and its image tokens (None: the
-    server does not count them)."""
-    release = settings.protocol == "cof-release"
+    token, Qwen3-VL: 32x32) means the server downsizes it, and that R is refused. A protocol that does not need
+    whole frames (cof-release: the release ran with the checkpoint's own processor limits) widens nothing and
+    refuses nothing here; it checks the counts its own way (`checked_tokens`: each R's count must equal what the
+    release's processor gives, marked `release: true` when checked so). Returns, per R, the frame's size and its
+    image tokens (None: the server does not count them)."""
+    protocol = PROTOCOLS[settings.protocol]
     target = model_target(model, settings.target)
     with local_image(item.image) as path:
         frames = {r: await asyncio.to_thread(target.make_frame, path, r, settings.max_pixels)
                   for r in settings.resolutions}
     processor = getattr(getattr(model, "processor", None), "image_processor", None)
     if processor is not None:
+        found = _processor_tokens(processor, frames, protocol.whole_frames)
+    else:
+        found = await _server_tokens(model, frames, target, protocol.whole_frames)
+    return protocol.checked_tokens(model.name, found)
+
+
+def _processor_tokens(processor, frames: dict[int, Image.Image], widen: bool) -> dict[str, dict]:
+    """Each frame's image tokens under an in-process processor (`widen`: to the zoom tool's pixel bounds first)."""
+    if widen:
         size = processor.size
-        if not release:
-            processor.size = {"shortest_edge": min(size["shortest_edge"], MIN_PIXELS),
-                              "longest_edge": max(size["longest_edge"], MAX_ZOOM_PIXELS)}
-        merge = getattr(processor, "merge_size", 1) ** 2
-        found = {str(r): {"frame": list(f.size),
-                          "tokens": processor.get_number_of_image_patches(f.height, f.width) // merge}
-                 for r, f in frames.items()}
-        return _against_release(model, found) if release else found
+        processor.size = {"shortest_edge": min(size["shortest_edge"], MIN_PIXELS),
+                          "longest_edge": max(size["longest_edge"], MAX_ZOOM_PIXELS)}
+    merge = getattr(processor, "merge_size", 1) ** 2
+    return {str(r): {"frame": list(f.size), "tokens": processor.get_number_of_image_patches(f.height, f.width) // merge}
+            for r, f in frames.items()}
+
+
+async def _server_tokens(model: ChatModel, frames: dict[int, Image.Image], target: Target,
+                         whole: bool) -> dict[str, dict]:
+    """Each frame's image tokens as the server counts them (None: it does not); `whole`: a frame the server
+    downsizes is refused."""
     try:
         text_only = (await model.complete([ChatMessage("user", "?")], max_tokens=1)).prompt_tokens
     except ChatError:  # a server that refuses the probe is left to the episodes, which record why
-        found = {str(r): {"frame": list(f.size), "tokens": None} for r, f in frames.items()}
-        return _against_release(model, found) if release else found
+        return {str(r): {"frame": list(f.size), "tokens": None} for r, f in frames.items()}
     found = {}
     for resolution, frame in frames.items():
         with_frame = (await model.complete([ChatMessage("user", "?", [frame])], max_tokens=1)).prompt_tokens
         tokens = with_frame - text_only - 2 if with_frame > text_only else None  # 2: the vision start/end markers
         patches = frame.width * frame.height // (target.factor * target.factor)
-        if tokens is not None and tokens < patches and not release:
+        if tokens is not None and tokens < patches and whole:
             raise ConfigError(f"--resolutions {resolution}: {model.name} turns a {frame.width}x{frame.height} frame "
                               f"into {tokens} image tokens, not its {patches}: the server downsizes it (vLLM: serve "
-                              f"with --mm-processor-kwargs '{{\"max_pixels\": {MAX_ZOOM_PIXELS}}}'), or drop {resolution}; "
-                              f"a model that is no {target.title} student: pass --target")
+                              f"with --mm-processor-kwargs '{{\"max_pixels\": {MAX_ZOOM_PIXELS}}}'), or drop "
+                              f"{resolution}; a model that is no {target.title} student: pass --target")
         found[str(resolution)] = {"frame": list(frame.size), "tokens": tokens}
-    return _against_release(model, found) if release else found
-
-
-def _against_release(model: ChatModel, found: dict[str, dict]) -> dict[str, dict]:
-    """cof-release: each counted R must give the model the release's image tokens; marks those checked."""
-    for resolution, entry in found.items():
-        expected = cof_release.image_tokens(*entry["frame"])
-        if entry["tokens"] is not None and entry["tokens"] != expected:
-            width, height = entry["frame"]
-            raise ConfigError(f"--protocol cof-release: {model.name} turns the {width}x{height} frame of "
-                              f"R={resolution} into {entry['tokens']} image tokens, the release's processor into "
-                              f"{expected}: serve the model with its checkpoint's own image limits (no "
-                              "--mm-processor-kwargs max_pixels), or use --protocol mmcof")
-        entry["release"] = entry["tokens"] is not None
     return found
 
 
@@ -535,9 +456,8 @@ def evaluate_bench(bench: Path, out: Path, settings: EvalSettings, model: ChatMo
     items = benchmarks.select(every, categories, limit)
     if model.backend == "openai":
         _check_server(model, settings)
-    if judge is not None and settings.protocol == "cof-release":
-        judge = cof_release.judge_config(judge)
-    chat, judging = chat_model(model), chat_model(judge) if judge else None
+    chat = chat_model(model)
+    judging = chat_model(PROTOCOLS[settings.protocol].judge_config(judge)) if judge else None
     check_protocol(chat, items, settings, judging)  # before the first request
     image_tokens = asyncio.run(check_image_tokens(chat, items[0], settings)) if items else None
     return evaluate(chat, items, settings, out, judging, bench=str(bench), image_tokens=image_tokens,

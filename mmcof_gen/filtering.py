@@ -27,11 +27,10 @@ from rich.table import Table
 from mmcof_gen import cof_format
 from mmcof_gen.config import FilterConfig
 from mmcof_gen.imaging import box_area, scale_box, validate_box, zoom_region
-from mmcof_gen.replay import FrameSource, ReplayError, check_chain, replayed
-from mmcof_gen.schema import ImageTasks, Trajectory
+from mmcof_gen.replay import FrameSource, check_chain, replayable, replayed
+from mmcof_gen.schema import ImageTasks, Manifest, Trajectory
 from mmcof_gen.stats import run_stats
-from mmcof_gen.store import (MANIFEST, TASKS, AtomicFile, RunStore, StoreError, claim_out_dir, record_output,
-                             write_json_atomic)
+from mmcof_gen.store import MANIFEST, TASKS, AtomicFile, RunStore, claim_out_dir, record_output, write_json_atomic
 from mmcof_gen.tasks.exclusion import load_exclusions
 
 REPORT = "filter_report.json"
@@ -218,7 +217,36 @@ def filter_run(run_dir: Path, out_dir: Path, config: FilterConfig, overwrite: bo
     manifest = source.manifest()
     claim_out_dir(run_dir, out_dir, MARKER, earlier="filter output", overwrite=overwrite,
                   is_input="input folder; filter never modifies its input, pass a new folder")
+    rules, after = _rules(config)
+    if config.reexecution:
+        replayable(source)
 
+    total, dropped, survivors = _judge(source, rules, after, config, manifest, jobs)
+    if config.balance:
+        ids = {position: trajectory_id for position, trajectory_id, _, _ in survivors}
+        for position, reason in balance_drops(survivors, config).items():
+            dropped[position] = (ids[position], "balance", reason)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_kept(source, out_dir, dropped)
+    _copy_tasks(source, out_dir / TASKS)
+    enabled = {name for name, _ in rules + after} | {name for name, on in (
+        ("reexecution", config.reexecution), ("balance", config.balance)) if on}
+    report = _report(run_dir, out_dir, config, total, dropped, enabled)
+    write_json_atomic(out_dir / REPORT, report)
+    filter_block = {"source": str(run_dir.resolve()), "config": config.model_dump(mode="json"),
+                    "kept": report["kept"], "dropped": report["dropped"],
+                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    # The manifest is written last: a folder without it is an interrupted filter, never a usable one.
+    kept = manifest.model_copy(update={"filter": filter_block, "counts": run_stats(RunStore(out_dir))})
+    write_json_atomic(out_dir / MANIFEST, kept.dump())
+    record_output(out_dir, MARKER, run_dir)
+    return report
+
+
+def _rules(config: FilterConfig) -> tuple[list[tuple[str, Rule]], list[tuple[str, Rule]]]:
+    """The rules `config` turns on, in their order: those before re-execution, and those after it (which run
+    on its survivors, in run order)."""
     rules: list[tuple[str, Rule]] = []
     if config.verified:
         rules.append(("verified", check_verified))
@@ -233,15 +261,14 @@ def filter_run(run_dir: Path, out_dir: Path, config: FilterConfig, overwrite: bo
     if config.exclude_file:
         exclusions = load_exclusions(config.exclude_file, "filter.exclude_file")
         rules.append(("contamination", contamination_rule(exclusions.keys)))
-    if config.reexecution:
-        try:
-            FrameSource(manifest)
-        except ReplayError as exc:
-            raise StoreError(f"{run_dir}: {exc}") from None
-    after: list[tuple[str, Rule]] = []  # rules that run after re-execution, on its survivors, in run order
-    if config.duplicate:
-        after.append(("duplicate", duplicate_rule()))
+    after = [("duplicate", duplicate_rule())] if config.duplicate else []
+    return rules, after
 
+
+def _judge(source: RunStore, rules: list[tuple[str, Rule]], after: list[tuple[str, Rule]], config: FilterConfig,
+           manifest: Manifest, jobs: int) -> tuple[int, dict[int, tuple[str, str, str]], list]:
+    """`(total, dropped, survivors)`: each dropped position's (id, rule, reason), and each survivor's
+    (position, id, (R, question type), is direct) for the balance."""
     dropped: dict[int, tuple[str, str, str]] = {}  # position -> (id, rule, reason)
     survivors = []
     total = 0
@@ -255,27 +282,8 @@ def filter_run(run_dir: Path, out_dir: Path, config: FilterConfig, overwrite: bo
             dropped[position] = (trajectory.id, *failed)
         else:
             group = (trajectory.view.resolution, trajectory.task.question_type)
-            survivors.append((position, trajectory.id, group, not trajectory.chain))
-    if config.balance:
-        ids = {position: trajectory_id for position, trajectory_id, _, _ in survivors}
-        for position, reason in balance_drops(survivors, config).items():
-            dropped[position] = (ids[position], "balance", reason)
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _write_kept(source, out_dir, dropped)
-    _copy_tasks(source, out_dir / TASKS)
-    enabled = {name for name, _ in rules + after} | {name for name, on in (
-        ("reexecution", config.reexecution), ("balance", config.balance)) if on}
-    report = _report(run_dir, out_dir, config, total, dropped, enabled)
-    write_json_atomic(out_dir / REPORT, report)
-    store = RunStore(out_dir)
-    filter_block = {"source": str(run_dir.resolve()), "config": config.model_dump(mode="json"),
-                    "kept": report["kept"], "dropped": report["dropped"],
-                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    # The manifest is written last: a folder without it is an interrupted filter, never a usable one.
-    write_json_atomic(out_dir / MANIFEST, {**manifest, "filter": filter_block, "counts": run_stats(store)})
-    record_output(out_dir, MARKER, run_dir)
-    return report
+            survivors.append((position, trajectory.id, group, trajectory.sample_kind == "direct"))
+    return total, dropped, survivors
 
 
 def _first_failure(rules: list[tuple[str, Rule]], trajectory: Trajectory) -> tuple[str, str] | None:
@@ -286,7 +294,7 @@ def _first_failure(rules: list[tuple[str, Rule]], trajectory: Trajectory) -> tup
     return None
 
 
-def _judged(source: RunStore, rules: list[tuple[str, Rule]], config: FilterConfig, manifest: dict, jobs: int):
+def _judged(source: RunStore, rules: list[tuple[str, Rule]], config: FilterConfig, manifest: Manifest, jobs: int):
     """`((position, trajectory, (rule, reason) | None), re-execution result)` in run order: the rules before
     re-execution run here, and the trajectories that pass them are re-executed by `jobs` processes."""
     items = ((trajectory, (position, trajectory, _first_failure(rules, trajectory)))

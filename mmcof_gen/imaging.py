@@ -212,9 +212,10 @@ def frame_size(width: int, height: int, resolution: int) -> tuple[int, int]:
     return w, h
 
 
-def make_frame(path: Path, resolution: int, max_pixels: int) -> Image.Image:
-    """The working frame at `resolution`, decoded straight at (about) frame size; same file + R -> same pixels."""
-    size = frame_size(*image_size(path, max_pixels), resolution)
+def make_frame(path: Path, resolution: int, max_pixels: int, upright: tuple[int, int] | None = None) -> Image.Image:
+    """The working frame at `resolution`, decoded straight at (about) frame size; same file + R -> same pixels.
+    `upright`: the image's size (`image_size`) when the caller has read it already."""
+    size = frame_size(*(upright or image_size(path, max_pixels)), resolution)
     return _resized(load_image(path, max_pixels, target_size=size), size)
 
 

@@ -3,7 +3,8 @@ the layers below, never one above. tests/test_layers.py reads every import (insi
 `if TYPE_CHECKING:` too) and fails on one that goes up; docs/architecture.md shows `markdown()`'s table.
 
 A module is named relative to the package (`models.chat`); `pkg.*` stands for every module under `pkg`,
-and "" for the package's own `__init__`. Every module is in exactly one layer.
+and "" for the package's own `__init__`. Every module is in exactly one layer: the lowest that names it
+(the model configs are under `models.*` too, a layer below the clients).
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("foundation", ("", "errors", "schema", "imaging", "resources", "extras", "parallel", "positions",
                     "conventions", "answers", "layers")),
     ("formats", ("prompts", "cof_format", "budget", "store")),
+    ("model configs", ("models.chat.config", "models.ocr_config")),
     ("models", ("models", "models.*")),
     ("configuration", ("config", "agent", "executors", "tasks")),
     ("agents and tasks", ("agent.*", "tasks.*")),
     ("synthesis", ("worker", "executors.*", "progress", "synthesize", "stats")),
     ("after a run", ("replay", "filtering", "targets", "export", "export.*", "validate", "report", "finetune",
                      "finetune.*", "scoring", "rewards", "cof_release", "benchmarks", "benchmarks.*",
-                     "evaluate")),
+                     "eval_protocols", "evaluate")),
     ("entry points", ("cli", "scenes")),
 )
 

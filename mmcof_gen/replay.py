@@ -25,8 +25,8 @@ from PIL import Image
 
 from mmcof_gen.imaging import ImageError, crop_zoom, image_sha256, make_frames, zoom_plan
 from mmcof_gen.parallel import ordered_map
-from mmcof_gen.schema import Trajectory
-from mmcof_gen.store import images_folder
+from mmcof_gen.schema import Manifest, Trajectory
+from mmcof_gen.store import RunStore, StoreError
 
 Payload = TypeVar("Payload")
 Result = TypeVar("Result")
@@ -46,13 +46,12 @@ class FrameSource:
     """Working frames of a run, rebuilt from its image folder. `expect` names the trajectories to come, so
     that an image is decoded once for every R they need; the frames of the last image are kept."""
 
-    def __init__(self, manifest: dict):
-        try:
-            self.images_root = Path(images_folder(manifest))
-            self.max_pixels = int(manifest["config"]["images"]["max_pixels"])
-        except (KeyError, TypeError):
+    def __init__(self, manifest: Manifest):
+        if manifest.images_folder is None or manifest.max_pixels is None:
             raise ReplayError("the manifest names no input image folder (inputs.images) "
-                              "or no images.max_pixels; pass a folder made by synthesize") from None
+                              "or no images.max_pixels; pass a folder made by synthesize")
+        self.images_root = Path(manifest.images_folder)
+        self.max_pixels = manifest.max_pixels
         self._wanted: dict[str, set[int]] = {}
         self._image: str | None = None
         self._frames: dict[int, tuple[Image.Image, str]] = {}  # R -> (frame, its image_sha256)
@@ -107,6 +106,17 @@ class FrameSource:
             self._proven.popitem(last=False)
 
 
+def replayable(store: RunStore) -> Manifest:
+    """The manifest of a run whose frames can be rebuilt; StoreError naming the folder when it cannot locate
+    its images (what export and filter's re-execution check before they write anything)."""
+    manifest = store.manifest()
+    try:
+        FrameSource(manifest)
+    except ReplayError as exc:
+        raise StoreError(f"{store.root}: {exc}") from None
+    return manifest
+
+
 def _same_frame(sha: str, trajectory: Trajectory, path: Path) -> None:
     if sha != trajectory.view.frame_sha256:
         raise ReplayError(f"the frame rebuilt from {path} differs from the one synthesised "
@@ -130,7 +140,7 @@ def check_chain(frame_size: tuple[int, int], trajectory: Trajectory) -> None:
 
 
 def replayed(items: Iterable[tuple[Trajectory | None, Payload]],
-             work: Callable[[FrameSource, Trajectory], Result], manifest: dict,
+             work: Callable[[FrameSource, Trajectory], Result], manifest: Manifest,
              jobs: int, window: int = WINDOW) -> Iterator[tuple[Payload, Result | ReplayError | None]]:
     """`(payload, work(frames, trajectory))` for each item, in input order, over `jobs` processes.
 
@@ -200,7 +210,7 @@ def _batches(items: Iterable[Item]) -> Iterator[list[Item]]:
 _SOURCE: FrameSource | None = None  # the frame source of this worker process
 
 
-def _start_worker(manifest: dict) -> None:
+def _start_worker(manifest: Manifest) -> None:
     global _SOURCE
     _SOURCE = FrameSource(manifest)
 

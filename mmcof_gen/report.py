@@ -40,7 +40,7 @@ from mmcof_gen.imaging import ImageError, InvalidBox, box_area, crop_zoom, image
 from mmcof_gen.parallel import ordered_map
 from mmcof_gen.schema import Box, ErrorRecord, Trajectory
 from mmcof_gen.stats import run_stats
-from mmcof_gen.store import AtomicFile, RunStore, StoreError, claim_out_dir, images_folder, record_output
+from mmcof_gen.store import AtomicFile, RunStore, StoreError, claim_out_dir, record_output
 
 FRAME_THUMB = 768  # longest side of a frame thumbnail, in pixels
 CROP_THUMB = 384  # longest side of a crop thumbnail
@@ -68,38 +68,18 @@ def write_report(run_dir: Path, out_html: Path, overwrite: bool = False, jobs: i
     manifest = store.manifest()
     errors = list(store.errors())
     stats = run_stats(store)
-
-    files = out_html.parent / f"{out_html.stem}_files"
-    try:
-        out_html.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        why = f"{out_html.parent} is a file" if out_html.parent.is_file() else exc.strerror
-        raise StoreError(f"cannot write --out {out_html}: {why}; pass a writable path") from None
-    claim_out_dir(run_dir, files, MARKER, is_input="run folder", earlier="report", overwrite=overwrite)
-    images_root = images_folder(manifest)
-    max_pixels = manifest.get("config", {}).get("images", {}).get("max_pixels", ImagesConfig().max_pixels)
-    assets = FrameAssets(files, Path(images_root) if images_root else None, max_pixels)
-
-    frames: dict[str, dict[tuple[int, str], tuple[tuple[int, int], dict[str, Box]]]] = {}  # image -> frames
-    rows = []
-    for t in store.trajectories():
-        _, boxes = frames.setdefault(t.task.image, {}).setdefault(
-            (t.view.resolution, t.view.frame_sha256), ((t.view.width, t.view.height), {}))
-        boxes.update((_box_key(box), box) for box in zoom_boxes(t))
-        rows.append(PlotRow.of(t))
-    jobs_in = ((image, [(r, sha, size, list(boxes.values())) for (r, sha), (size, boxes) in wanted.items()])
-               for image, wanted in frames.items())
-    views = {}
-    for image, made in zip(frames, ordered_map(partial(_frame_views, assets), jobs_in, jobs)):
-        views.update(((image, r, sha), view) for (r, sha), view in made.items())
-
+    files = _claim_files(run_dir, out_html, overwrite)
+    images_root = manifest.images_folder
+    assets = FrameAssets(files, Path(images_root) if images_root else None,
+                         manifest.max_pixels or ImagesConfig().max_pixels)
+    views, rows = _frame_views_of(store, assets, jobs)
     chunks = _write_cards(files, (trajectory_card(t, views[(t.task.image, t.view.resolution, t.view.frame_sha256)])
                                   for t in store.trajectories()))
     data = {
         "title": f"mmcof-gen report: {run_dir}",
         "run_dir": str(run_dir.resolve()),
-        "created": manifest.get("created"),
-        "config_hash": manifest.get("fingerprint"),
+        "created": manifest.created,
+        "config_hash": manifest.fingerprint,
         "page_size": PAGE_SIZE,
         "chunk_size": CHUNK,
         "chunks": chunks,
@@ -118,6 +98,36 @@ def write_report(run_dir: Path, out_html: Path, overwrite: bool = False, jobs: i
     _write_text(out_html, page.substitute(title=html.escape(data["title"]), files=quote(files.name)))
     record_output(files, MARKER, run_dir, beside=(out_html,))
     return out_html
+
+
+def _claim_files(run_dir: Path, out_html: Path, overwrite: bool) -> Path:
+    """The report's `<stem>_files/` folder beside `out_html`, made this report's own (`claim_out_dir`)."""
+    files = out_html.parent / f"{out_html.stem}_files"
+    try:
+        out_html.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        why = f"{out_html.parent} is a file" if out_html.parent.is_file() else exc.strerror
+        raise StoreError(f"cannot write --out {out_html}: {why}; pass a writable path") from None
+    claim_out_dir(run_dir, files, MARKER, is_input="run folder", earlier="report", overwrite=overwrite)
+    return files
+
+
+def _frame_views_of(store: RunStore, assets: FrameAssets, jobs: int) -> tuple[dict, list[PlotRow]]:
+    """The view of every recorded frame, `{(image, R, frame sha): view}`, drawn by `jobs` processes one image
+    at a time, and the plot row of every trajectory (the first pass over the records)."""
+    frames: dict[str, dict[tuple[int, str], tuple[tuple[int, int], dict[str, Box]]]] = {}  # image -> frames
+    rows = []
+    for t in store.trajectories():
+        _, boxes = frames.setdefault(t.task.image, {}).setdefault(
+            (t.view.resolution, t.view.frame_sha256), ((t.view.width, t.view.height), {}))
+        boxes.update((_box_key(box), box) for box in zoom_boxes(t))
+        rows.append(PlotRow.of(t))
+    jobs_in = ((image, [(r, sha, size, list(boxes.values())) for (r, sha), (size, boxes) in wanted.items()])
+               for image, wanted in frames.items())
+    views = {}
+    for image, made in zip(frames, ordered_map(partial(_frame_views, assets), jobs_in, jobs)):
+        views.update(((image, r, sha), view) for (r, sha), view in made.items())
+    return views, rows
 
 
 INDEX_FIELDS = ("id", "status", "kind", "resolution", "question_type", "image", "question")
@@ -273,7 +283,7 @@ def trajectory_card(trajectory: Trajectory, view: dict) -> dict:
         "status": t.status,
         "reason": t.reason,
         "resolution": t.view.resolution,
-        "kind": "zoom" if t.needs_zoom else "direct",
+        "kind": t.kind,
         "question_type": t.task.question_type,
         "image": t.task.image,
         "question": t.task.question,
@@ -328,63 +338,65 @@ def write_plots(rows: list[PlotRow], stats: dict, errors: list[ErrorRecord], fol
 
     accepted = [r for r in rows if r.status == "accepted"]
     plots = []
-
-    def save(name: str, title: str, draw) -> None:
+    for name, title, draw in (
+        ("zooms", "Zooms per resolution (accepted)", partial(_zooms_per_resolution, accepted)),
+        ("box-area", "Zoom box area distribution", partial(_box_areas, accepted)),
+        ("funnel", "Accept / reject funnel", partial(_funnel_bars, funnel(stats, errors))),
+        ("question-types", "Question types", partial(_question_types, rows)),
+    ):
         figure = Figure(figsize=(4.8, 3.2), dpi=100, layout="constrained")
         axes = figure.subplots()
         draw(axes)
         axes.set_title(title, fontsize=10)
         figure.savefig(folder / f"plot-{name}.png")
         plots.append({"title": title, "src": f"plot-{name}.png"})
-
-    def zooms_per_resolution(axes) -> None:
-        counts = Counter((r.resolution, r.zooms) for r in accepted)
-        resolutions = sorted({r for r, _ in counts})
-        labels = [str(r) for r in resolutions]
-        bottom = [0] * len(resolutions)
-        for zooms in sorted({z for _, z in counts}):
-            heights = [counts[(r, zooms)] for r in resolutions]
-            axes.bar(labels, heights, bottom=bottom, label=f"{zooms} zoom{'s' if zooms != 1 else ''}")
-            bottom = [b + h for b, h in zip(bottom, heights)]
-        axes.set_xlabel("resolution budget R")
-        axes.set_ylabel("accepted trajectories")
-        if counts:
-            axes.legend(fontsize=8)
-
-    def box_areas(axes) -> None:
-        fractions = [f for r in accepted for f in r.box_fractions]
-        if fractions:
-            low = min(-1, math.floor(math.log10(min(fractions))))  # at least one decade of bins
-            bins = [10 ** (low + i / 8) for i in range(8 * -low + 1)]
-            axes.hist(fractions, bins=bins)
-            axes.set_xscale("log")
-        axes.set_xlabel("zoom box area / frame area")
-        axes.set_ylabel("chain boxes")
-
-    def funnel_bars(axes) -> None:
-        steps = funnel(stats, errors)
-        names, values = [n for n, _ in steps][::-1], [v for _, v in steps][::-1]
-        bars = axes.barh(names, values)
-        axes.bar_label(bars, fontsize=8)
-        axes.set_xlabel("trajectories")
-
-    def question_types(axes) -> None:
-        counts = Counter((r.question_type, r.status) for r in rows)
-        kinds = sorted({q for q, _ in counts})
-        left = [0] * len(kinds)
-        for status in ("accepted", "rejected"):
-            widths = [counts[(q, status)] for q in kinds]
-            axes.barh(kinds, widths, left=left, label=status)
-            left = [a + b for a, b in zip(left, widths)]
-        axes.set_xlabel("trajectories")
-        if counts:
-            axes.legend(fontsize=8)
-
-    save("zooms", "Zooms per resolution (accepted)", zooms_per_resolution)
-    save("box-area", "Zoom box area distribution", box_areas)
-    save("funnel", "Accept / reject funnel", funnel_bars)
-    save("question-types", "Question types", question_types)
     return plots
+
+
+def _zooms_per_resolution(accepted: list[PlotRow], axes) -> None:
+    counts = Counter((r.resolution, r.zooms) for r in accepted)
+    resolutions = sorted({r for r, _ in counts})
+    labels = [str(r) for r in resolutions]
+    bottom = [0] * len(resolutions)
+    for zooms in sorted({z for _, z in counts}):
+        heights = [counts[(r, zooms)] for r in resolutions]
+        axes.bar(labels, heights, bottom=bottom, label=f"{zooms} zoom{'s' if zooms != 1 else ''}")
+        bottom = [b + h for b, h in zip(bottom, heights)]
+    axes.set_xlabel("resolution budget R")
+    axes.set_ylabel("accepted trajectories")
+    if counts:
+        axes.legend(fontsize=8)
+
+
+def _box_areas(accepted: list[PlotRow], axes) -> None:
+    fractions = [f for r in accepted for f in r.box_fractions]
+    if fractions:
+        low = min(-1, math.floor(math.log10(min(fractions))))  # at least one decade of bins
+        bins = [10 ** (low + i / 8) for i in range(8 * -low + 1)]
+        axes.hist(fractions, bins=bins)
+        axes.set_xscale("log")
+    axes.set_xlabel("zoom box area / frame area")
+    axes.set_ylabel("chain boxes")
+
+
+def _funnel_bars(steps: list[tuple[str, int]], axes) -> None:
+    names, values = [n for n, _ in steps][::-1], [v for _, v in steps][::-1]
+    bars = axes.barh(names, values)
+    axes.bar_label(bars, fontsize=8)
+    axes.set_xlabel("trajectories")
+
+
+def _question_types(rows: list[PlotRow], axes) -> None:
+    counts = Counter((r.question_type, r.status) for r in rows)
+    kinds = sorted({q for q, _ in counts})
+    left = [0] * len(kinds)
+    for status in ("accepted", "rejected"):
+        widths = [counts[(q, status)] for q in kinds]
+        axes.barh(kinds, widths, left=left, label=status)
+        left = [a + b for a, b in zip(left, widths)]
+    axes.set_xlabel("trajectories")
+    if counts:
+        axes.legend(fontsize=8)
 
 
 def _box_key(box: Box) -> str:

@@ -359,7 +359,6 @@ def _scene(index: int, seed: int, photos: list[Image.Image], used: set[str],
     horizon = int(height * rng.uniform(0.48, 0.58))
 
     img = family.backdrop(nrng, rng, width, height, horizon, photos)
-    draw = ImageDraw.Draw(img)
 
     tiers = _tiers(rng, index)
     cells = [(r, c) for r in range(3) for c in range(3)]
@@ -399,26 +398,36 @@ def _scene(index: int, seed: int, photos: list[Image.Image], used: set[str],
             "angle": round(angle, 2),
             **({"font": font} if font else {}),
         })
-    for sign, x, y, cell in pasted:  # posts first, so that none runs over another sign
+    _put_up(img, pasted, horizon)
+    signs.sort(key=lambda s: (s["cell"][0], s["cell"][1]))
+    return _photo_finish(img, nrng), {"width": width, "height": height, "signs": signs}
+
+
+def _put_up(img: Image.Image, pasted: list[tuple[Image.Image, int, int, tuple[int, int]]], horizon: int) -> None:
+    """Paste the placed signs (sign, x, y, grid cell), each one high in the frame or off the ground on a post;
+    the posts first, so that none runs over another sign."""
+    draw = ImageDraw.Draw(img)
+    for sign, x, y, cell in pasted:
         if cell[0] > 0 or y + sign.height > horizon * 0.8:
             post_w = max(6, sign.width // 30)
             post_x = x + sign.width // 2 - post_w // 2
-            post_end = min(height, max(y + 3 * sign.height, horizon + (cell[0] * height) // 10))
+            post_end = min(img.height, max(y + 3 * sign.height, horizon + (cell[0] * img.height) // 10))
             draw.rectangle((post_x, y + sign.height // 2, post_x + post_w, post_end), fill=(70, 72, 76))
     for sign, x, y, cell in pasted:
         img.paste(sign, (x, y), sign)
-    signs.sort(key=lambda s: (s["cell"][0], s["cell"][1]))
 
-    # photo-like finish: mild sensor noise and vignetting
+
+def _photo_finish(img: Image.Image, nrng: np.random.Generator) -> bytes:
+    """The scene as JPEG bytes, with a photo-like finish: mild sensor noise and vignetting."""
     arr = np.asarray(img, dtype=np.float32)
     arr += nrng.normal(0.0, 3.0, arr.shape).astype(np.float32)
-    yy = np.linspace(-1, 1, height, dtype=np.float32)[:, None]
-    xx = np.linspace(-1, 1, width, dtype=np.float32)[None, :]
+    yy = np.linspace(-1, 1, img.height, dtype=np.float32)[:, None]
+    xx = np.linspace(-1, 1, img.width, dtype=np.float32)[None, :]
     arr *= (1.0 - 0.12 * (xx * xx + yy * yy) / 2)[..., None]
     out = Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8))
     buf = io.BytesIO()
     out.save(buf, "JPEG", quality=JPEG_QUALITY)
-    return buf.getvalue(), {"width": width, "height": height, "signs": signs}
+    return buf.getvalue()
 
 
 def _write(path: Path, data: bytes) -> None:

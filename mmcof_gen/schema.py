@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import PydanticCustomError
 
 Box = tuple[int, int, int, int]
@@ -167,6 +167,17 @@ class Trajectory(BaseModel):
     status: Status
     reason: str | None = None
 
+    @property
+    def kind(self) -> str:
+        """"zoom" when the search needed a zoom, else "direct": what stats and the report count. A search that
+        needed one may keep no chain box (agent/search.py `_finish`): its sample is direct (`sample_kind`)."""
+        return "zoom" if self.needs_zoom else "direct"
+
+    @property
+    def sample_kind(self) -> str:
+        """"zoom" when the sample shows a zoom chain, else "direct": what export and filter's balance count."""
+        return "zoom" if self.chain else "direct"
+
 
 class ErrorRecord(BaseModel):
     """Work that failed (an unreadable image, a crashed search), or an image kept out at the source (stage
@@ -203,3 +214,68 @@ class ImageTasks(BaseModel):
     tasks: list[Task]
     rejected: list[RejectedTask] = Field(default_factory=list, description="synthesised proposals dropped, and why")
     calls: list[ModelCall] = Field(default_factory=list, description="model calls that task synthesis made")
+
+
+class ManifestInputs(BaseModel):
+    """What a run was made from (`synthesize` writes it once): the images folder, where its tasks came from
+    (`RunInputs.source_kind`: folder, questions, coco, vstar) and the task files with their sha256."""
+
+    model_config = ConfigDict(extra="allow")
+
+    images: str | None = None
+    source: str = "folder"
+    questions: str | None = None
+    questions_sha256: str | None = None
+    coco: str | None = None
+    coco_sha256: str | None = None
+
+
+class Relocation(BaseModel):
+    """The images folder of a run moved (`synthesize --relocated`): where to, and when."""
+
+    images: str
+    at: str | None = None
+
+
+class Manifest(BaseModel):
+    """A run folder's `manifest.json`: the config snapshot, fingerprint, inputs and versions a run was made
+    with, and what filter added (`filter`, `counts`). Manifests of older versions load: a field they lack
+    takes the default below, and a field this class does not name is kept as it is; `dump` writes back only
+    what the file held or a writer set, so a manifest read and written again is the same."""
+
+    model_config = ConfigDict(extra="allow")
+
+    tool: str | None = None
+    fingerprint: str | None = None
+    created: str | None = None
+    updated: str | None = None
+    config: dict[str, Any] = Field(default_factory=dict, description="the PipelineConfig snapshot, as JSON")
+    prompts: dict[str, Any] = Field(default_factory=dict, description="template name -> content hash")
+    models: dict[str, Any] = Field(default_factory=dict, description="model role -> model name")
+    versions: dict[str, Any] = Field(default_factory=dict, description="package -> version")
+    inputs: ManifestInputs = Field(default_factory=ManifestInputs)
+    relocations: list[Relocation] = Field(default_factory=list)
+    servers: Any = None
+    filter: dict[str, Any] | None = Field(default=None, description="set by filter: its source, config and counts")
+    counts: dict[str, Any] | None = None
+
+    @property
+    def images_folder(self) -> str | None:
+        """Where the run's images are now: the folder of its last relocation, else the one it was made from."""
+        return self.relocations[-1].images if self.relocations else self.inputs.images
+
+    @property
+    def max_pixels(self) -> int | None:
+        """The run's images.max_pixels (its frames' size), None in a manifest without one."""
+        value = self.config.get("images", {}).get("max_pixels")
+        return None if value is None else int(value)
+
+    @property
+    def tasks_kind(self) -> str | None:
+        """"given" when the run's tasks were given (questions, COCO, V*), else its tasks.kind (None if not recorded)."""
+        if self.inputs.source != "folder":
+            return "given"
+        return self.config.get("tasks", {}).get("kind")
+
+    def dump(self) -> dict:
+        return self.model_dump(mode="json", exclude_unset=True)

@@ -38,9 +38,8 @@ def run_stats(store: RunStore) -> dict:
         counts[trajectory.status] += 1
         totals[trajectory.status] += 1
         if trajectory.status == "accepted":
-            kind = "zoom" if trajectory.needs_zoom else "direct"
-            counts[kind] += 1
-            totals[kind] += 1
+            counts[trajectory.kind] += 1
+            totals[trajectory.kind] += 1
             zooms[len(trajectory.chain)] += 1
         else:
             reasons[reason_kind(trajectory.reason)] += 1
@@ -86,13 +85,13 @@ def _tasks_kind(store: RunStore) -> str:
     """"given" when the run's tasks were given (questions, COCO, V*), else tasks.kind of the run; a filtered
     folder is counted before its manifest is written: its tasks say."""
     try:
-        manifest = store.manifest()
-        if manifest.get("inputs", {}).get("source", "folder") != "folder":
-            return "given"
-        return manifest["config"]["tasks"]["kind"]
-    except (StoreError, KeyError):
+        kind = store.manifest().tasks_kind
+    except StoreError:
+        kind = None
+    if kind is None:
         sources = {task.source for image in store.image_tasks() for task in image.tasks}
         return "vlm" if "vlm-synthesis" in sources else "ocr"
+    return kind
 
 
 def no_task_line(stats: dict) -> str:

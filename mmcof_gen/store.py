@@ -26,7 +26,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel
 
-from mmcof_gen.schema import ErrorRecord, ImageTasks, Trajectory
+from mmcof_gen.schema import ErrorRecord, ImageTasks, Manifest, Trajectory
 
 MANIFEST = "manifest.json"
 TASKS = "tasks.jsonl"
@@ -230,15 +230,16 @@ class RunStore:
         if root.exists() and not root.is_dir():
             raise StoreError(f"--out {root} is a file, not a folder; pass a new folder for the run")
         if manifest_path.exists():
-            old = json.loads(manifest_path.read_text(encoding="utf-8"))
-            if old.get("fingerprint") != fingerprint:
+            old = cls(root).manifest()
+            if old.fingerprint != fingerprint:
                 raise StoreError(
                     f"{root} holds a run made with another config or prompts (fingerprint "
-                    f"{old.get('fingerprint')} != {fingerprint}); pass a new --out folder to start a new run"
+                    f"{old.fingerprint} != {fingerprint}); pass a new --out folder to start a new run"
                 )
             relocations = _same_inputs(root, old, manifest["inputs"], relocated) if "inputs" in manifest else []
             keep = ("created", "inputs", "relocations")
-            manifest = {**old, **{k: v for k, v in manifest.items() if k not in keep}, "relocations": relocations}
+            manifest = {**old.dump(), **{k: v for k, v in manifest.items() if k not in keep},
+                        "relocations": relocations}
         elif root.exists() and any(not p.match(f".{MANIFEST}.*.tmp") for p in root.iterdir()):
             raise StoreError(f"{root} is not empty and holds no {MANIFEST}; pass a new or empty --out folder")
         elif relocated:
@@ -273,11 +274,15 @@ class RunStore:
         return store
 
     # -- reading ---------------------------------------------------------------------------------
-    def manifest(self) -> dict:
+    def manifest(self) -> Manifest:
+        """The run's manifest; StoreError when the folder holds none (not a run) or one that does not parse."""
         path = self.root / MANIFEST
         if not path.exists():
             raise StoreError(f"{self.root} is not a run folder (no {MANIFEST}); pass the --out folder of a synthesize run")
-        return json.loads(path.read_text(encoding="utf-8"))
+        try:
+            return Manifest.model_validate_json(path.read_bytes())
+        except ValueError as exc:
+            raise StoreError(f"{path} is not a valid manifest: {exc}") from None
 
     def trajectories(self) -> Iterator[Trajectory]:
         yield from self._records(Trajectory)
@@ -340,9 +345,10 @@ class RunStore:
                 os.fsync(handle.fileno())
             write_bytes_atomic(path, b"".join(keep))
 
-    def write_manifest(self, manifest: dict) -> None:
+    def write_manifest(self, manifest: Manifest | dict) -> None:
+        data = manifest.dump() if isinstance(manifest, Manifest) else manifest
         with self._lock:
-            write_json_atomic(self.root / MANIFEST, {**manifest, "updated": _now()})
+            write_json_atomic(self.root / MANIFEST, {**data, "updated": _now()})
 
     def close(self) -> None:
         with self._lock:
@@ -364,28 +370,21 @@ class RunStore:
             os.fsync(handle.fileno())
 
 
-def images_folder(manifest: dict) -> str | None:
-    """Where a run's images are now: the folder of its last relocation (`synthesize --relocated`), else the
-    one it was made from."""
-    relocations = manifest.get("relocations") or []
-    return relocations[-1]["images"] if relocations else (manifest.get("inputs") or {}).get("images")
-
-
 IDENTITY = ("source", "questions_sha256", "coco_sha256")
 """What a run is made from besides its images folder: the source kind and the content of its task files."""
 
 
-def _same_inputs(root: Path, old: dict, inputs: dict, relocated: bool) -> list[dict]:
+def _same_inputs(root: Path, old: Manifest, inputs: dict, relocated: bool) -> list[dict]:
     """The run's relocations, with this one added: refuses inputs other than those the run was made from.
     Only the images folder may differ, and only when `relocated` and every image the run holds tasks for
     is found at the new place with the same content (sha256)."""
-    made = old.get("inputs") or {}
-    relocations = list(old.get("relocations") or [])
+    made = old.inputs.model_dump(exclude_unset=True)
+    relocations = [relocation.model_dump(exclude_unset=True) for relocation in old.relocations]
     differ = [key for key in IDENTITY if key in made and made[key] != inputs.get(key)]
     if differ:
         raise StoreError(f"{root} was made from {_describe(made)}, not {_describe(inputs)}; pass a new --out to "
                          "start a run from these inputs")
-    images = images_folder(old)
+    images = old.images_folder
     if images is None or images == inputs.get("images"):
         return relocations
     if not relocated:

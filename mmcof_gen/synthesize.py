@@ -32,7 +32,7 @@ from mmcof_gen.tasks import TASK_MAKERS
 from mmcof_gen.tasks.coco import coco_source
 from mmcof_gen.tasks.exclusion import load_exclusions, screen
 from mmcof_gen.tasks.sources import WorkSource, folder_source, questions_source
-from mmcof_gen.tasks.synthesis import task_prompts
+from mmcof_gen.tasks.base import task_prompts
 from mmcof_gen.tasks.vstar import is_vstar_folder, vstar_source
 from mmcof_gen.worker import WorkerFactory
 
@@ -132,7 +132,7 @@ def synthesize(config: PipelineConfig, images_dir: Path, out_dir: Path, inputs: 
             run = EXECUTORS[config.executor.kind].runner()  # imported now: Ray is the optional [ray] extra
             run(status.counted(units), WorkerFactory(config, prompts, provenance), sink)
             stats = run_stats(store)
-            store.write_manifest({**store.manifest(), "counts": stats})
+            store.write_manifest(store.manifest().model_copy(update={"counts": stats}))
         except OSError as exc:
             raise unwritable(out_dir, exc) from None
         except ServerLimitError as exc:  # the first request over a server limit stops the run (models/chat.py)

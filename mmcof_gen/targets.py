@@ -64,6 +64,8 @@ class Target:
     """(W, H) of `images[0]` for a trajectory's view"""
     make_frame: Callable[[Path, int, int], Image.Image]
     """(image file, R, images.max_pixels) -> the frame it sees at R (eval)"""
+    frame: Callable[[FrameSource, Trajectory], Image.Image]
+    """`images[0]` of a sample: the frame it sees of a trajectory's view (an RL prompt's image)"""
     crop: Callable[[list[Image.Image], dict], Image.Image]
     """its zoom tool: the conversation's images so far and a call's arguments -> the crop it shows"""
     pictures: Callable[[FrameSource, Trajectory], list[Image.Image]]
@@ -169,15 +171,20 @@ def qwen3_make_frame(path: Path, resolution: int, max_pixels: int) -> Image.Imag
     return image if image.size == size else image.resize(size, Image.LANCZOS)
 
 
-def _qwen3_pictures(frames: FrameSource, trajectory: Trajectory) -> list[Image.Image]:
+def _qwen3_frame(frames: FrameSource, trajectory: Trajectory) -> Image.Image:
     """The frame made from the original at Qwen3-VL's size (after the run's frame is proven, so the original is
-    the one the chain was made on), and the tool's crop of each call."""
+    the one the chain was made on)."""
     frames.frame(trajectory)
     try:
-        frame = qwen3_make_frame(frames.images_root / trajectory.task.image, trajectory.view.resolution,
-                                 frames.max_pixels)
+        return qwen3_make_frame(frames.images_root / trajectory.task.image, trajectory.view.resolution,
+                                frames.max_pixels)
     except ImageError as exc:
         raise ReplayError(str(exc)) from None
+
+
+def _qwen3_pictures(frames: FrameSource, trajectory: Trajectory) -> list[Image.Image]:
+    """The Qwen3-VL frame (`_qwen3_frame`) and the tool's crop of each call."""
+    frame = _qwen3_frame(frames, trajectory)
     try:
         return [frame, *(qwen3_zoom(frame, call["bbox_2d"]) for call in qwen3_calls(trajectory))]
     except InvalidBox as exc:
@@ -205,11 +212,13 @@ def qwen3_messages(trajectory: Trajectory, system_prompt: str | None) -> list[di
 TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("qwen2.5-vl", "Qwen2.5-VL", factor=28, min_pixels=MIN_PIXELS, boxes="pixels",
            llamafactory_template="qwen2_vl", system_prompt=cof_format.SYSTEM_PROMPT,
-           frame_size=_run_frame_size, make_frame=make_frame, crop=_cof_crop, pictures=_cof_pictures),
+           frame_size=_run_frame_size, make_frame=make_frame, frame=FrameSource.frame, crop=_cof_crop,
+           pictures=_cof_pictures),
     Target("qwen3-vl", "Qwen3-VL", factor=QWEN3_FACTOR, min_pixels=QWEN3_MIN_PIXELS, boxes="rel1000",
            llamafactory_template="qwen3_vl", system_prompt=QWEN3_SYSTEM_PROMPT,
-           frame_size=qwen3_frame_size, make_frame=qwen3_make_frame, crop=_qwen3_crop, pictures=_qwen3_pictures, messages=qwen3_messages,
-           formats=("sharegpt", "qwen", "parquet", "swift"), card="target-qwen3-vl.md"),
+           frame_size=qwen3_frame_size, make_frame=qwen3_make_frame, frame=_qwen3_frame, crop=_qwen3_crop,
+           pictures=_qwen3_pictures, messages=qwen3_messages,
+           formats=("sharegpt", "qwen", "parquet", "swift", "verl", "swift-grpo"), card="target-qwen3-vl.md"),
 )}
 DEFAULT_TARGET = "qwen2.5-vl"
 MODEL_TYPES = {"qwen2_5_vl": "qwen2.5-vl", "qwen3_vl": "qwen3-vl", "qwen3_vl_moe": "qwen3-vl"}

@@ -17,7 +17,7 @@ from __future__ import annotations
 import io
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -178,6 +178,35 @@ def crop_difference(expected: Image.Image, stored: Image.Image, tolerance: float
     return None if diff <= tolerance else f"pixels differ (mean absolute difference {diff:.2f} > {tolerance})"
 
 
+def check_zooms(sample: Sample, images: list[Image.Image], student: Target, tolerance: float,
+                record: Callable[[str, Sample, str | None], None]) -> None:
+    """The boxes check of a sample (one zoom call per crop, each box readable in the student's convention),
+    then, when it passed, the recrop check of each call against its stored crop."""
+    frame = images[0]
+    try:
+        calls = zoom_calls(sample.messages)
+    except ValueError as exc:
+        record("boxes", sample, str(exc))
+        return
+    problem = None if len(calls) == len(images) - 1 else f"{len(calls)} zooms for {len(images) - 1} crops"
+    for number, call in enumerate(calls if problem is None else [], 1):
+        try:
+            read_box(call["bbox_2d"], CONVENTIONS[student.boxes], frame.width, frame.height)
+        except ValueError as exc:
+            problem = f"zoom {number}: {exc}"
+            break
+    record("boxes", sample, problem)
+    if problem:
+        return
+    for number, call in enumerate(calls, 1):
+        try:
+            recropped = student.crop(images[:number], call)
+        except ValueError as exc:  # imaging.InvalidBox: the target's tool refuses the call
+            record("recrop", sample, f"zoom {number}: {exc}")
+            continue
+        record("recrop", sample, crop_difference(recropped, images[number], tolerance))
+
+
 def validate(
     path: Path,
     image_root: Path | None = None,
@@ -190,7 +219,6 @@ def validate(
     """Run every check on every sample of `path` for the student model `target` (none: the export's own);
     returns the report (`ok` is False when any check failed)."""
     student = TARGETS[target] if target else export_target(path)
-    boxes = CONVENTIONS[student.boxes]
     results = {name: {"checked": 0, "failed": 0, "examples": []} for name in CHECKS}
     budget = TokenBudget(max_pixels, tokenizer, student.min_pixels, student.factor)
 
@@ -224,28 +252,7 @@ def validate(
         tokens = budget.add(sample.id, sample.messages, [image.size for image in images])
         record("token_budget", sample, f"{tokens} tokens > cutoff_len {cutoff_len}"
                if cutoff_len and tokens > cutoff_len else None)
-        try:
-            calls = zoom_calls(sample.messages)
-        except ValueError as exc:
-            record("boxes", sample, str(exc))
-            continue
-        problem = None if len(calls) == len(images) - 1 else f"{len(calls)} zooms for {len(images) - 1} crops"
-        for number, call in enumerate(calls if problem is None else [], 1):
-            try:
-                read_box(call["bbox_2d"], boxes, frame.width, frame.height)
-            except ValueError as exc:
-                problem = f"zoom {number}: {exc}"
-                break
-        record("boxes", sample, problem)
-        if problem:
-            continue
-        for number, call in enumerate(calls, 1):
-            try:
-                recropped = student.crop(images[:number], call)
-            except ValueError as exc:  # imaging.InvalidBox: the target's tool refuses the call
-                record("recrop", sample, f"zoom {number}: {exc}")
-                continue
-            record("recrop", sample, crop_difference(recropped, images[number], tolerance))
+        check_zooms(sample, images, student, tolerance, record)
 
     for row in results.values():
         row["rate"] = round(row["failed"] / row["checked"], 4) if row["checked"] else 0.0

@@ -16,7 +16,7 @@ import asyncio
 import itertools
 import math
 import threading
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Generator, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -26,16 +26,15 @@ from PIL import Image
 from mmcof_gen.agent import build_agent
 from mmcof_gen.agent.base import SearchResult
 from mmcof_gen.config import PipelineConfig
-from mmcof_gen.imaging import ImageError, file_sha256, frame_size, image_sha256, image_size, load_image, make_frame
-from mmcof_gen.models.chat import ServerLimitError, chat_model
+from mmcof_gen.imaging import ImageError, file_sha256, frame_size, image_sha256, image_size, make_frame
+from mmcof_gen.models.chat import ServerLimitError
 from mmcof_gen.models.detect import Detector
 from mmcof_gen.models.ocr import OcrEngine
 from mmcof_gen.prompts import Prompts
 from mmcof_gen.schema import ErrorRecord, ImageTasks, Provenance, Task, Trajectory, View, short_hash, trajectory_id
-from mmcof_gen.tasks import TASK_MAKERS
+from mmcof_gen.tasks import GIVEN, TASK_MAKERS
+from mmcof_gen.tasks.base import TaskMaker, TasksFailed
 from mmcof_gen.tasks.sources import ImageUnit
-from mmcof_gen.tasks.synthesis import TaskWriter, task_prompts
-from mmcof_gen.tasks.text_questions import synthesize_text_tasks, word_gaps
 
 Record = ImageTasks | Trajectory | ErrorRecord
 
@@ -70,14 +69,6 @@ def image_error_id(rel: str) -> str:
     return "img-" + short_hash(rel)
 
 
-def truth_size(width: int, height: int, max_pixels: int) -> tuple[int, int]:
-    """The size ground truth is read at: the original, or smaller when it holds more than max_pixels."""
-    if width * height <= max_pixels:
-        return width, height
-    scale = math.sqrt(max_pixels / (width * height))
-    return max(1, math.floor(width * scale)), max(1, math.floor(height * scale))
-
-
 @dataclass(frozen=True)
 class WorkerFactory:
     """What every worker of a run is built from, in this process or in a Ray actor (it travels pickled);
@@ -91,9 +82,86 @@ class WorkerFactory:
         return ImageWorker(self.config, self.prompts, self.provenance, shared_detector)
 
 
+class AgentLoop:
+    """The worker's event loop, in a thread of its own: the agent's searches and the task writer's calls run on it
+    whichever thread submits them, so that their model clients (which belong to one loop) are shared by all."""
+
+    def __init__(self):
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="mmcof-agent-loop", daemon=True)
+        self._thread.start()
+
+    def run(self, coroutine: Coroutine) -> Future:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+
+    @property
+    def closed(self) -> bool:
+        return self.loop.is_closed()
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join()
+        self.loop.close()
+
+
+class BuiltOnce:
+    """Parts made on first use, once, though a Ray actor calls `process` from several threads: a worker that never
+    meets a bare image never builds its OCR engine or its task writer."""
+
+    def __init__(self):
+        self.parts: dict[str, Any] = {}
+        self._building = threading.Lock()
+
+    def get(self, name: str, build: Callable[[], Any]) -> Any:
+        with self._building:
+            if name not in self.parts:
+                self.parts[name] = build()
+            return self.parts[name]
+
+
+class SearchWindow:
+    """The searches of one image in flight, each record out as soon as its search finishes (in the order they were
+    started, when several finish together), with at most `size` in flight: a CPU-bound agent has one, so its
+    records come in order; any other has them all."""
+
+    def __init__(self, size: float):
+        self.size = size
+        self.searches: dict[Future, tuple[int, Task, View]] = {}
+        self._order = itertools.count()
+
+    def add(self, search: Future, task: Task, view: View) -> None:
+        self.searches[search] = (next(self._order), task, view)
+
+    def finished(self, leave: float | None = None) -> Iterator[tuple[Future, Task, View]]:
+        """Finished searches, until fewer than `leave` (the window's size) are in flight."""
+        searches = self.searches
+        while len(searches) >= (leave or self.size):
+            done, _ = wait(searches, return_when=FIRST_COMPLETED)
+            for search in sorted(done, key=lambda search: searches[search][0]):
+                _, task, view = searches.pop(search)
+                yield search, task, view
+
+    def cancel(self) -> None:
+        """The caller stopped early (its run failed): no search goes on without it."""
+        for search in self.searches:
+            search.cancel()
+
+
+def distinct_resolutions(size: tuple[int, int], resolutions: list[int]) -> Iterator[int]:
+    """The resolutions whose working frames differ. An image smaller than several budgets R has the same frame at
+    each of them (same size, same pixels): only the first of those R is searched, so no frame makes two samples
+    of one question."""
+    sizes: set[tuple[int, int]] = set()
+    for resolution in resolutions:
+        frame = frame_size(*size, resolution)
+        if frame not in sizes:
+            sizes.add(frame)
+            yield resolution
+
+
 class ImageWorker:
-    """Holds the models (one set per local worker thread or Ray actor: the agent's, the OCR engine and the task
-    writer, each built once) and turns images into records."""
+    """Turns images into records: image -> tasks -> frames -> searches -> records. Holds the models, one set per
+    local worker thread or Ray actor: the agent's, the OCR engine and the task makers, each built once."""
 
     def __init__(self, config: PipelineConfig, prompts: Prompts, provenance: Provenance,
                  shared_detector: Detector | None = None):
@@ -102,13 +170,10 @@ class ImageWorker:
         self.config = config
         self.prompts = prompts
         self.provenance = provenance
-        self.task_prompts = task_prompts(config)
-        self._parts: dict[str, Any] = {}  # built on first use (`_built`)
-        self._building = threading.Lock()
+        self.built = BuiltOnce()  # the OCR engine
+        self.makers = BuiltOnce()  # the task makers, by their class
         self.agent = build_agent(config, prompts, lambda: self.engine, shared_detector)
-        self.loop = asyncio.new_event_loop()
-        self._loop_thread = threading.Thread(target=self.loop.run_forever, name="mmcof-agent-loop", daemon=True)
-        self._loop_thread.start()
+        self.loop = AgentLoop()
 
     def __enter__(self) -> ImageWorker:
         return self
@@ -117,165 +182,94 @@ class ImageWorker:
         self.close()
 
     def close(self) -> None:
-        """Close the agent's and the task writer's chat clients on this worker's event loop, then the loop. Left
+        """Close the agent's and the task makers' chat clients on this worker's event loop, then the loop. Left
         to the garbage collector, connections are closed on whatever loop runs then, or never: "Event loop is
         closed" tracebacks and unclosed-resource warnings at shutdown. Closing twice is harmless."""
-        if self.loop.is_closed():
+        if self.loop.closed:
             return
-        self._on_loop(self.agent.aclose()).result()
-        if "task_writer" in self._parts:  # built: its writer may be a model of its own (closing one twice is harmless)
-            writer = self.task_writer
-            for model in {writer.writer, writer.second_reader, writer.small_reader} - {None}:
-                self._on_loop(model.aclose()).result()
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._loop_thread.join()
+        self.loop.run(self.agent.aclose()).result()
+        for maker in self.makers.parts.values():
+            maker.close()
         self.loop.close()
-
-    def _on_loop(self, coroutine: Coroutine) -> Future:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop)
-
-    def _built(self, name: str, build: Callable[[], Any]) -> Any:
-        """A part made on first use, once, though a Ray actor calls `process` from several threads."""
-        with self._building:
-            if name not in self._parts:
-                self._parts[name] = build()
-            return self._parts[name]
 
     @property
     def engine(self) -> OcrEngine:
-        """Built on first use: the OCR agent's locator and reader; a vlm worker needs it only to synthesise text
-        tasks for bare folders."""
+        """Built on first use: the OCR agent's locator and reader, and the OCR task maker's reader."""
         ocr, executor = self.config.ocr, self.config.executor
-        return self._built("engine", lambda: OcrEngine(ocr.tile_size, ocr.tile_overlap, ocr.min_score,
-                                                       executor.ocr_threads_per_worker()))
+        return self.built.get("engine", lambda: OcrEngine(ocr.tile_size, ocr.tile_overlap, ocr.min_score,
+                                                          executor.ocr_threads_per_worker()))
+
+    def maker(self, unit: ImageUnit) -> TaskMaker:
+        """The image's task maker: the given questions' when its source gives them, else the one of tasks.kind."""
+        kind = GIVEN if unit.questions is not None else TASK_MAKERS[self.config.tasks.kind]
+        return self.makers.get(kind.cls, lambda: kind.load().build(self.config, self.prompts, lambda: self.engine,
+                                                                    self.agent, self.loop.run))
 
     def process(self, unit: ImageUnit, resume: Resume) -> Iterator[Record]:
         if unit.skipped is not None:
             yield ErrorRecord(id="skip-" + short_hash(unit.rel), stage="skipped", image=unit.rel,
                               reason=f"skipped: {unit.skipped}")
             return
-        max_pixels = self.config.images.max_pixels
         try:
-            sha = file_sha256(unit.path)
-            width, height = image_size(unit.path, max_pixels)
-            cached = resume.tasks(unit.rel)
-            if cached is not None and cached.image_sha256 == sha:
-                tasks = cached.tasks
-            else:
-                image_tasks, problems = self._tasks(unit, sha, width, height)
-                yield from problems
-                if image_tasks is None:
-                    return
-                tasks = image_tasks.tasks
-                yield image_tasks
+            sha, size = file_sha256(unit.path), image_size(unit.path, self.config.images.max_pixels)
+            tasks = yield from self._tasks(unit, sha, size, resume)
         except (ImageError, OSError) as exc:
             yield ErrorRecord(id=image_error_id(unit.rel), stage="image", image=unit.rel, reason=_reason(exc))
             return
-        yield from self._trajectories(unit, tasks, width, height, resume)
+        except TasksFailed as exc:
+            cause = exc.__cause__
+            yield ErrorRecord(id="tasks-" + short_hash(unit.rel), stage="tasks", image=unit.rel,
+                              reason=f"task synthesis: {_reason(cause)}", transient=_transient(cause))
+            return
+        yield from self._searches(unit, tasks, size, resume)
 
-    def _trajectories(self, unit: ImageUnit, tasks: list[Task], width: int, height: int,
-                      resume: Resume) -> Iterator[Record]:
-        """Every pending (task, R) of the image searched on this worker's event loop, each record out as soon as
-        its search finishes (in the order they were started, when several finish together). A CPU-bound agent
-        has one search in flight, so its records come in order; any other has them all."""
-        window = 1 if self.agent.cpu_bound else math.inf
-        searches: dict[Future, tuple[int, Task, View]] = {}
-        order = itertools.count()
+    def _tasks(self, unit: ImageUnit, sha: str, size: tuple[int, int],
+               resume: Resume) -> Generator[Record, None, list[Task]]:
+        """The image's tasks: an earlier run's when the image's bytes are the same, else its maker's (their record
+        and the problems met go out)."""
+        cached = resume.tasks(unit.rel)
+        if cached is not None and cached.image_sha256 == sha:
+            return cached.tasks
+        made, problems = self.maker(unit).make(unit, sha, size)
+        yield from problems
+        yield made
+        return made.tasks
+
+    def _searches(self, unit: ImageUnit, tasks: list[Task], size: tuple[int, int],
+                  resume: Resume) -> Iterator[Record]:
+        """Every pending (task, R) of the image searched on this worker's event loop, in a `SearchWindow`."""
+        window = SearchWindow(1 if self.agent.cpu_bound else math.inf)
         try:
-            for resolution, pending, frame in self._frames(unit, tasks, resume):
-                yield from self._finished(searches, window)
+            for resolution in distinct_resolutions(size, self.config.resolutions):
+                pending = [t for t in tasks if not resume.done(trajectory_id(t.id, resolution))]
+                if not pending:
+                    continue
+                try:  # made while the last search runs
+                    frame = make_frame(unit.path, resolution, self.config.images.max_pixels, size)
+                except (ImageError, OSError) as exc:
+                    frame = exc
+                yield from self._records(window)
                 if isinstance(frame, Exception):
                     for task in pending:
                         yield self._error(task, resolution, frame)
                     continue
-                view = _view(frame, resolution, width, height)
+                view = _view(frame, resolution, size)
                 for task in pending:
-                    yield from self._finished(searches, window)
-                    searches[self._on_loop(self.agent.run(task, frame, view))] = (next(order), task, view)
-            yield from self._finished(searches, 1)
+                    yield from self._records(window)
+                    window.add(self.loop.run(self.agent.run(task, frame, view)), task, view)
+            yield from self._records(window, 1)
         finally:
-            for future in searches:  # the caller stopped early (its run failed): no search goes on without it
-                future.cancel()
+            window.cancel()
 
-    def _finished(self, searches: dict[Future, tuple[int, Task, View]], window: float) -> Iterator[Record]:
-        """The records of finished searches, until fewer than `window` are in flight."""
-        while len(searches) >= window:
-            finished, _ = wait(searches, return_when=FIRST_COMPLETED)
-            for future in sorted(finished, key=lambda future: searches[future][0]):
-                _, task, view = searches.pop(future)
-                try:
-                    yield self._trajectory(task, view, future.result())
-                except ServerLimitError:  # every other search would hit it too: the run stops
-                    raise
-                except Exception as exc:  # one bad sample never ends the run: it becomes an error record
-                    yield self._error(task, view.resolution, exc)
-
-    def _frames(self, unit: ImageUnit, tasks: list[Task],
-                resume: Resume) -> Iterator[tuple[int, list[Task], Image.Image | Exception]]:
-        """Each resolution with tasks still to do: its working frame, or why the frame could not be made.
-
-        An image smaller than several budgets R has the same frame at each of them (same size, same pixels):
-        only the smallest of those R is searched, so no frame makes two samples of one question."""
-        sizes: set[tuple[int, int]] = set()
-        for resolution in self.config.resolutions:
+    def _records(self, window: SearchWindow, leave: float | None = None) -> Iterator[Record]:
+        """The records of the window's finished searches (`SearchWindow.finished`)."""
+        for search, task, view in window.finished(leave):
             try:
-                size = frame_size(*image_size(unit.path, self.config.images.max_pixels), resolution)
-            except (ImageError, OSError):
-                size = None  # make_frame below says why
-            if size in sizes:
-                continue
-            sizes.add(size)
-            pending = [t for t in tasks if not resume.done(trajectory_id(t.id, resolution))]
-            if not pending:
-                continue
-            try:
-                frame = make_frame(unit.path, resolution, self.config.images.max_pixels)
-            except (ImageError, OSError) as exc:
-                frame = exc
-            yield resolution, pending, frame
-
-    @property
-    def task_writer(self) -> TaskWriter:
-        """tasks.kind vlm: the worker's reader and detector check and propose; the writer defaults to the planner."""
-        roles, models = self.agent.roles, self.config.models
-
-        def build() -> TaskWriter:
-            writer = chat_model(models.task_writer) if models.task_writer else roles.planner
-            second, small = (chat_model(m) if m else None for m in (models.second_reader, models.small_reader))
-            return TaskWriter(writer, roles.reader, roles.detector, self.task_prompts, self.prompts, self.config,
-                              second, small)
-
-        return self._built("task_writer", build)
-
-    def _tasks(self, unit: ImageUnit, sha: str, width: int,
-               height: int) -> tuple[ImageTasks | None, list[ErrorRecord]]:
-        """The image's tasks (None when synthesis failed: a resume tries again), and problems with given ones."""
-        record = ImageTasks(id=unit.rel, image=unit.rel, image_sha256=sha, width=width, height=height, tasks=[])
-        if unit.questions is None:
-            size = truth_size(width, height, self.config.images.truth_max_pixels)
-            image = load_image(unit.path, self.config.images.max_pixels, target_size=size)
-            if image.size != size:
-                image = image.resize(size, Image.LANCZOS)
-            if TASK_MAKERS[self.config.tasks.kind].model_roles:
-                frame = make_frame(unit.path, max(self.config.resolutions), self.config.images.max_pixels)
-                try:
-                    made = self._on_loop(self.task_writer.synthesize(image, frame, (width, height), unit.rel,
-                                                                     sha)).result()
-                except ServerLimitError:
-                    raise
-                except Exception as exc:  # a model out of reach: this image fails, the run goes on
-                    return None, [ErrorRecord(id="tasks-" + short_hash(unit.rel), stage="tasks", image=unit.rel,
-                                              reason=f"task synthesis: {_reason(exc)}", transient=_transient(exc))]
-                return record.model_copy(update={"tasks": made.tasks, "rejected": made.rejected,
-                                                 "calls": made.calls}), []
-            hits = self.engine.read(image)
-            record.tasks, record.rejected = synthesize_text_tasks(
-                hits, size, (width, height), unit.rel, sha, self.task_prompts, self.config.tasks,
-                lambda hit, line_height, unclip: self.engine.reread(image, hit.box, line_height, unclip),
-                lambda hit: word_gaps(image, hit.box), lambda hit: self.engine.read_line(image, hit.box))
-            return record, []
-        record.tasks, problems = unit.given_tasks(sha, width, height)
-        return record, problems
+                yield self._trajectory(task, view, search.result())
+            except ServerLimitError:  # every other search would hit it too: the run stops
+                raise
+            except Exception as exc:  # one bad sample never ends the run: it becomes an error record
+                yield self._error(task, view.resolution, exc)
 
     def _trajectory(self, task: Task, view: View, result: SearchResult) -> Trajectory:
         return Trajectory(
@@ -291,9 +285,9 @@ class ImageWorker:
                            task_id=task.id, resolution=resolution, reason=_reason(exc), transient=_transient(exc))
 
 
-def _view(frame: Image.Image, resolution: int, width: int, height: int) -> View:
-    return View(resolution=resolution, width=frame.width, height=frame.height, original_width=width,
-                original_height=height, frame_sha256=image_sha256(frame))
+def _view(frame: Image.Image, resolution: int, size: tuple[int, int]) -> View:
+    return View(resolution=resolution, width=frame.width, height=frame.height, original_width=size[0],
+                original_height=size[1], frame_sha256=image_sha256(frame))
 
 
 def _transient(exc: Exception) -> bool:

@@ -14,10 +14,13 @@ import pytest
 from PIL import Image
 from pydantic import BaseModel
 
+from mmcof_gen.config import PIPELINE_LIMITS, load_config
 from mmcof_gen.errors import ConfigError
 from mmcof_gen.imaging import image_to_png_bytes
 from mmcof_gen.models.chat import (ChatError, ChatMessage, ChatModelConfig, OpenAIChat, ReplyError, chat_model,
                                    complete_json, endpoint_limiter)
+from mmcof_gen.models.chat.config import LimitAdvice
+from mmcof_gen.models.chat.refusals import HTTPStatusError, ServerLimitError, refusal
 from tests.support.scripted_server import Reply, ScriptedServer
 
 
@@ -82,7 +85,7 @@ def test_an_image_sent_with_every_call_is_encoded_once(monkeypatch):
         encoded.append(image)
         return image_to_png_bytes(image, **options)
 
-    monkeypatch.setattr("mmcof_gen.models.chat.image_to_png_bytes", counting)
+    monkeypatch.setattr("mmcof_gen.models.chat.openai_server.image_to_png_bytes", counting)
     frame = Image.new("RGB", (30, 20), (255, 0, 0))
     with ScriptedServer([Reply("ok")] * 3) as server:
         model = chat_model(openai_config(server))
@@ -128,6 +131,56 @@ def test_client_error_is_not_retried():
             ask(chat_model(openai_config(server)))
     assert failure.value.retries == 0
     assert len(server.requests) == 1
+
+
+# vLLM's words for a request over each of its limits (the message of its 400 body)
+OVER_IMAGES = "At most 2 image(s) may be provided in one prompt."
+OVER_MAX_TOKENS = "max_tokens=5000 cannot be greater than max_model_len=4096."
+OVER_CONTEXT = "This model's maximum context length is 4096 tokens. However, you requested 5000 tokens."
+
+
+def refused(said: str, advice: LimitAdvice) -> ChatError:
+    told = HTTPStatusError(SimpleNamespace(status=400), json.dumps({"error": {"message": said}}).encode())
+    return refusal("http://server/v1 (m)", told, 3, 0, advice)
+
+
+def test_a_refusal_over_a_server_limit_names_the_server_flag_and_only_the_settings_passed_in():
+    where = "http://server/v1 (m): HTTP 400: "
+    images, max_tokens, context = (refused(said, LimitAdvice())
+                                   for said in (OVER_IMAGES, OVER_MAX_TOKENS, OVER_CONTEXT))
+    assert isinstance(images, ServerLimitError) and isinstance(max_tokens, ServerLimitError)
+    assert type(context) is ChatError
+    assert str(images) == (f"{where}{OVER_IMAGES}; this request had 3 images: start vllm serve with "
+                           "--limit-mm-per-prompt '{\"image\": 3}' or more")
+    assert str(max_tokens) == (f"{where}{OVER_MAX_TOKENS}; lower the max_tokens of each reply below the server's "
+                               "--max-model-len, or serve with a larger --max-model-len")
+    assert str(context) == (f"{where}{OVER_CONTEXT}; this conversation does not fit the server's context: serve "
+                            "with a larger --max-model-len")
+    assert str(refused("no such model", LimitAdvice())) == f"{where}no such model"
+
+
+def test_a_pipeline_roles_refusal_names_the_agent_settings_that_bound_the_request():
+    where = "http://server/v1 (m): HTTP 400: "
+    assert str(refused(OVER_IMAGES, PIPELINE_LIMITS)) == (
+        f"{where}{OVER_IMAGES}; this request had 3 images: start vllm serve with --limit-mm-per-prompt "
+        "'{\"image\": 3}' or more, or lower agent.max_zooms (a search sends up to max_zooms + 2 images in one request)")
+    assert str(refused(OVER_MAX_TOKENS, PIPELINE_LIMITS)) == (
+        f"{where}{OVER_MAX_TOKENS}; lower agent.reply_tokens (the max_tokens of each reply) below the server's "
+        "--max-model-len, or serve with a larger --max-model-len")
+    assert str(refused(OVER_CONTEXT, PIPELINE_LIMITS)) == (
+        f"{where}{OVER_CONTEXT}; this conversation does not fit the server's context: serve with a larger "
+        "--max-model-len, or lower resolutions or agent.max_steps")
+
+
+def test_every_chat_role_of_a_pipeline_is_built_with_the_pipelines_limit_advice():
+    config = load_config("llm-planner-vlm-tools")
+    assert config.models.planner.limit_advice == PIPELINE_LIMITS
+    assert ChatModelConfig(model="m").limit_advice == LimitAdvice()  # a model built elsewhere: the server's side
+    with ScriptedServer([Reply(status=400, body=json.dumps({"error": {"message": OVER_IMAGES}}).encode())]) as server:
+        with pytest.raises(ServerLimitError, match=r"or more, or lower agent\.max_zooms \(a search sends"):
+            ask(chat_model(config.models.planner.model_copy(update={"base_url": server.url})),
+                [ChatMessage("user", "look", [Image.new("RGB", (8, 8))] * 3)])
+    assert len(server.requests) == 1  # never retried
 
 
 def test_retry_after_header_sets_the_backoff_up_to_the_cap():

@@ -6,7 +6,7 @@ from mmcof_gen import resources
 from mmcof_gen.config import DEFAULT_CONFIG, load_config
 from mmcof_gen.errors import ConfigError
 from mmcof_gen.prompts import Prompts
-from mmcof_gen.tasks.synthesis import task_prompts
+from mmcof_gen.tasks.base import task_prompts
 
 
 def test_default_pipeline_loads_with_its_prompts():

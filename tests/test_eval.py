@@ -16,7 +16,8 @@ import pytest
 from PIL import Image, ImageDraw
 
 from mmcof_gen import cof_format, resources
-from mmcof_gen.evaluate import TOOL_RESULT_TEXT, EvalRecord, EvalSettings, evaluate, evaluate_bench, run_episode, summarize
+from mmcof_gen.eval_protocols import TOOL_RESULT_TEXT
+from mmcof_gen.evaluate import EvalRecord, EvalSettings, evaluate, evaluate_bench, run_episode, summarize
 from mmcof_gen.imaging import crop_zoom, make_frame
 from mmcof_gen.models.chat import ChatModelConfig, chat_model
 from mmcof_gen.scoring import score_by_rules

@@ -145,7 +145,7 @@ def test_exported_two_zoom_sample_trains_only_assistant_text_end_of_turn_and_new
 def test_a_sample_renders_through_the_collator_as_eval_sends_its_first_request(tiny, exported):
     """Export, training and eval agree token for token up to the first reply: what finetune's collator feeds
     the model before the first trained token is what eval's request renders to with the same processor."""
-    from mmcof_gen.evaluate import first_messages
+    from mmcof_gen.eval_protocols import first_messages
     from mmcof_gen.models.chat import chat_conversation
 
     processor = processor_for(tiny)

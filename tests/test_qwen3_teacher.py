@@ -123,7 +123,8 @@ def test_box_convention_per_role_defaults_by_family_and_refuses_unknown_values(t
 def test_a_task_writer_in_thousandths_proposes_the_boxes_a_pixel_writer_proposes(tmp_path, monkeypatch):
     """Task synthesis' proposer (models.task_writer, here the planner) reads its boxes in its convention too."""
     from mmcof_gen.imaging import file_sha256, load_image, make_frame
-    from mmcof_gen.tasks.synthesis import TaskWriter, task_prompts
+    from mmcof_gen.tasks.base import task_prompts
+    from mmcof_gen.tasks.vlm_writer import TaskWriter
     from tests import test_task_synthesis as pixels
     from tests.support.runs import write_noise_image
 

@@ -19,8 +19,10 @@ from mmcof_gen.export import FORMATS, export, rl
 from mmcof_gen.imaging import image_sha256
 from mmcof_gen.models.chat import ChatModelConfig
 from mmcof_gen.schema import short_hash
+from mmcof_gen.targets import QWEN3_SYSTEM_PROMPT, qwen3_size
 from tests.support.runs import make_trajectory, write_noise_image, write_run
 from tests.support.scripted_server import Reply, ScriptedServer
+from tests.test_eval import images_of
 
 REPO = Path(__file__).resolve().parents[1]
 OPTIONS = ["red", "blue", "green"]
@@ -65,8 +67,8 @@ def test_registry_holds_both_rl_formats_and_the_cli_offers_them():
 
 
 def test_synthesized_sources_are_the_synthesizers_own():
-    from mmcof_gen.tasks import synthesis
-    assert synthesis.SOURCE in rl.SYNTHESIZED
+    from mmcof_gen.tasks import vlm_writer
+    assert vlm_writer.SOURCE in rl.SYNTHESIZED
     assert 'source="ocr-synthesis"' in (REPO / "mmcof_gen" / "tasks" / "text_questions.py").read_text()
 
 
@@ -226,6 +228,37 @@ def test_keep_pass_rate_keeps_exactly_the_tasks_in_the_band(tmp_path, run):
                                       "pass rate outside the band": 2}
     assert report["pass_rate"] == {"model": "scripted-model", "samples": 4, "temperature": 1.0, "band": [0.1, 0.9],
                                    "histogram": {"0.0": 1, "0.2": 1, "0.7": 1, "0.9": 1}}
+
+
+def test_rl_exports_for_qwen3_vl_are_what_a_qwen3_vl_student_reads(tmp_path, run):
+    """`--target qwen3-vl` on an RL format: the system prompt declares Qwen3-VL's own zoom tool (boxes in 0-1000),
+    `images[0]` is the frame as its processor sizes it (factor 32, not the run's factor-28 frame), and the pass
+    rate is measured by eval's loop as a Qwen3-VL student is evaluated (the same prompt, the same frame)."""
+    run_dir, _ = run
+    counts = {"What does the sign say?": 1, "What is on the door?": 1, "What is the number?": 1,
+              "What colour is the cup?": 1}
+    with ScriptedServer(policy(counts)) as server:
+        settings = rl.PassRate(ChatModelConfig(base_url=server.url, model="scripted-model"), samples=1)
+        report = export(run_dir, "swift-grpo", tmp_path / "swift", target="qwen3-vl",
+                        rl_options=rl.RLOptions(test_fraction=0.0, pass_rate=settings))
+    export(run_dir, "verl", tmp_path / "verl", rl_options=rl.RLOptions(test_fraction=0.0), target="qwen3-vl")
+    verl = parquet_rows(tmp_path / "verl")
+    swift = [json.loads(line) for line in (tmp_path / "swift" / "train.jsonl").read_text().splitlines()]
+
+    assert report["target"] == "qwen3-vl" and len(verl) == len(swift) == 4
+    assert {row["prompt"][0]["content"] for row in verl} == {row["messages"][0]["content"] for row in swift} == {
+        QWEN3_SYSTEM_PROMPT}
+    originals = {"a.png": (600, 400), "b.png": (500, 500)}
+    for row in swift:
+        with Image.open(row["images"][0]) as image:
+            size = image.size
+        info = row["extra_info"]
+        image_file = "a.png" if info["question"] == "What does the sign say?" else "b.png"
+        assert size == tuple(info["image_size"]) == qwen3_size(*originals[image_file], info["resolution"])
+        assert size[0] % 32 == 0 and size[1] % 32 == 0
+    assert {request["messages"][0]["content"] for request in server.requests} == {QWEN3_SYSTEM_PROMPT}
+    assert sorted(images_of(request)[0].size for request in server.requests) == sorted(
+        tuple(row["extra_info"]["image_size"]) for row in swift)
 
 
 @pytest.mark.parametrize("text, message", [

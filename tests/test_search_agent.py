@@ -76,6 +76,17 @@ FULL_CHAIN = {
 }
 
 
+def test_the_planner_is_sent_its_earlier_replies_as_it_wrote_them():
+    """A prefix-caching server holds the tokens of the reply it generated: the next request must repeat them."""
+    with ScriptedServer(by_schema(FULL_CHAIN)) as server:
+        run_agent(server)
+    planner = [body["messages"] for body in server.requests
+               if body["response_format"]["json_schema"]["name"] == "PlannerAction"]
+    written = [reply.content for reply in FULL_CHAIN["PlannerAction"]]
+    assert [[m["content"] for m in messages if m["role"] == "assistant"] for messages in planner] == [
+        [], written[:1], written[:2]]
+
+
 def test_full_zoom_chain_locate_zoom_read_verify_summarise():
     with ScriptedServer(by_schema(FULL_CHAIN)) as server:
         trajectory, frame = run_agent(server)

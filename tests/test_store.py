@@ -166,3 +166,33 @@ def test_out_pointing_at_a_file_is_refused(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(StoreError, match=r"^--out .*file is a file, not a folder; pass a new folder for the run$"):
         RunStore.open(tmp_path / "file", "fp1", {})
+
+
+OLD_MANIFEST = {  # a manifest written before inputs.source, relocations and servers were recorded
+    "tool": "mmcof-gen", "fingerprint": "fp-old", "created": "2026-01-01T00:00:00+00:00",
+    "config": {"images": {"max_pixels": 1000000}}, "inputs": {"images": "/data/images", "questions": None},
+    "versions": {"mmcof-gen": "0.0.1"}, "retired_field": [1, 2],
+}
+
+
+def test_an_old_manifest_loads_with_the_defaults_and_writes_back_unchanged(tmp_path):
+    (tmp_path / "manifest.json").write_text(json.dumps(OLD_MANIFEST))
+    manifest = RunStore(tmp_path).manifest()
+    assert (manifest.fingerprint, manifest.images_folder, manifest.max_pixels) == ("fp-old", "/data/images", 1000000)
+    assert (manifest.inputs.source, manifest.relocations, manifest.filter) == ("folder", [], None)
+    assert manifest.tasks_kind is None  # not recorded: stats reads it from the tasks
+    assert manifest.dump() == OLD_MANIFEST
+
+
+def test_the_images_folder_is_the_last_relocation(tmp_path):
+    relocated = {**OLD_MANIFEST, "relocations": [{"images": "/a", "at": "t1"}, {"images": "/b", "at": "t2"}],
+                 "inputs": {"images": "/data/images", "source": "questions"}}
+    (tmp_path / "manifest.json").write_text(json.dumps(relocated))
+    manifest = RunStore(tmp_path).manifest()
+    assert (manifest.images_folder, manifest.tasks_kind) == ("/b", "given")
+
+
+def test_a_manifest_that_does_not_parse_names_the_file(tmp_path):
+    (tmp_path / "manifest.json").write_text(json.dumps({"inputs": "not an object"}))
+    with pytest.raises(StoreError, match="manifest.json is not a valid manifest"):
+        RunStore(tmp_path).manifest()

@@ -21,7 +21,8 @@ from mmcof_gen.prompts import Prompts
 from mmcof_gen.schema import Detection, ErrorRecord, ImageTasks, RejectedTask, Task, task_id
 from mmcof_gen.store import read_jsonl
 from mmcof_gen.synthesize import synthesize
-from mmcof_gen.tasks.synthesis import TaskWriter, task_prompts
+from mmcof_gen.tasks.base import task_prompts
+from mmcof_gen.tasks.vlm_writer import TaskWriter
 from tests.support.runs import write_noise_image
 from tests.support.scripted_server import Reply, ScriptedServer
 

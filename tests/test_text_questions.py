@@ -7,9 +7,9 @@ from mmcof_gen.config import DEFAULT_CONFIG, TextTasksConfig, load_config
 from mmcof_gen.models.ocr import OcrEngine, TextHit, merge_lines
 from mmcof_gen.scenes import _street_font, generate_scenes
 from mmcof_gen.schema import RejectedTask
-from mmcof_gen.tasks.synthesis import task_prompts
+from mmcof_gen.tasks.base import task_prompts
 from mmcof_gen.tasks.text_questions import Gap, reconcile, synthesize_text_tasks, word_gaps
-from mmcof_gen.worker import truth_size
+from mmcof_gen.tasks.base import truth_size
 
 PROMPTS = task_prompts(load_config(DEFAULT_CONFIG))
 

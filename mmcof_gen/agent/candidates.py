@@ -195,7 +195,7 @@ async def choose_search(agent: VlmSearchAgent, search: Search, answer: str | Non
                                [n for n in numbers if n not in zoomed] if len(search.zooms) < config.max_zooms
                                else [], readings)
         step = agent._step(search, Step(action="locate"))
-        choice = await agent._ask(search, step, "planner", agent.roles.planner, messages, schema)
+        choice = await agent._converse(search, step, "planner", agent.roles.planner, messages, schema)
         step.action = choice.action
         step.arguments = choice.model_dump(exclude={"action"}, exclude_none=True)
         if choice.candidate is not None:
@@ -220,9 +220,8 @@ async def choose_search(agent: VlmSearchAgent, search: Search, answer: str | Non
         else:
             step.thought = f"I chose to answer {choice.answer!r}, one of the readings so far."
             agent._check_answer(search, step, choice.answer)
-        messages += [ChatMessage("assistant", choice.model_dump_json(exclude_none=True)),
-                     ChatMessage("user", prompts.render("chooser_step", observation=step.observation,
-                                                        candidates=candidates.listing()))]
+        messages.append(ChatMessage("user", prompts.render("chooser_step", observation=step.observation,
+                                                           candidates=candidates.listing())))
         if search.evidence is not None:
             await agent._finish(search, *search.verified)
             if agent.roles.summariser is None:  # the chain says what the chooser saw and chose

@@ -21,7 +21,7 @@ from mmcof_gen.imaging import clip_box, crop_to_frame, crop_zoom, scale_box, zoo
 from mmcof_gen.models.ocr import OcrEngine, TextHit, centre_in as _centre_in
 from mmcof_gen.positions import cell_box, cell_named, cell_of, position_name
 from mmcof_gen.prompts import Prompts
-from mmcof_gen.schema import Box, ChainStep, Detection, Step, Task, View
+from mmcof_gen.schema import Box, ChainStep, Detection, Step, Task, Verdict, View
 
 if TYPE_CHECKING:
     from mmcof_gen.tasks.sources import GivenQuestion
@@ -128,6 +128,24 @@ class OcrSearchAgent:
             return result
 
         result.needs_zoom = True
+        kept, zooms, shown, verdict = self._zoom_in(result, task, frame, position, region, in_region, verdict)
+
+        if not verdict.correct:
+            result.reason = f"no verified answer after {zooms} zoom(s): {verdict.reason}"
+            result.verdict = verdict
+            return result
+        result.chain = kept
+        result.answer, result.verdict, result.accepted = task.answer, verdict, True
+        result.final_thought = self.prompts.render("think_answer", answer=task.answer, height=shown, acuity=acuity)
+        result.steps.append(Step(action="answer", arguments={"text": task.answer}))
+        return result
+
+    def _zoom_in(self, result: SearchResult, task: Task, frame: Image.Image, position: str, region: Box,
+                 in_region: list[TextHit], verdict: Verdict) -> tuple[list[ChainStep], int, int, Verdict]:
+        """Zooms on the text lines too small to read in the question's region (the region itself when there are
+        none) until a reading verifies or `max_zooms` are spent: the chain kept, the zooms made, the height the
+        verified text was shown at, and the last verdict."""
+        acuity = self.min_read_height
         target = f"the text in the {position} part of the image"
         candidates = [(hit, 1.0) for hit in self._too_small(in_region)]
         result.steps.append(Step(
@@ -178,16 +196,7 @@ class OcrSearchAgent:
                                                   height=_height(candidate), acuity=acuity)
                 kept.append(ChainStep(thought=thought, box=box, label=target))
                 break
-
-        if not verdict.correct:
-            result.reason = f"no verified answer after {zooms} zoom(s): {verdict.reason}"
-            result.verdict = verdict
-            return result
-        result.chain = kept
-        result.answer, result.verdict, result.accepted = task.answer, verdict, True
-        result.final_thought = self.prompts.render("think_answer", answer=task.answer, height=shown, acuity=acuity)
-        result.steps.append(Step(action="answer", arguments={"text": task.answer}))
-        return result
+        return kept, zooms, shown, verdict
 
     def _legible(self, hit: TextHit, crop_scale: float) -> bool:
         """Whether the reader can read this line: tall enough in the image it was shown (frame boxes

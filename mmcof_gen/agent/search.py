@@ -332,14 +332,13 @@ class VlmSearchAgent:
                     else [ChatMessage("system", instructions), ChatMessage("user", opening)])
         for _ in range(self.config.max_steps):
             step = self._step(search, Step(action="locate"))
-            action = await self._ask(search, step, "planner", self.roles.planner, messages,
-                                     PlannerAction if sees else TextPlannerAction)
+            action = await self._converse(search, step, "planner", self.roles.planner, messages,
+                                          PlannerAction if sees else TextPlannerAction)
             step.action, step.thought = action.action, action.thought
             step.arguments = action.model_dump(exclude={"thought", "action"}, exclude_none=True)
             images = await self._act(search, step, action)
-            messages += [ChatMessage("assistant", action.model_dump_json(exclude_none=True)),
-                         ChatMessage("user", step.observation, images) if sees
-                         else ChatMessage("user", text_observation(step, lambda box: self._shown(box, search.view)))]
+            messages.append(ChatMessage("user", step.observation, images) if sees else
+                            ChatMessage("user", text_observation(step, lambda box: self._shown(box, search.view))))
             if search.evidence is not None:
                 await self._finish(search, *search.verified)
                 return
@@ -535,6 +534,20 @@ class VlmSearchAgent:
     async def _ask(self, search: Search, step: Step, role: str, model: ChatModel, messages: list[ChatMessage],
                    schema: type[BaseModel]) -> BaseModel:
         """One validated reply; every call it took is recorded in `step`, and the token budget is checked."""
+        return (await self._reply(search, step, role, model, messages, schema))[0]
+
+    async def _converse(self, search: Search, step: Step, role: str, model: ChatModel,
+                        messages: list[ChatMessage], schema: type[BaseModel]) -> BaseModel:
+        """A turn of a conversation: the reply, appended to `messages` as the model wrote it, so that the next
+        request begins with the tokens the server computed while writing it (a re-serialised reply differs in
+        spacing and key order, and its tokens would be computed again)."""
+        reply, text = await self._reply(search, step, role, model, messages, schema)
+        messages.append(ChatMessage("assistant", text))
+        return reply
+
+    async def _reply(self, search: Search, step: Step, role: str, model: ChatModel, messages: list[ChatMessage],
+                     schema: type[BaseModel]) -> tuple[BaseModel, str]:
+        """A validated reply and its text as written."""
         try:
             reply, completions = await complete_json(model, messages, schema, max_tokens=self.config.reply_tokens)
         except ReplyError as exc:
@@ -543,7 +556,7 @@ class VlmSearchAgent:
         self._record(search, step, role, completions)
         if search.tokens > self.config.max_tokens:
             raise StopSearch(f"budget: {search.tokens} tokens spent (max_tokens {self.config.max_tokens})")
-        return reply
+        return reply, completions[-1].text
 
     @staticmethod
     def _record(search: Search, step: Step, role: str, completions: list[Completion]) -> None:

@@ -9,7 +9,7 @@ them), write one record per sample in the chosen format, count tokens, then writ
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -22,10 +22,10 @@ from mmcof_gen.export.files import IMAGES_DIR, PNG_LEVEL, ImageFiles
 from mmcof_gen.targets import DEFAULT_TARGET, TARGETS, Target
 from mmcof_gen.extras import require
 from mmcof_gen.imaging import image_to_png_bytes
-from mmcof_gen.replay import WINDOW, FrameSource, ReplayError, replayed
-from mmcof_gen.schema import Trajectory
-from mmcof_gen.store import (RunStore, StoreError, claim_out_dir, images_folder, record_output, remove_temporaries,
-                             write_bytes_atomic, write_json_atomic)
+from mmcof_gen.replay import WINDOW, FrameSource, ReplayError, replayable, replayed
+from mmcof_gen.schema import Manifest, Trajectory
+from mmcof_gen.store import (RunStore, claim_out_dir, record_output, remove_temporaries, write_bytes_atomic,
+                             write_json_atomic)
 
 # The export formats by name: the one registry the command and the CLI's --format choices read. A new format
 # is one module and one line here.
@@ -64,107 +64,121 @@ def export(
         raise ConfigError(f"--format {fmt} cannot be written for --target {target}; use one of "
                           f"{', '.join(student.formats)}")
     store = RunStore(run_dir)
-    manifest = store.manifest()
-    try:
-        FrameSource(manifest)
-    except ReplayError as exc:
-        raise StoreError(f"{run_dir}: {exc}") from None
+    manifest = replayable(store)
     if isinstance(form, rl.RLFormat):
-        return _export_tasks(form, store, manifest, run_dir, out_dir, rl_options or rl.RLOptions(), overwrite, jobs)
+        if form.needs:
+            require("data", f"export --format {form.name}", form.needs)
+        _prepare_out_dir(run_dir, out_dir, overwrite)
+        options = replace(rl_options or rl.RLOptions(), target=student.name)
+        made = form.export(store, manifest, out_dir, options, jobs)
+        task_sources = made.pop("task_sources")
+        report = {"input": str(run_dir), "output": str(out_dir), **made, **_run_facts(manifest, task_sources)}
+        return _write_report(run_dir, out_dir, report, rl.card(report, form))
     if rl_options is not None:
         raise ConfigError(f"--embed-images, --test-fraction and --pass-rate-model apply to --format "
                           f"{' or '.join(rl.FORMATS)}, not {fmt}; drop them")
-    sample_messages = student.messages or form.messages
     if form.extra:
         require(form.extra[0], f"export --format {form.name}", form.extra[1])
     # the extras are checked before the folder is made
     budget = TokenBudget(max_pixels, tokenizer, student.min_pixels, student.factor)
     _prepare_out_dir(run_dir, out_dir, overwrite)
-
     files = None if form.embeds_images else ImageFiles(out_dir, absolute_paths)
-    if files is not None:
-        (out_dir / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
-    writer = form.writer(out_dir / form.data_file)
-    tally: Counter = Counter()
-    per_resolution: dict[int, Counter] = {}
-    zooms: Counter = Counter()
-    frame_sizes: Counter = Counter()
-    task_sources: Counter = Counter()
-    dropped = []
-    image_names: set[str] = set()
-    images_written = 0
-    todo = ((None if _not_exported(t, max_pixels, student) else t, t) for t in store.trajectories())
-    # Parquet's pictures carry their PNG bytes: it keeps the run's order rather than hold a window of them.
-    window = 1 if files is None else WINDOW
-    for trajectory, pictures in replayed(todo, partial(sample_images, files, student.name), manifest, jobs, window):
-        if trajectory.status != "accepted":
-            tally["not_accepted"] += 1
-            continue
-        view = trajectory.view
-        if pictures is None:  # not replayed: its frame is too large
-            dropped.append({"id": trajectory.id, "reason": _not_exported(trajectory, max_pixels, student)})
-            continue
-        if isinstance(pictures, ReplayError):
-            dropped.append({"id": trajectory.id, "reason": str(pictures)})
-            continue
-        messages = sample_messages(trajectory, system_prompt)
-        writer.write(form.record(trajectory.id, messages, [picture.ref for picture in pictures]))
-        budget.add(trajectory.id, messages, [picture.size for picture in pictures])
-        image_names.update(picture.name for picture in pictures if picture.name)
-        images_written += sum(picture.written for picture in pictures)
-        tally["zoom" if trajectory.chain else "direct"] += 1
-        tally["images"] += len(pictures)
-        per_resolution.setdefault(view.resolution, Counter())["zoom" if trajectory.chain else "direct"] += 1
-        zooms[len(trajectory.chain)] += 1
-        frame_sizes[_size_bin(max(view.width, view.height))] += 1
-        task_sources[trajectory.task.source] += 1
-    writer.close()
-
+    samples = Samples(form, student, budget, system_prompt)
+    samples.write(store, manifest, files, out_dir, jobs)
     if form.llamafactory_name:
         write_json_atomic(out_dir / "dataset_info.json", {form.llamafactory_name: llamafactory_entry(form.data_file)})
-    images_root = Path(images_folder(manifest))
     report = {
         "input": str(run_dir), "output": str(out_dir), "format": form.name, "target": student.name,
-        "data_file": form.data_file,
-        "samples": writer.count, "direct": tally["direct"], "zoom": tally["zoom"],
-        "not_accepted": tally["not_accepted"], "dropped": len(dropped), "dropped_samples": dropped,
-        "images": tally["images"], "image_files": len(image_names) if files else None,
-        "images_written": images_written if files else None,
-        "absolute_paths": absolute_paths,
-        "system_prompt": "custom" if system_prompt else "default",
-        "token_budget": budget.summary(),
-        "per_resolution": {str(r): {"direct": c["direct"], "zoom": c["zoom"]} for r, c in sorted(per_resolution.items())},
-        "zooms": {str(k): v for k, v in sorted(zooms.items())},
-        "frame_sizes": {label: frame_sizes[label] for label in _SIZE_LABELS if frame_sizes[label]},
-        "config_hash": manifest.get("fingerprint"),
-        "package_version": manifest.get("versions", {}).get("mmcof-gen"),
-        "filtered": "filter" in manifest,
-        "sources": {"images": str(images_root), "task_sources": dict(task_sources.most_common()),
-                    "licence_files": _licence_files(images_root)},
+        "data_file": form.data_file, **samples.counts(files is not None), "absolute_paths": absolute_paths,
+        "system_prompt": "custom" if system_prompt else "default", "token_budget": budget.summary(),
+        **_run_facts(manifest, dict(samples.task_sources.most_common())),
     }
+    return _write_report(run_dir, out_dir, report, dataset_card(report, form, student))
+
+
+def _run_facts(manifest: Manifest, task_sources: dict) -> dict:
+    """What every export report says of the run it came from: its config hash, version, whether it was
+    filtered, and where its images (and their licence files) are."""
+    images_root = Path(manifest.images_folder)
+    return {"config_hash": manifest.fingerprint, "package_version": manifest.versions.get("mmcof-gen"),
+            "filtered": manifest.filter is not None,
+            "sources": {"images": str(images_root), "task_sources": task_sources,
+                        "licence_files": _licence_files(images_root)}}
+
+
+def _write_report(run_dir: Path, out_dir: Path, report: dict, card: str) -> dict:
+    """`export_report.json` and the card `README.md`, then the record of what the export wrote."""
     write_json_atomic(out_dir / REPORT, report)
-    write_bytes_atomic(out_dir / "README.md", dataset_card(report, form, student).encode("utf-8"))
+    write_bytes_atomic(out_dir / "README.md", card.encode("utf-8"))
     record_output(out_dir, MARKER, run_dir)
     return report
 
 
-def _export_tasks(form: rl.RLFormat, store: RunStore, manifest: dict, run_dir: Path, out_dir: Path,
-                  options: rl.RLOptions, overwrite: bool, jobs: int) -> dict:
-    """An RL format's export, in the folder, report and card conventions of every export."""
-    if form.needs:
-        require("data", f"export --format {form.name}", form.needs)
-    _prepare_out_dir(run_dir, out_dir, overwrite)
-    images_root = Path(images_folder(manifest))
-    report = {"input": str(run_dir), "output": str(out_dir),
-              **form.export(store, manifest, out_dir, options, jobs),
-              "config_hash": manifest.get("fingerprint"),
-              "package_version": manifest.get("versions", {}).get("mmcof-gen"), "filtered": "filter" in manifest}
-    report["sources"] = {"images": str(images_root), "task_sources": report.pop("task_sources"),
-                         "licence_files": _licence_files(images_root)}
-    write_json_atomic(out_dir / REPORT, report)
-    write_bytes_atomic(out_dir / "README.md", rl.card(report, form).encode("utf-8"))
-    record_output(out_dir, MARKER, run_dir)
-    return report
+class Samples:
+    """The samples of an SFT export, written in run order, and what the report counts of them."""
+
+    def __init__(self, form: ExportFormat, student: Target, budget: TokenBudget, system_prompt: str | None):
+        self.form, self.student, self.budget, self.system_prompt = form, student, budget, system_prompt
+        self.messages = student.messages or form.messages
+        self.tally: Counter = Counter()
+        self.per_resolution: dict[int, Counter] = {}
+        self.zooms: Counter = Counter()
+        self.frame_sizes: Counter = Counter()
+        self.task_sources: Counter = Counter()
+        self.dropped: list[dict] = []
+        self.image_names: set[str] = set()
+        self.images_written = 0
+        self.written = 0
+
+    def write(self, store: RunStore, manifest: Manifest, files: ImageFiles | None, out_dir: Path, jobs: int) -> None:
+        """Replay every accepted trajectory small enough into its pictures and write its record."""
+        if files is not None:
+            (out_dir / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
+        writer = self.form.writer(out_dir / self.form.data_file)
+        max_pixels = self.budget.max_pixels
+        todo = ((None if _not_exported(t, max_pixels, self.student) else t, t) for t in store.trajectories())
+        # Parquet's pictures carry their PNG bytes: it keeps the run's order rather than hold a window of them.
+        window = 1 if files is None else WINDOW
+        for trajectory, pictures in replayed(todo, partial(sample_images, files, self.student.name), manifest, jobs,
+                                             window):
+            if trajectory.status != "accepted":
+                self.tally["not_accepted"] += 1
+            elif pictures is None:  # not replayed: its frame is too large
+                self.dropped.append({"id": trajectory.id, "reason": _not_exported(trajectory, max_pixels,
+                                                                                  self.student)})
+            elif isinstance(pictures, ReplayError):
+                self.dropped.append({"id": trajectory.id, "reason": str(pictures)})
+            else:
+                messages = self.messages(trajectory, self.system_prompt)
+                writer.write(self.form.record(trajectory.id, messages, [picture.ref for picture in pictures]))
+                self.budget.add(trajectory.id, messages, [picture.size for picture in pictures])
+                self._count(trajectory, pictures)
+        writer.close()
+        self.written = writer.count
+
+    def _count(self, trajectory: Trajectory, pictures: list[Picture]) -> None:
+        view, kind = trajectory.view, trajectory.sample_kind
+        self.image_names.update(picture.name for picture in pictures if picture.name)
+        self.images_written += sum(picture.written for picture in pictures)
+        self.tally[kind] += 1
+        self.tally["images"] += len(pictures)
+        self.per_resolution.setdefault(view.resolution, Counter())[kind] += 1
+        self.zooms[len(trajectory.chain)] += 1
+        self.frame_sizes[_size_bin(max(view.width, view.height))] += 1
+        self.task_sources[trajectory.task.source] += 1
+
+    def counts(self, as_files: bool) -> dict:
+        """The report's counts; `as_files`: the images were written as files (not embedded)."""
+        return {
+            "samples": self.written, "direct": self.tally["direct"], "zoom": self.tally["zoom"],
+            "not_accepted": self.tally["not_accepted"], "dropped": len(self.dropped), "dropped_samples": self.dropped,
+            "images": self.tally["images"], "image_files": len(self.image_names) if as_files else None,
+            "images_written": self.images_written if as_files else None,
+            "per_resolution": {str(r): {"direct": c["direct"], "zoom": c["zoom"]}
+                               for r, c in sorted(self.per_resolution.items())},
+            "zooms": {str(k): v for k, v in sorted(self.zooms.items())},
+            "frame_sizes": {label: self.frame_sizes[label] for label in _SIZE_LABELS if self.frame_sizes[label]},
+        }
 
 
 def _not_exported(trajectory: Trajectory, max_pixels: int, target: Target) -> str | None:

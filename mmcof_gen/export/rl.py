@@ -14,6 +14,9 @@ kept per R in `extra_info.difficulty`.
 of 28): the image our boxes and the verified chains refer to, one a Qwen2.5-VL processor passes unresized when
 its max_pixels holds it, so the pixels the policy sees, the boxes it writes and the crop the trainer's zoom
 tool cuts (verl's `image_zoom_in_tool` and ms-swift's deepeyes scheduler crop the image they are given) agree.
+For another student (`--target`, targets.py) the prompt and the image are that student's, as the supervised
+formats write them: Qwen3-VL's system prompt declares its own zoom tool (boxes in 0-1000) and `images[0]` is the
+frame as its processor sizes it (factor 32); its pass rate is measured as eval evaluates that student.
 
 Row layouts were read from the trainers' code, not guessed (docs/format.md cites the files and commits).
 """
@@ -40,16 +43,17 @@ from mmcof_gen.evaluate import EvalSettings, run_episode
 from mmcof_gen.imaging import image_to_png_bytes
 from mmcof_gen.models.chat import ChatModelConfig, chat_model
 from mmcof_gen.replay import WINDOW, FrameSource, ReplayError, replayed
-from mmcof_gen.schema import Task, Trajectory, short_hash
+from mmcof_gen.schema import Manifest, Task, Trajectory, short_hash
 from mmcof_gen.scoring import score_by_rules
 from mmcof_gen.store import AtomicFile, RunStore
+from mmcof_gen.targets import DEFAULT_TARGET, TARGETS, Target
 
 DATA_SOURCE = "mmcof"
 """the `data_source` of every row; `mmcof_gen.rewards.compute_score` scores every data source alike"""
 AGENT_NAME = "tool_agent"  # verl's ToolAgentLoop
 ABILITY = "vision"
 SYNTHESIZED = frozenset({"vlm-synthesis", "ocr-synthesis"})
-"""task sources whose answer this project's own models wrote (tasks/synthesis.py SOURCE, tasks/text_questions.py):
+"""task sources whose answer this project's own models wrote (tasks/vlm_writer.py SOURCE, tasks/text_questions.py):
 their ground truth is trusted only once a chain or the consistency check confirmed it"""
 SPLITS = ("train", "test")
 
@@ -71,6 +75,8 @@ class RLOptions:
     embed_images: bool = False
     test_fraction: float = 0.1
     pass_rate: PassRate | None = None
+    target: str = DEFAULT_TARGET
+    """the student the prompts are for (targets.TARGETS, `export --target`): its system prompt, frame and loop"""
 
 
 @dataclass
@@ -83,6 +89,7 @@ class Prompt:
     resolution: int
     difficulty: dict
     trust: str
+    student: Target
     split: str = "train"
     index: int = 0
 
@@ -99,9 +106,11 @@ class Prompt:
         return "file://" + self.image
 
 
-def prompt_messages(task: Task) -> list[dict]:
-    """System (the CoF prompt with the zoom tool's schema) + the first user turn, as SFT export and eval build them."""
-    return [{"role": "system", "content": cof_format.SYSTEM_PROMPT},
+def prompt_messages(prompt: Prompt) -> list[dict]:
+    """System (the student's CoF prompt with its zoom tool's schema) + the first user turn, as SFT export and eval
+    build them."""
+    task = prompt.task
+    return [{"role": "system", "content": prompt.student.system_prompt},
             {"role": "user", "content": cof_format.user_prompt(task.question, task.options)}]
 
 
@@ -128,14 +137,14 @@ def extra_info(prompt: Prompt) -> dict:
 
 def verl_row(prompt: Prompt) -> dict:
     image = {"bytes": prompt.image} if isinstance(prompt.image, bytes) else {"image": prompt.image_uri}
-    return {"data_source": DATA_SOURCE, "agent_name": AGENT_NAME, "prompt": prompt_messages(prompt.task),
+    return {"data_source": DATA_SOURCE, "agent_name": AGENT_NAME, "prompt": prompt_messages(prompt),
             "images": [image], "ability": ABILITY,
             "reward_model": {"style": "rule", "ground_truth": prompt.ground_truth}, "extra_info": extra_info(prompt)}
 
 
 def swift_row(prompt: Prompt) -> dict:
     image = prompt.image_uri if isinstance(prompt.image, bytes) else prompt.image
-    return {"messages": prompt_messages(prompt.task), "images": [image], "solution": prompt.ground_truth,
+    return {"messages": prompt_messages(prompt), "images": [image], "solution": prompt.ground_truth,
             "reward_model": {"style": "rule", "ground_truth": prompt.ground_truth},
             "extra_info": extra_info(prompt), "data_source": DATA_SOURCE}
 
@@ -197,7 +206,7 @@ class RLFormat:
         """How to train on it (`resources/cards/<name>.md`)."""
         return (resources.CARDS / f"{self.name}.md").read_text(encoding="utf-8").removesuffix("\n")
 
-    def export(self, store: RunStore, manifest: dict, out_dir: Path, options: RLOptions, jobs: int = 1) -> dict:
+    def export(self, store: RunStore, manifest: Manifest, out_dir: Path, options: RLOptions, jobs: int = 1) -> dict:
         return export_tasks(self, store, manifest, out_dir, options, jobs)
 
 
@@ -250,18 +259,20 @@ def trust(task: Task, difficulty: dict) -> tuple[str | None, str | None]:
     return (None, UNTRUSTED) if task.source in SYNTHESIZED else ("given", None)
 
 
-def _frame(embed: bool, files: ImageFiles | None, frames: FrameSource, trajectory: Trajectory):
-    """The task's image (written as a content-addressed PNG, or encoded); runs in the export's workers."""
-    frame = frames.frame(trajectory)
+def _frame(embed: bool, files: ImageFiles | None, target: str, frames: FrameSource, trajectory: Trajectory):
+    """The task's image as the student `target` sees it (written as a content-addressed PNG, or encoded); runs in
+    the export's workers."""
+    frame = TARGETS[target].frame(frames, trajectory)
     if embed:
         return image_to_png_bytes(frame, PNG_LEVEL), frame.size
     return files.add(frame)[0], frame.size
 
 
-def export_tasks(form: RLFormat, store: RunStore, manifest: dict, out_dir: Path, options: RLOptions,
+def export_tasks(form: RLFormat, store: RunStore, manifest: Manifest, out_dir: Path, options: RLOptions,
                  jobs: int = 1) -> dict:
     """Every task of the run with a trusted ground truth as one row of `form`, split train/test by a hash of the
-    task id (stable when the run grows); returns the export report (the exporter writes it and the card)."""
+    task id (stable when the run grows), for the student `options.target`; returns the export report (the exporter
+    writes it and the card)."""
     by_task: dict[str, list[Trajectory]] = {}
     for trajectory in store.trajectories():
         by_task.setdefault(trajectory.task.id, []).append(trajectory.model_copy(update={"steps": []}))
@@ -282,13 +293,14 @@ def export_tasks(form: RLFormat, store: RunStore, manifest: dict, out_dir: Path,
         (out_dir / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
     prompts: list[Prompt] = []
     window = 1 if options.embed_images else WINDOW
-    for (trajectory, difficulty, why), made in replayed(todo, partial(_frame, options.embed_images, files), manifest,
-                                                        jobs, window):
+    make = partial(_frame, options.embed_images, files, options.target)
+    for (trajectory, difficulty, why), made in replayed(todo, make, manifest, jobs, window):
         if isinstance(made, ReplayError):
             skipped.append({"id": trajectory.task.id, "reason": str(made)})
             continue
         image, size = made
-        prompts.append(Prompt(trajectory.task, image, size, trajectory.view.resolution, difficulty, why))
+        prompts.append(Prompt(trajectory.task, image, size, trajectory.view.resolution, difficulty, why,
+                              TARGETS[options.target]))
 
     pass_rates = None
     if options.pass_rate is not None:
@@ -296,12 +308,7 @@ def export_tasks(form: RLFormat, store: RunStore, manifest: dict, out_dir: Path,
         prompts, dropped = keep_band(prompts, options.pass_rate.band)
         skipped += dropped
 
-    splits: dict[str, list[Prompt]] = {split: [] for split in SPLITS}
-    for prompt in prompts:
-        prompt.split = "test" if int(short_hash("split", prompt.task.id), 16) < options.test_fraction * 16 ** 16 \
-            else "train"
-        prompt.index = len(splits[prompt.split])
-        splits[prompt.split].append(prompt)
+    splits = split_prompts(prompts, options.test_fraction)
     data_files = {}
     for split, members in splits.items():
         if members:
@@ -309,7 +316,7 @@ def export_tasks(form: RLFormat, store: RunStore, manifest: dict, out_dir: Path,
             form.write(out_dir / data_files[split], [form.row(p) for p in members])
 
     return {
-        "format": form.name, "data_files": data_files,
+        "format": form.name, "target": options.target, "data_files": data_files,
         "tasks": len(by_task), "samples": len(prompts), **{split: len(m) for split, m in splits.items()},
         "skipped": len(skipped), "skipped_tasks": skipped,
         "skip_reasons": dict(Counter(s["reason"] for s in skipped).most_common()),
@@ -318,6 +325,17 @@ def export_tasks(form: RLFormat, store: RunStore, manifest: dict, out_dir: Path,
         "difficulty": summarise(prompts), "pass_rate": pass_rates,
         "task_sources": dict(Counter(p.task.source for p in prompts).most_common()),
     }
+
+
+def split_prompts(prompts: list[Prompt], test_fraction: float) -> dict[str, list[Prompt]]:
+    """The prompts of each split, by a hash of the task id (stable when the run grows); sets each one's split and
+    index."""
+    splits: dict[str, list[Prompt]] = {name: [] for name in SPLITS}
+    for prompt in prompts:
+        prompt.split = "test" if int(short_hash("split", prompt.task.id), 16) < test_fraction * 16 ** 16 else "train"
+        prompt.index = len(splits[prompt.split])
+        splits[prompt.split].append(prompt)
+    return splits
 
 
 def summarise(prompts: list[Prompt]) -> dict:
@@ -334,8 +352,9 @@ def summarise(prompts: list[Prompt]) -> dict:
 
 
 def measure_pass_rates(prompts: list[Prompt], settings: PassRate) -> dict:
-    """Sample `settings.samples` episodes of eval's CoF loop per prompt, on the exported frame, scored by eval's
-    rules; each prompt's `difficulty` gets `pass_rate` (None when every episode failed) and `samples`."""
+    """Sample `settings.samples` episodes of eval's CoF loop per prompt, on the exported frame, as eval runs the
+    prompt's student, scored by eval's rules; each prompt's `difficulty` gets `pass_rate` (None when every episode
+    failed) and `samples`."""
     model = chat_model(settings.model)
     episode_settings = EvalSettings()
     gate = asyncio.Semaphore(max(1, settings.concurrency // settings.samples))  # prompts in flight, frames held
@@ -343,7 +362,7 @@ def measure_pass_rates(prompts: list[Prompt], settings: PassRate) -> dict:
     async def one(prompt: Prompt, frame: Image.Image) -> bool | None:
         try:
             episode = await run_episode(model, frame, prompt.task.question, prompt.task.options, episode_settings,
-                                        temperature=settings.temperature)
+                                        temperature=settings.temperature, target=prompt.student)
         except Exception:  # a server that fails after its retries: this sample is not measured
             return None
         score = score_by_rules(episode.answer, prompt.task.options, prompt.task.answer or "")

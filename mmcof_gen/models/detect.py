@@ -23,10 +23,8 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mmcof_gen.imaging import InvalidBox, clip_box
+from mmcof_gen.models.ocr_config import ENGINE_NAME
 from mmcof_gen.schema import Detection, registered
-
-ENGINE_NAME = "rapidocr:PP-OCRv4"
-"""RapidOCR as records name it: the offline default's engine, and the `rapidocr` backend (models/ocr.py)."""
 
 
 @dataclass(frozen=True)

@@ -16,15 +16,14 @@ import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
 
 from mmcof_gen.answers import normalize_text
 from mmcof_gen.imaging import crop_to_frame, iou, zoom_image, zoom_plan
-from mmcof_gen.models.detect import ENGINE_NAME, DetectorConfig, DetectRequest, clean_phrases
+from mmcof_gen.models.detect import DetectorConfig, DetectRequest, clean_phrases
+from mmcof_gen.models.ocr_config import ENGINE_NAME, OcrReaderConfig
 from mmcof_gen.schema import Box, Detection
 
 
@@ -275,22 +274,6 @@ class OcrDetector:
                      for phrase in clean_phrases(phrases) for hit in hits if names_text(phrase, hit.text)]
             results.append(sorted(found, key=lambda d: -d.score)[: self.config.max_detections])
         return results
-
-
-class OcrReaderConfig(BaseModel):
-    """RapidOCR as the VLM agent's reader (`models.reader: {backend: rapidocr}`), with the acuity rule of the
-    offline default: a line is read only when it is at least `min_read_height` pixels tall in the image shown.
-    Unset values are those of the pipeline's `ocr` section (filled in by `PipelineConfig`)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    backend: Literal["rapidocr"]
-    min_read_height: int | None = Field(None, ge=1, description="none: ocr.min_read_height")
-    min_score: float | None = Field(None, ge=0, le=1, description="none: ocr.min_score")
-
-    @property
-    def name(self) -> str:
-        return ENGINE_NAME
 
 
 class OcrReader:

@@ -1,5 +1,5 @@
 """Reply schemas shared by the model roles of the search agent (agent/search.py) and of task synthesis
-(tasks/synthesis.py): bounded fields, and the reader's answer.
+(tasks/vlm_writer.py): bounded fields, and the reader's answer.
 
 Every string, list and number of a reply schema is bounded: a server that decodes to the schema (vLLM's
 structured outputs) otherwise lets a model that never closes a string run on to max_tokens, and the cut

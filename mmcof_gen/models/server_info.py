@@ -5,7 +5,7 @@ the search's are refused here, in one line, before any record is written; what i
 run manifest.
 
 Servers that do not answer `/version` with a version (OpenAI, other proxies) are not asked anything more:
-their refusals surface in the run itself (models/chat.py names the setting for each). A server that does not
+their refusals surface in the run itself (models/chat/refusals.py names the setting for each). A server that does not
 answer at all is refused first, naming the role, the URL and the command the pipeline's header gives to start
 it; `--wait-for-servers SECONDS` polls until every server answers, for runs started before their servers.
 """

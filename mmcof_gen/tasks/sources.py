@@ -15,8 +15,8 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mmcof_gen.errors import ConfigError
-from mmcof_gen.imaging import discover_images, validate_box
-from mmcof_gen.schema import Box, ErrorRecord, Task, invalid_fields, short_hash, task_id
+from mmcof_gen.imaging import discover_images
+from mmcof_gen.schema import Box, ErrorRecord, invalid_fields, short_hash
 from mmcof_gen.store import jsonl_lines
 
 
@@ -51,24 +51,6 @@ class ImageUnit:
     questions: list[GivenQuestion] | None = None
     source: str = "folder"
     skipped: str | None = None  # why the image is kept out (exclusion list, near-duplicate); see tasks.exclusion
-
-    def given_tasks(self, sha: str, width: int, height: int) -> tuple[list[Task], list[ErrorRecord]]:
-        """The given questions as finished Tasks of the image with content hash `sha` and size `width` x `height`
-        (the worker reads those: the driver never opens an image), and an error record per refused box."""
-        tasks: dict[str, Task] = {}
-        problems = []
-        for given in self.questions or []:
-            tid = task_id(sha, given.question)
-            try:
-                boxes = [validate_box(box, width, height) for box in given.boxes]
-            except ValueError as exc:
-                problems.append(ErrorRecord(id="q-" + tid, stage="tasks", image=self.rel, task_id=tid,
-                                            reason=f"bbox of question {given.question[:80]!r}: {exc}"))
-                continue
-            tasks[tid] = Task(id=tid, image=self.rel, image_sha256=sha, question=given.question, options=given.options,
-                              answer=given.answer, gt_boxes=boxes, source=self.source,
-                              question_type=given.question_type, position=given.position)
-        return list(tasks.values()), problems
 
 
 @dataclass

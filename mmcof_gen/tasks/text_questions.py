@@ -11,20 +11,25 @@ reason. PP-OCR drops spaces, so its spelling alone is never trusted with them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import NamedTuple
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, NamedTuple
 
 import cv2
 import numpy as np
 from PIL import Image
 
 from mmcof_gen.answers import normalize_text
-from mmcof_gen.config import TextTasksConfig
+from mmcof_gen.config import PipelineConfig, TextTasksConfig
 from mmcof_gen.imaging import scale_box
-from mmcof_gen.models.ocr import TextHit
+from mmcof_gen.models.ocr import OcrEngine, TextHit
 from mmcof_gen.positions import cell_of, position_name
 from mmcof_gen.prompts import Prompts
-from mmcof_gen.schema import RejectedTask, Task, task_id
+from mmcof_gen.schema import ErrorRecord, ImageTasks, RejectedTask, Task, task_id
+from mmcof_gen.tasks.base import OnLoop, image_tasks, task_prompts, truth_image
+from mmcof_gen.tasks.sources import ImageUnit
+
+if TYPE_CHECKING:
+    from mmcof_gen.agent.base import SearchAgent
 
 # The two readings of a candidate line: its own tight crop scaled to a line height (px) and read with the
 # detector's boxes grown this much. On the quality benchmark's scenes, the whole-image reading dropped the
@@ -248,7 +253,30 @@ def synthesize_text_tasks(
     the hit's line from its own tight crop (OcrEngine.reread), `gaps(hit)` counts its word gaps (`word_gaps`),
     `read_second(hit)` are the second reader's spellings of the line (OcrEngine.read_line: the first with
     RapidOCR's letters is compared), all on the image at truth size."""
-    width, height = truth_size
+    tasks: list[Task] = []
+    rejected: list[RejectedTask] = []
+    sx, sy = original_size[0] / truth_size[0], original_size[1] / truth_size[1]
+    for hit, reading, position in _candidates(hits, truth_size, config):
+        if len(tasks) >= config.max_per_image:
+            break
+        question = prompts.render("question_text", position=position)
+        box = scale_box(hit.box, sx, sy)
+        answer, reason = _answer(hit, reading, read_again, gaps, read_second)
+        if reason:
+            rejected.append(RejectedTask(object=hit.text, box=box, question=question, reason=reason))
+            continue
+        tasks.append(Task(
+            id=task_id(image_sha256, question), image=image, image_sha256=image_sha256, question=question,
+            answer=answer, gt_boxes=[box], source="ocr-synthesis", question_type="text", position=position,
+        ))
+    return tasks, rejected
+
+
+def _candidates(hits: list[TextHit], size: tuple[int, int],
+                config: TextTasksConfig) -> Iterator[tuple[TextHit, str, str]]:
+    """The texts a question can name without giving them away, with their normalised reading and position:
+    read confidently, small, of a length the config allows, alone in their grid cell and read nowhere else."""
+    width, height = size
     hits = [hit for hit in hits if normalize_text(hit.text)]  # stray marks read as symbols name nothing
     hits = [hit for hit in hits if not any(_piece_of(hit, line) for line in hits if line is not hit)]
     occupancy: dict[tuple[int, int], int] = {}
@@ -256,12 +284,7 @@ def synthesize_text_tasks(
         cell = cell_of(hit.box, width, height)
         occupancy[cell] = occupancy.get(cell, 0) + 1
     readings = [normalize_text(hit.text) for hit in hits]
-
-    tasks: list[Task] = []
-    rejected: list[RejectedTask] = []
     for hit, reading in zip(hits, readings):
-        if len(tasks) >= config.max_per_image:
-            break
         x1, y1, x2, y2 = hit.box
         cell = cell_of(hit.box, width, height, config.cell_margin)
         if (
@@ -273,48 +296,69 @@ def synthesize_text_tasks(
             or readings.count(reading) > 1
         ):
             continue
-        position = position_name(cell)
-        question = prompts.render("question_text", position=position)
-        sx, sy = original_size[0] / width, original_size[1] / height
-        box = scale_box(hit.box, sx, sy)
-        (height_a, unclip_a), (height_b, unclip_b) = READINGS
-        first, second = read_again(hit, height_a, unclip_a), read_again(hit, height_b, unclip_b)
-        # the rereads with the whole-image reading's letters (the whole-image reading drops spaces, but its
-        # letters count); with one only, RapidOCR leaves the spaces to the two-reader rule
-        first, second = (_without_marks(r, hit.text) for r in (first, second))
-        text_a, text_b = spelled(first and first.text), spelled(second and second.text)
-        rereads = [r for r in (first, second) if r and normalize_text(r.text) == reading]
-        answer = reason = None
-        if not rereads:
-            reason = (f"readings disagree: {text_a!r} (line {height_a} px tall) vs {text_b!r} ({height_b} px) "
+        yield hit, reading, position_name(cell)
+
+
+def _answer(hit: TextHit, reading: str, read_again: ReadAgain, gaps: Callable[[TextHit], list[Gap] | None],
+            read_second: Callable[[TextHit], list[str]]) -> tuple[str | None, str | None]:
+    """The line's ground truth, or why it is dropped: RapidOCR's two rereads, the pixels' word gaps and the
+    second reader must agree on its letters and its spaces (the module's docstring)."""
+    (height_a, unclip_a), (height_b, unclip_b) = READINGS
+    first, second = read_again(hit, height_a, unclip_a), read_again(hit, height_b, unclip_b)
+    # the rereads with the whole-image reading's letters (the whole-image reading drops spaces, but its
+    # letters count); with one only, RapidOCR leaves the spaces to the two-reader rule
+    first, second = (_without_marks(r, hit.text) for r in (first, second))
+    text_a, text_b = spelled(first and first.text), spelled(second and second.text)
+    rereads = [r for r in (first, second) if r and normalize_text(r.text) == reading]
+    if not rereads:
+        return None, (f"readings disagree: {text_a!r} (line {height_a} px tall) vs {text_b!r} ({height_b} px) "
                       f"vs {hit.text!r} (whole image)")
-        elif (seen := gaps(hit)) is None:
-            reason = (f"pixels unclear: the letters of {spelled(rereads[0].text)!r} cannot be told apart in its pixels, "
-                      "or the line goes on past its box")
-        else:
-            own = spelled(rereads[0].text)
-            proposal = proposed(text_a, text_b, first, second, seen) if len(rereads) == 2 else None
-            others = [spelled(text) for text in read_second(hit)]
-            # a reading that spells it as RapidOCR does, else the first with its letters and digits (case included)
-            other = next((text for text in others if text == proposal),
-                         next((text for text in others if text.replace(" ", "") == own.replace(" ", "")),
-                              others[0] if others else ""))
-            certain = sum(gap.certain for gap in seen)
-            shown = str(len(seen)) if certain == len(seen) else f"{certain} to {len(seen)}"
-            if other.replace(" ", "") != own.replace(" ", ""):
-                reason = f"readers disagree: {proposal or own!r} (RapidOCR) vs {other!r} (Tesseract)"
-            elif proposal == other:
-                answer = proposal
-            elif ((cuts := _gap_cuts(rereads, seen, other.replace(" ", ""))) is None and certain
-                  or (answer := reconcile(proposal, other, [spelled(hit.text), *(spelled(r.text) for r in rereads)],
-                                          cuts or (set(), set()))) is None):
-                reason = (f"spaces disagree: {proposal or own!r} (RapidOCR) vs {other!r} (Tesseract), "
-                          f"its pixels {shown} word gap(s)")
-        if reason:
-            rejected.append(RejectedTask(object=hit.text, box=box, question=question, reason=reason))
-            continue
-        tasks.append(Task(
-            id=task_id(image_sha256, question), image=image, image_sha256=image_sha256, question=question,
-            answer=answer, gt_boxes=[box], source="ocr-synthesis", question_type="text", position=position,
-        ))
-    return tasks, rejected
+    if (seen := gaps(hit)) is None:
+        return None, (f"pixels unclear: the letters of {spelled(rereads[0].text)!r} cannot be told apart in its "
+                      "pixels, or the line goes on past its box")
+    own = spelled(rereads[0].text)
+    proposal = proposed(text_a, text_b, first, second, seen) if len(rereads) == 2 else None
+    others = [spelled(text) for text in read_second(hit)]
+    # a reading that spells it as RapidOCR does, else the first with its letters and digits (case included)
+    other = next((text for text in others if text == proposal),
+                 next((text for text in others if text.replace(" ", "") == own.replace(" ", "")),
+                      others[0] if others else ""))
+    certain = sum(gap.certain for gap in seen)
+    shown = str(len(seen)) if certain == len(seen) else f"{certain} to {len(seen)}"
+    if other.replace(" ", "") != own.replace(" ", ""):
+        return None, f"readers disagree: {proposal or own!r} (RapidOCR) vs {other!r} (Tesseract)"
+    if proposal == other:
+        return proposal, None
+    if ((cuts := _gap_cuts(rereads, seen, other.replace(" ", ""))) is None and certain
+            or (answer := reconcile(proposal, other, [spelled(hit.text), *(spelled(r.text) for r in rereads)],
+                                    cuts or (set(), set()))) is None):
+        return None, (f"spaces disagree: {proposal or own!r} (RapidOCR) vs {other!r} (Tesseract), "
+                      f"its pixels {shown} word gap(s)")
+    return answer, None
+
+
+class OcrTextQuestions:
+    """A `TaskMaker` (tasks.kind ocr): the text questions of a bare image, read by the worker's OCR engine at
+    truth size, with their ground truth."""
+
+    def __init__(self, config: PipelineConfig, engine: Callable[[], OcrEngine]):
+        self.images = config.images
+        self.tasks = config.tasks
+        self.prompts = task_prompts(config)
+        self.engine = engine
+
+    @classmethod
+    def build(cls, config: PipelineConfig, prompts: Prompts, engine: Callable[[], OcrEngine], agent: SearchAgent,
+              on_loop: OnLoop) -> OcrTextQuestions:
+        return cls(config, engine)
+
+    def make(self, unit: ImageUnit, sha256: str, size: tuple[int, int]) -> tuple[ImageTasks, list[ErrorRecord]]:
+        image, engine = truth_image(unit, size, self.images), self.engine()
+        tasks, rejected = synthesize_text_tasks(
+            engine.read(image), image.size, size, unit.rel, sha256, self.prompts, self.tasks,
+            lambda hit, line_height, unclip: engine.reread(image, hit.box, line_height, unclip),
+            lambda hit: word_gaps(image, hit.box), lambda hit: engine.read_line(image, hit.box))
+        return image_tasks(unit.rel, sha256, size, tasks=tasks, rejected=rejected), []
+
+    def close(self) -> None:
+        pass

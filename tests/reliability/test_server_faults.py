@@ -57,7 +57,7 @@ def test_thirty_percent_mixed_faults_every_kind_injected_and_the_run_completes(f
     assert 0.2 <= sum(injected.values()) / len(script.arrivals) <= 0.4
     assert re.search(r"\d+ accepted .* errors(, \d+ will be retried on resume)?; results in", done.stdout)
     assert_run_whole(run)
-    retries = sum(role["retries"] for role in RunStore(run).manifest()["counts"]["models"].values())
+    retries = sum(role["retries"] for role in RunStore(run).manifest().counts["models"].values())
     print(f"server faults: {len(script.arrivals)} requests, {sum(injected.values())} faults injected "
           f"({dict(injected)}), {retries} retries recorded in kept trajectories")
     assert retries > 0

@@ -238,7 +238,7 @@ def assert_run_whole(run: Path) -> RunStore:
     assert len(ids) == len(set(ids)), [i for i, n in Counter(ids).items() if n > 1]
     images = [i.image for i in store.image_tasks()]
     assert len(images) == len(set(images)), images
-    assert store.manifest()["counts"] == run_stats(store)
+    assert store.manifest().counts == run_stats(store)
     return store
 
 

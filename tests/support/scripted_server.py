@@ -57,7 +57,8 @@ class PrefixCache:
 
     A request's tokens: per message a role token, then its content in order: an image as Qwen2.5-VL's count of
     tokens (one per 28x28 pixels), each named by the image's bytes, and text as its words. A request's prefix-
-    cache hits are the tokens of its longest prefix that an earlier request began with, its image-cache hits
+    cache hits are the tokens of its longest prefix that an earlier request, or an earlier request followed by
+    its reply (an engine keeps the KV cache of the tokens it generated), began with; its image-cache hits
     the images an earlier request sent. The cache never forgets (a test's run is far smaller than a server's
     cache), so the totals do not depend on the order in which concurrent requests arrive: the tokens computed
     are the distinct prefixes of all requests, the images encoded the distinct images. (vLLM differs in
@@ -88,13 +89,16 @@ class PrefixCache:
                     out += [(word,) for word in part.get("text", "").split()]
         return out
 
-    def record(self, body: dict) -> int:
-        """Count one request; its prompt tokens."""
+    def record(self, body: dict, reply: str) -> int:
+        """Count one request answered with `reply`; its prompt tokens."""
         tokens = self.tokens(body)
         hits, chain = 0, 0
         for token in tokens:
             chain = hash((chain, token))
             hits += chain in self.prefixes  # a prefix seen before: so were all of its own prefixes
+            self.prefixes.add(chain)
+        for token in self.tokens({"messages": [{"role": "assistant", "content": reply}]}):
+            chain = hash((chain, token))
             self.prefixes.add(chain)
         images = list(dict.fromkeys(t[1] for t in tokens if t[0] == "<image>"))
         counts = self.counts
@@ -228,7 +232,7 @@ class ScriptedServer:
             payload = reply.body
         elif reply.status == 200:
             if self.cache is not None:
-                reply = dataclasses.replace(reply, prompt_tokens=self.cache.record(body))
+                reply = dataclasses.replace(reply, prompt_tokens=self.cache.record(body, reply.content))
                 self.cache.counts["generation_tokens"] += reply.completion_tokens
                 self.cache.counts["request_success"] += 1
             payload = completion_body(reply, body.get("model", self.model))

@@ -21,6 +21,8 @@ tokens and cost (`ImageTasks.calls`). Ground-truth boxes are in original-image p
 
     writer = TaskWriter(writer_model, reader_model, None, task_prompts(config), agent_prompts, config)
     result = await writer.synthesize(image, frame, (W, H), "street/a.jpg", sha256)
+
+A worker runs it as its `TaskMaker` (`VlmTaskWriter`), on its event loop, with the VLM agent's models.
 """
 
 from __future__ import annotations
@@ -29,23 +31,29 @@ import asyncio
 import random
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from PIL import Image
 from pydantic import BaseModel, Field, model_validator
 
-from mmcof_gen import resources
 from mmcof_gen.answers import as_option, normalize_text, verify_answer
 from mmcof_gen.cof_format import question_text
 from mmcof_gen.config import PipelineConfig, QuestionType
 from mmcof_gen.conventions import CONVENTIONS, DEFAULT, read_box
-from mmcof_gen.imaging import InvalidBox, box_area, clip_box, crop_zoom, frame_from_image, iou, scale_box
-from mmcof_gen.models.chat import ChatMessage, ChatModel, ReplyError, about_images, complete_json
+from mmcof_gen.imaging import (InvalidBox, box_area, clip_box, crop_zoom, frame_from_image, iou, make_frame,
+                               scale_box)
+from mmcof_gen.models.chat import (ChatMessage, ChatModel, ReplyError, ServerLimitError, about_images, chat_model,
+                                   complete_json)
 from mmcof_gen.models.detect import Detector
 from mmcof_gen.models.replies import BoxValues, Phrase, ReaderReply
 from mmcof_gen.positions import cell_of, position_name
 from mmcof_gen.prompts import Prompts
-from mmcof_gen.schema import Box, ModelCall, RejectedTask, Task, short_hash, task_id
+from mmcof_gen.schema import Box, ErrorRecord, ImageTasks, ModelCall, RejectedTask, Task, short_hash, task_id
+from mmcof_gen.tasks.base import OnLoop, TasksFailed, image_tasks, task_prompts, truth_image
+from mmcof_gen.tasks.sources import ImageUnit
+
+if TYPE_CHECKING:
+    from mmcof_gen.agent.search import VlmSearchAgent
 
 SOURCE = "vlm-synthesis"
 
@@ -88,10 +96,6 @@ class WrittenQuestion(BaseModel):
 
 
 # ------------------------------------------------------------------------------------------ synthesis
-
-
-def task_prompts(config: PipelineConfig) -> Prompts:
-    return Prompts(config.tasks.synthesis.prompts_dir or resources.prompts("tasks"))
 
 
 @dataclass
@@ -347,3 +351,43 @@ def tile_boxes(width: int, height: int, tiles: int) -> list[Box]:
     """The image cut into tiles x tiles parts, row by row."""
     return [(col * width // tiles, row * height // tiles, (col + 1) * width // tiles, (row + 1) * height // tiles)
             for row in range(tiles) for col in range(tiles)]
+
+
+class VlmTaskWriter:
+    """A `TaskMaker` (tasks.kind vlm, which config validation allows with agent.kind vlm only): a `TaskWriter` with
+    the searching agent's models, so that the check on a frame shares its prefix and its clients with the searches
+    on it. The search's reader checks and its detector proposes; the writer is models.task_writer, else the planner."""
+
+    def __init__(self, writer: TaskWriter, config: PipelineConfig, on_loop: OnLoop):
+        self.writer = writer
+        self.images = config.images
+        self.resolution = max(config.resolutions)
+        self.on_loop = on_loop
+
+    @classmethod
+    def build(cls, config: PipelineConfig, prompts: Prompts, engine, agent: VlmSearchAgent,
+              on_loop: OnLoop) -> VlmTaskWriter:
+        roles, models = agent.roles, config.models
+        writer = chat_model(models.task_writer) if models.task_writer else roles.planner
+        second, small = (chat_model(m) if m else None for m in (models.second_reader, models.small_reader))
+        return cls(TaskWriter(writer, roles.reader, roles.detector, task_prompts(config), prompts, config, second,
+                              small), config, on_loop)
+
+    def make(self, unit: ImageUnit, sha256: str, size: tuple[int, int]) -> tuple[ImageTasks, list[ErrorRecord]]:
+        """TasksFailed when a model is out of reach: this image fails, the run goes on."""
+        image = truth_image(unit, size, self.images)
+        frame = make_frame(unit.path, self.resolution, self.images.max_pixels, size)
+        try:
+            made = self.on_loop(self.writer.synthesize(image, frame, size, unit.rel, sha256)).result()
+        except ServerLimitError:  # every other image would hit it too: the run stops
+            raise
+        except Exception as exc:
+            raise TasksFailed() from exc
+        return image_tasks(unit.rel, sha256, size, tasks=made.tasks, rejected=made.rejected, calls=made.calls), []
+
+    def close(self) -> None:
+        """Its writer may be a model of its own, as may the second and the small readers (the planner, which the
+        agent closes too, is closed twice: harmless)."""
+        writer = self.writer
+        for model in {writer.writer, writer.second_reader, writer.small_reader} - {None}:
+            self.on_loop(model.aclose()).result()
