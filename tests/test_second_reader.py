@@ -2,7 +2,7 @@
 spaces included, where PP-OCR's habits (dropped spaces, wide letter spacing taken for words) mislead."""
 
 import pytest
-from PIL import Image, ImageDraw, ImageFont, ImageOps
+from PIL import Image, ImageDraw, ImageOps
 
 from mmcof_gen.models.ocr import TesseractLine
 from mmcof_gen.scenes import _street_font
