@@ -4,12 +4,16 @@ A planner that cannot see (a small text LLM) is bad at writing pixel boxes from 
 one: each observation lists numbered candidates (the locator's text lines and boxes, the 3x3 grid cells),
 each with its place in words and its size, and the planner replies with a choice:
 
-    {"action": "read", "candidate": 3}   {"action": "zoom", "candidate": 12}
+    {"place": "bottom right", "action": "read", "candidate": 3}
+    {"place": "top", "action": "zoom", "candidate": 12}
     {"action": "locate", "phrase": "..."} {"action": "answer", "answer": <one of the readings so far>}
 
-The agent turns a choice into a box (a text line padded as the OCR agent pads it, a cell as it is). The
-reply schema of each step names only the actions allowed then and the candidate numbers that exist, so a
-grammar-decoding server (llama.cpp) can emit nothing else, and a reply is a dozen tokens. Reading, verifying,
+A read or a zoom names the place (a cell of the 3x3 grid, as the question names it) before the number: a small
+model copies a place from the question far more easily than it maps a place to an index, and the schema then
+allows only the numbers of the candidates in that place. The agent turns a choice into a box (a text line
+padded as the OCR agent pads it, a cell as it is). The reply schema of each step names only the actions allowed
+then, the places that hold a candidate and the candidate numbers there, so a grammar-decoding server
+(llama.cpp) can emit nothing else, and a reply is a dozen tokens. Reading, verifying,
 the kept chain and its summary are the agent's (agent/search.py); the thoughts of the chain say what the
 chooser was shown and what it chose.
 """
@@ -38,12 +42,13 @@ TEXT = "text"  # what the locator is first asked for: the text lines a question 
 
 @dataclass(frozen=True)
 class Candidate:
-    """One proposal: a box in frame pixels, what proposed it, and where it lies, in words."""
+    """One proposal: a box in frame pixels, what proposed it, and where it lies (a cell of the 3x3 grid)."""
 
     number: int
     box: Box
     kind: str  # "text line", "region", or "<phrase>" for a located object
-    where: str
+    place: str  # "bottom right": the cell holding its centre (a region: its own cell)
+    where: str  # the place as the list says it
     inside: int | None = None  # the candidate whose zoom found it
 
     def described(self) -> str:
@@ -55,6 +60,7 @@ class Candidate:
 class Choice(BaseModel):
     """A chooser's reply; the schema of one step (`choice_schema`) bounds it to that step's options."""
 
+    place: str | None = None  # first: a read or a zoom names the place before the candidate
     action: Literal["read", "zoom", "locate", "answer"]
     candidate: int | None = None
     phrase: Phrase | None = None
@@ -68,14 +74,13 @@ class Choice(BaseModel):
         return self
 
 
-def choice_schema(read: list[int], zoom: list[int], answers: list[str]) -> type[Choice]:
-    """The reply schema of one step: one object per allowed action, candidates from enums of existing numbers,
-    an answer from the readings so far; only `locate` takes a (bounded) phrase."""
-    variants = []
-    if read:
-        variants.append({"action": {"const": "read"}, "candidate": {"enum": read}})
-    if zoom:
-        variants.append({"action": {"const": "zoom"}, "candidate": {"enum": zoom}})
+def choice_schema(read: dict[str, list[int]], zoom: dict[str, list[int]], answers: list[str]) -> type[Choice]:
+    """The reply schema of one step: one object per allowed action and place (`read` and `zoom`: place -> the
+    numbers of the candidates there that may be chosen), the candidate from an enum of those numbers, an answer
+    from the readings so far; only `locate` takes a (bounded) phrase."""
+    allowed = {"read": read, "zoom": zoom}
+    variants = [{"place": {"const": place}, "action": {"const": action}, "candidate": {"enum": numbers}}
+                for action, places in allowed.items() for place, numbers in places.items()]
     variants.append({"action": {"const": "locate"}, "phrase": {"type": "string", "maxLength": 40}})
     if answers:
         variants.append({"action": {"const": "answer"}, "answer": {"enum": answers}})
@@ -85,16 +90,15 @@ def choice_schema(read: list[int], zoom: list[int], answers: list[str]) -> type[
         value.update(title="Choice", anyOf=[{"type": "object", "properties": v, "required": list(v),
                                              "additionalProperties": False} for v in variants])
 
-    allowed = {"read": read, "zoom": zoom}
-
     class StepChoice(Choice):
         model_config = ConfigDict(title="Choice", json_schema_extra=schema)
 
         @model_validator(mode="after")
         def _bounded(self) -> StepChoice:
-            if self.action in allowed and self.candidate not in allowed[self.action]:
-                raise ValueError(f"candidate {self.candidate} cannot be chosen to {self.action} now: choose one "
-                                 f"of {allowed[self.action]}")
+            if self.action in allowed and self.candidate not in allowed[self.action].get(self.place, []):
+                raise ValueError(f"candidate {self.candidate} cannot be chosen to {self.action} in place "
+                                 f"{self.place!r} now: choose a place and one of its numbers from "
+                                 f"{allowed[self.action]}")
             if self.action == "answer" and self.answer not in answers:
                 raise ValueError(f"answer must be one of the readings so far: {answers}")
             return self
@@ -109,13 +113,11 @@ class Candidates:
         self.width, self.height = width, height
         self.items: list[Candidate] = []
 
-    def where(self, box: Box) -> str:
-        return f"{position_name(cell_of(box, self.width, self.height))} of the image"
-
     def add(self, box: Box, kind: str, inside: int | None = None) -> Candidate | None:
         if any(c.box == box for c in self.items):
             return None
-        candidate = Candidate(len(self.items) + 1, box, kind, self.where(box), inside)
+        place = position_name(cell_of(box, self.width, self.height))
+        candidate = Candidate(len(self.items) + 1, box, kind, place, f"{place} of the image", inside)
         self.items.append(candidate)
         return candidate
 
@@ -123,7 +125,13 @@ class Candidates:
         for row, names in enumerate(NAMES):
             for col, name in enumerate(names):
                 box = cell_box((row, col), self.width, self.height)
-                self.items.append(Candidate(len(self.items) + 1, box, "region", f"the {name} ninth of the image"))
+                self.items.append(Candidate(len(self.items) + 1, box, "region", name, f"the {name} ninth of the image"))
+
+    def places(self, excluded: set[int]) -> dict[str, list[int]]:
+        """place -> the numbers of its candidates not in `excluded`, places in the grid's order."""
+        numbers = {name: [c.number for c in self.items if c.place == name and c.number not in excluded]
+                   for row in NAMES for name in row}
+        return {name: found for name, found in numbers.items() if found}
 
     def listing(self) -> str:
         return "\n".join(f"{c.number}. {c.described()}" for c in self.items)
@@ -190,10 +198,8 @@ async def choose_search(agent: VlmSearchAgent, search: Search, answer: str | Non
     readings: list[str] = []
     chosen: dict[Box, str] = {}  # box -> the thought of the choice that made it
     for _ in range(config.max_steps):
-        numbers = [c.number for c in candidates.items]
-        schema = choice_schema([n for n in numbers if n not in read],
-                               [n for n in numbers if n not in zoomed] if len(search.zooms) < config.max_zooms
-                               else [], readings)
+        schema = choice_schema(candidates.places(read), candidates.places(zoomed)
+                               if len(search.zooms) < config.max_zooms else {}, readings)
         step = agent._step(search, Step(action="locate"))
         choice = await agent._ask(search, step, "planner", agent.roles.planner, messages, schema)
         step.action = choice.action
