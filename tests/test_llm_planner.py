@@ -158,8 +158,6 @@ def test_the_three_planners_are_measured_on_the_same_tasks(measured):
     assert measured["llm_planner_calls"] > 0 and measured["random_planner_calls"] > 0
 
 
-@pytest.mark.xfail(strict=True, reason="not met by SmolLM2-135M-Instruct (docs/planner.md, figures): it reads the "
-                                       "candidates in their listed order, whatever place the question names")
 def test_the_small_llm_solves_half_the_rules_zoom_tasks_and_twice_the_random_choosers(measured):
     rules, llm, chance = (measured[name]["zoom_solved"] for name in ("rule_planner", "llm_chooser", "random_chooser"))
     assert llm * 2 >= rules

@@ -387,12 +387,13 @@ def test_the_choice_schema_bounds_every_reply_to_this_steps_options():
     schema = choice_schema({"top": [1], "bottom left": [2, 4]}, {}, ["EXIT42"])
     variants = schema.model_json_schema()["anyOf"]
     assert [(v["properties"]["action"]["const"], v["required"]) for v in variants] == [
-        ("read", ["place", "action", "candidate"]), ("read", ["place", "action", "candidate"]),
+        ("read", ["action", "place", "candidate"]), ("read", ["action", "place", "candidate"]),
         ("locate", ["action", "phrase"]), ("answer", ["action", "answer"])]
-    # a read names the place first; the numbers allowed are those of the candidates in that place
-    assert variants[1]["properties"] == {"place": {"const": "bottom left"}, "action": {"const": "read"},
+    # a read names the place before the number; the numbers allowed are those of the candidates in that place
+    assert variants[1]["properties"] == {"action": {"const": "read"}, "place": {"const": "bottom left"},
                                          "candidate": {"enum": [2, 4]}}
-    assert schema.model_validate_json('{"place": "bottom left", "action": "read", "candidate": 2}').candidate == 2
+    assert list(variants[1]["properties"]) == ["action", "place", "candidate"]
+    assert schema.model_validate_json('{"action": "read", "place": "bottom left", "candidate": 2}').candidate == 2
     for bad, message in [('{"place": "top", "action": "read", "candidate": 3}', "candidate 3 cannot be chosen to "
                                                                                 "read in place 'top' now"),
                          ('{"place": "top", "action": "read", "candidate": 2}', "candidate 2 cannot be chosen to "

@@ -4,8 +4,8 @@ A planner that cannot see (a small text LLM) is bad at writing pixel boxes from 
 one: each observation lists numbered candidates (the locator's text lines and boxes, the 3x3 grid cells),
 each with its place in words and its size, and the planner replies with a choice:
 
-    {"place": "bottom right", "action": "read", "candidate": 3}
-    {"place": "top", "action": "zoom", "candidate": 12}
+    {"action": "read", "place": "bottom right", "candidate": 3}
+    {"action": "zoom", "place": "top", "candidate": 12}
     {"action": "locate", "phrase": "..."} {"action": "answer", "answer": <one of the readings so far>}
 
 A read or a zoom names the place (a cell of the 3x3 grid, as the question names it) before the number: a small
@@ -60,8 +60,8 @@ class Candidate:
 class Choice(BaseModel):
     """A chooser's reply; the schema of one step (`choice_schema`) bounds it to that step's options."""
 
-    place: str | None = None  # first: a read or a zoom names the place before the candidate
     action: Literal["read", "zoom", "locate", "answer"]
+    place: str | None = None  # a read or a zoom names the place before the candidate
     candidate: int | None = None
     phrase: Phrase | None = None
     answer: Phrase | None = None
@@ -79,7 +79,7 @@ def choice_schema(read: dict[str, list[int]], zoom: dict[str, list[int]], answer
     numbers of the candidates there that may be chosen), the candidate from an enum of those numbers, an answer
     from the readings so far; only `locate` takes a (bounded) phrase."""
     allowed = {"read": read, "zoom": zoom}
-    variants = [{"place": {"const": place}, "action": {"const": action}, "candidate": {"enum": numbers}}
+    variants = [{"action": {"const": action}, "place": {"const": place}, "candidate": {"enum": numbers}}
                 for action, places in allowed.items() for place, numbers in places.items()]
     variants.append({"action": {"const": "locate"}, "phrase": {"type": "string", "maxLength": 40}})
     if answers:
@@ -176,23 +176,34 @@ def _zoom(agent: VlmSearchAgent, search: Search, candidates: Candidates, candida
                         f"inside it" + (f": {', '.join(map(str, new))}" if new else ""))
 
 
+def _opening(agent: VlmSearchAgent, search: Search, candidates: Candidates, answer: str | None,
+             verdict: Verdict) -> list[ChatMessage]:
+    """The chooser's first messages: what it can do; the failed whole-frame read, the candidates and the question
+    (last, next to the reply that copies its place)."""
+    view, config = search.view, agent.config
+    return [
+        ChatMessage("system", agent.prompts.render("chooser", width=view.width, height=view.height,
+                                                   max_steps=config.max_steps, max_zooms=config.max_zooms)),
+        ChatMessage("user", agent.prompts.render("chooser_start", answer=answer, reason=verdict.reason,
+                                                 candidates=candidates.listing(), question_text=_question(search))),
+    ]
+
+
+def _question(search: Search) -> str:
+    return question_text(search.task.question, search.task.options)
+
+
 async def choose_search(agent: VlmSearchAgent, search: Search, answer: str | None, verdict: Verdict) -> None:
     """The search after a failed whole-frame read, planned by choices (the hook in VlmSearchAgent._search)."""
 
-    view, task, config = search.view, search.task, agent.config
-    candidates = Candidates(view.width, view.height)
+    config, prompts = agent.config, agent.prompts
+    candidates = Candidates(search.view.width, search.view.height)
     step = agent._step(search, Step(action="locate", arguments={"phrase": TEXT}))
     await _propose(agent, search, candidates, TEXT, step)
     candidates.add_cells()
     step.thought = "I cannot answer from the whole image; the tools propose candidates to look at."
     search.targets = [TEXT]
-    prompts = agent.prompts
-    messages = [
-        ChatMessage("system", prompts.render("chooser", width=view.width, height=view.height,
-                                             max_steps=config.max_steps, max_zooms=config.max_zooms)),
-        ChatMessage("user", prompts.render("chooser_start", question_text=question_text(task.question, task.options),
-                                           answer=answer, reason=verdict.reason, candidates=candidates.listing())),
-    ]
+    messages = _opening(agent, search, candidates, answer, verdict)
     read: set[int] = set()
     zoomed: set[int] = set()
     readings: list[str] = []
@@ -228,7 +239,8 @@ async def choose_search(agent: VlmSearchAgent, search: Search, answer: str | Non
             agent._check_answer(search, step, choice.answer)
         messages += [ChatMessage("assistant", choice.model_dump_json(exclude_none=True)),
                      ChatMessage("user", prompts.render("chooser_step", observation=step.observation,
-                                                        candidates=candidates.listing()))]
+                                                        candidates=candidates.listing(),
+                                                        question_text=_question(search)))]
         if search.evidence is not None:
             await agent._finish(search, *search.verified)
             if agent.roles.summariser is None:  # the chain says what the chooser saw and chose
@@ -236,7 +248,3 @@ async def choose_search(agent: VlmSearchAgent, search: Search, answer: str | Non
                     link.thought = chosen.get(link.box, link.thought)
             return
     raise StopSearch(f"budget: {config.max_steps} planner steps without a verified answer")
-
-
-# agent.planner_actions -> the search loop that replaces the box-writing planner's (absent: "boxes", search.py)
-ACTION_SPACES = {"choose": choose_search}

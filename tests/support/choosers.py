@@ -2,7 +2,7 @@
 
 Each reads what a real chooser gets: the request's reply schema (the allowed actions, places and candidate
 numbers) and the numbered candidate list in its last message. None of them knows where the answer is. A read
-or a zoom is replied with the candidate's place first, as the schema asks (`pick`).
+or a zoom is replied with the candidate's place before its number, as the schema asks (`pick`).
 """
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ def options(body: dict) -> dict[str, list]:
 
 
 def pick(body: dict, action: str, number: int) -> Reply:
-    """A read or zoom of candidate `number`, its place first, as the schema of this step gives it."""
+    """A read or zoom of candidate `number`, its place before it, as the schema of this step gives it."""
     place = next(p["place"]["const"] for p in variants(body)
                  if p["action"]["const"] == action and number in p["candidate"]["enum"])
-    return reply({"place": place, "action": action, "candidate": number})
+    return reply({"action": action, "place": place, "candidate": number})
 
 
 def listed(body: dict) -> dict[int, str]:
@@ -48,8 +48,9 @@ def listed(body: dict) -> dict[int, str]:
 
 
 def question_position(body: dict) -> str | None:
-    question = next(m["content"] for m in body["messages"] if m["role"] == "user")
-    return next((p for p in POSITIONS if p in question.splitlines()[0]), None)
+    first = next(m["content"] for m in body["messages"] if m["role"] == "user")
+    question = next(line for line in first.splitlines() if line.startswith("Question: "))
+    return next((p for p in POSITIONS if p in question), None)
 
 
 def reply(choice: dict) -> Reply:
