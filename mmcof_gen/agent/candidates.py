@@ -13,7 +13,7 @@ model copies a place from the question far more easily than it maps a place to a
 allows only the numbers of the candidates in that place. The agent turns a choice into a box (a text line
 padded as the OCR agent pads it, a cell as it is). The reply schema of each step names only the actions allowed
 then, the places that hold a candidate and the candidate numbers there, so a grammar-decoding server
-(llama.cpp) can emit nothing else, and a reply is a dozen tokens. Reading, verifying,
+(llama.cpp) can emit nothing else, and a reply is about twenty tokens. Reading, verifying,
 the kept chain and its summary are the agent's (agent/search.py); the thoughts of the chain say what the
 chooser was shown and what it chose.
 """
