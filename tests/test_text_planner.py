@@ -347,20 +347,16 @@ def test_a_chooser_that_reads_the_candidate_list_solves_the_zoom_task(position):
 
 
 def test_a_chooser_that_zooms_into_a_region_gets_the_lines_found_inside_it():
-    from tests.support.choosers import reply
+    from tests.support.choosers import listed, pick
 
-    picks = iter([{"action": "zoom", "candidate": None}, {"action": "read", "candidate": None}])
+    actions = iter(["zoom", "read"])
 
     def zoom_then_read(body):
-        from tests.support.choosers import listed
-
-        choice = next(picks)
+        action = next(actions)
         candidates = listed(body)
-        if choice["action"] == "zoom":  # the bottom right region
-            choice["candidate"] = next(n for n, d in candidates.items() if "the bottom right ninth" in d)
-        else:  # the line the zoom found inside it
-            choice["candidate"] = max(n for n, d in candidates.items() if ", inside " in d)
-        return reply(choice)
+        if action == "zoom":  # the bottom right region
+            return pick(body, action, next(n for n, d in candidates.items() if "the bottom right ninth" in d))
+        return pick(body, action, max(n for n, d in candidates.items() if ", inside " in d))  # found inside it
 
     result, requests = choose_run(zoom_then_read)
     assert result.accepted and result.answer == "EXIT42"
@@ -388,13 +384,23 @@ def test_a_chooser_that_picks_unhelpful_or_invalid_candidates_fails_the_task(cho
 def test_the_choice_schema_bounds_every_reply_to_this_steps_options():
     from mmcof_gen.agent.candidates import choice_schema
 
-    schema = choice_schema([1, 2], [], ["EXIT42"])
-    assert [(v["properties"]["action"]["const"], v["required"]) for v in schema.model_json_schema()["anyOf"]] == [
-        ("read", ["action", "candidate"]), ("locate", ["action", "phrase"]), ("answer", ["action", "answer"])]
-    assert schema.model_json_schema()["anyOf"][0]["properties"]["candidate"] == {"enum": [1, 2]}
-    assert schema.model_validate_json('{"action": "read", "candidate": 2}').candidate == 2
-    for bad, message in [('{"action": "read", "candidate": 3}', "candidate 3 cannot be chosen to read now"),
-                         ('{"action": "zoom", "candidate": 1}', "candidate 1 cannot be chosen to zoom now"),
+    schema = choice_schema({"top": [1], "bottom left": [2, 4]}, {}, ["EXIT42"])
+    variants = schema.model_json_schema()["anyOf"]
+    assert [(v["properties"]["action"]["const"], v["required"]) for v in variants] == [
+        ("read", ["action", "place", "candidate"]), ("read", ["action", "place", "candidate"]),
+        ("locate", ["action", "phrase"]), ("answer", ["action", "answer"])]
+    # a read names the place before the number; the numbers allowed are those of the candidates in that place
+    assert variants[1]["properties"] == {"action": {"const": "read"}, "place": {"const": "bottom left"},
+                                         "candidate": {"enum": [2, 4]}}
+    assert list(variants[1]["properties"]) == ["action", "place", "candidate"]
+    assert schema.model_validate_json('{"action": "read", "place": "bottom left", "candidate": 2}').candidate == 2
+    for bad, message in [('{"place": "top", "action": "read", "candidate": 3}', "candidate 3 cannot be chosen to "
+                                                                                "read in place 'top' now"),
+                         ('{"place": "top", "action": "read", "candidate": 2}', "candidate 2 cannot be chosen to "
+                                                                                "read in place 'top' now"),
+                         ('{"action": "read", "candidate": 2}', "candidate 2 cannot be chosen to read in place None"),
+                         ('{"place": "top", "action": "zoom", "candidate": 1}', "candidate 1 cannot be chosen to "
+                                                                                "zoom in place 'top' now"),
                          ('{"action": "answer", "answer": "EXIT"}', "answer must be one of the readings so far"),
                          ('{"action": "locate"}', "action locate needs phrase")]:
         with pytest.raises(ValueError, match=message):

@@ -4,12 +4,16 @@ A planner that cannot see (a small text LLM) is bad at writing pixel boxes from 
 one: each observation lists numbered candidates (the locator's text lines and boxes, the 3x3 grid cells),
 each with its place in words and its size, and the planner replies with a choice:
 
-    {"action": "read", "candidate": 3}   {"action": "zoom", "candidate": 12}
+    {"action": "read", "place": "bottom right", "candidate": 3}
+    {"action": "zoom", "place": "top", "candidate": 12}
     {"action": "locate", "phrase": "..."} {"action": "answer", "answer": <one of the readings so far>}
 
-The agent turns a choice into a box (a text line padded as the OCR agent pads it, a cell as it is). The
-reply schema of each step names only the actions allowed then and the candidate numbers that exist, so a
-grammar-decoding server (llama.cpp) can emit nothing else, and a reply is a dozen tokens. Reading, verifying,
+A read or a zoom names the place (a cell of the 3x3 grid, as the question names it) before the number: a small
+model copies a place from the question far more easily than it maps a place to an index, and the schema then
+allows only the numbers of the candidates in that place. The agent turns a choice into a box (a text line
+padded as the OCR agent pads it, a cell as it is). The reply schema of each step names only the actions allowed
+then, the places that hold a candidate and the candidate numbers there, so a grammar-decoding server
+(llama.cpp) can emit nothing else, and a reply is about twenty tokens. Reading, verifying,
 the kept chain and its summary are the agent's (agent/search.py); the thoughts of the chain say what the
 chooser was shown and what it chose.
 """
@@ -38,12 +42,13 @@ TEXT = "text"  # what the locator is first asked for: the text lines a question 
 
 @dataclass(frozen=True)
 class Candidate:
-    """One proposal: a box in frame pixels, what proposed it, and where it lies, in words."""
+    """One proposal: a box in frame pixels, what proposed it, and where it lies (a cell of the 3x3 grid)."""
 
     number: int
     box: Box
     kind: str  # "text line", "region", or "<phrase>" for a located object
-    where: str
+    place: str  # "bottom right": the cell holding its centre (a region: its own cell)
+    where: str  # the place as the list says it
     inside: int | None = None  # the candidate whose zoom found it
 
     def described(self) -> str:
@@ -56,6 +61,7 @@ class Choice(BaseModel):
     """A chooser's reply; the schema of one step (`choice_schema`) bounds it to that step's options."""
 
     action: Literal["read", "zoom", "locate", "answer"]
+    place: str | None = None  # a read or a zoom names the place before the candidate
     candidate: int | None = None
     phrase: Phrase | None = None
     answer: Phrase | None = None
@@ -68,14 +74,13 @@ class Choice(BaseModel):
         return self
 
 
-def choice_schema(read: list[int], zoom: list[int], answers: list[str]) -> type[Choice]:
-    """The reply schema of one step: one object per allowed action, candidates from enums of existing numbers,
-    an answer from the readings so far; only `locate` takes a (bounded) phrase."""
-    variants = []
-    if read:
-        variants.append({"action": {"const": "read"}, "candidate": {"enum": read}})
-    if zoom:
-        variants.append({"action": {"const": "zoom"}, "candidate": {"enum": zoom}})
+def choice_schema(read: dict[str, list[int]], zoom: dict[str, list[int]], answers: list[str]) -> type[Choice]:
+    """The reply schema of one step: one object per allowed action and place (`read` and `zoom`: place -> the
+    numbers of the candidates there that may be chosen), the candidate from an enum of those numbers, an answer
+    from the readings so far; only `locate` takes a (bounded) phrase."""
+    allowed = {"read": read, "zoom": zoom}
+    variants = [{"action": {"const": action}, "place": {"const": place}, "candidate": {"enum": numbers}}
+                for action, places in allowed.items() for place, numbers in places.items()]
     variants.append({"action": {"const": "locate"}, "phrase": {"type": "string", "maxLength": 40}})
     if answers:
         variants.append({"action": {"const": "answer"}, "answer": {"enum": answers}})
@@ -85,16 +90,15 @@ def choice_schema(read: list[int], zoom: list[int], answers: list[str]) -> type[
         value.update(title="Choice", anyOf=[{"type": "object", "properties": v, "required": list(v),
                                              "additionalProperties": False} for v in variants])
 
-    allowed = {"read": read, "zoom": zoom}
-
     class StepChoice(Choice):
         model_config = ConfigDict(title="Choice", json_schema_extra=schema)
 
         @model_validator(mode="after")
         def _bounded(self) -> StepChoice:
-            if self.action in allowed and self.candidate not in allowed[self.action]:
-                raise ValueError(f"candidate {self.candidate} cannot be chosen to {self.action} now: choose one "
-                                 f"of {allowed[self.action]}")
+            if self.action in allowed and self.candidate not in allowed[self.action].get(self.place, []):
+                raise ValueError(f"candidate {self.candidate} cannot be chosen to {self.action} in place "
+                                 f"{self.place!r} now: choose a place and one of its numbers from "
+                                 f"{allowed[self.action]}")
             if self.action == "answer" and self.answer not in answers:
                 raise ValueError(f"answer must be one of the readings so far: {answers}")
             return self
@@ -109,13 +113,11 @@ class Candidates:
         self.width, self.height = width, height
         self.items: list[Candidate] = []
 
-    def where(self, box: Box) -> str:
-        return f"{position_name(cell_of(box, self.width, self.height))} of the image"
-
     def add(self, box: Box, kind: str, inside: int | None = None) -> Candidate | None:
         if any(c.box == box for c in self.items):
             return None
-        candidate = Candidate(len(self.items) + 1, box, kind, self.where(box), inside)
+        place = position_name(cell_of(box, self.width, self.height))
+        candidate = Candidate(len(self.items) + 1, box, kind, place, f"{place} of the image", inside)
         self.items.append(candidate)
         return candidate
 
@@ -123,7 +125,13 @@ class Candidates:
         for row, names in enumerate(NAMES):
             for col, name in enumerate(names):
                 box = cell_box((row, col), self.width, self.height)
-                self.items.append(Candidate(len(self.items) + 1, box, "region", f"the {name} ninth of the image"))
+                self.items.append(Candidate(len(self.items) + 1, box, "region", name, f"the {name} ninth of the image"))
+
+    def places(self, excluded: set[int]) -> dict[str, list[int]]:
+        """place -> the numbers of its candidates not in `excluded`, places in the grid's order."""
+        numbers = {name: [c.number for c in self.items if c.place == name and c.number not in excluded]
+                   for row in NAMES for name in row}
+        return {name: found for name, found in numbers.items() if found}
 
     def listing(self) -> str:
         return "\n".join(f"{c.number}. {c.described()}" for c in self.items)
@@ -168,32 +176,41 @@ def _zoom(agent: VlmSearchAgent, search: Search, candidates: Candidates, candida
                         f"inside it" + (f": {', '.join(map(str, new))}" if new else ""))
 
 
+def _opening(agent: VlmSearchAgent, search: Search, candidates: Candidates, answer: str | None,
+             verdict: Verdict) -> list[ChatMessage]:
+    """The chooser's first messages: what it can do; the failed whole-frame read, the candidates and the question
+    (last, next to the reply that copies its place)."""
+    view, config = search.view, agent.config
+    return [
+        ChatMessage("system", agent.prompts.render("chooser", width=view.width, height=view.height,
+                                                   max_steps=config.max_steps, max_zooms=config.max_zooms)),
+        ChatMessage("user", agent.prompts.render("chooser_start", answer=answer, reason=verdict.reason,
+                                                 candidates=candidates.listing(), question_text=_question(search))),
+    ]
+
+
+def _question(search: Search) -> str:
+    return question_text(search.task.question, search.task.options)
+
+
 async def choose_search(agent: VlmSearchAgent, search: Search, answer: str | None, verdict: Verdict) -> None:
     """The search after a failed whole-frame read, planned by choices (the hook in VlmSearchAgent._search)."""
 
-    view, task, config = search.view, search.task, agent.config
-    candidates = Candidates(view.width, view.height)
+    config, prompts = agent.config, agent.prompts
+    candidates = Candidates(search.view.width, search.view.height)
     step = agent._step(search, Step(action="locate", arguments={"phrase": TEXT}))
     await _propose(agent, search, candidates, TEXT, step)
     candidates.add_cells()
     step.thought = "I cannot answer from the whole image; the tools propose candidates to look at."
     search.targets = [TEXT]
-    prompts = agent.prompts
-    messages = [
-        ChatMessage("system", prompts.render("chooser", width=view.width, height=view.height,
-                                             max_steps=config.max_steps, max_zooms=config.max_zooms)),
-        ChatMessage("user", prompts.render("chooser_start", question_text=question_text(task.question, task.options),
-                                           answer=answer, reason=verdict.reason, candidates=candidates.listing())),
-    ]
+    messages = _opening(agent, search, candidates, answer, verdict)
     read: set[int] = set()
     zoomed: set[int] = set()
     readings: list[str] = []
     chosen: dict[Box, str] = {}  # box -> the thought of the choice that made it
     for _ in range(config.max_steps):
-        numbers = [c.number for c in candidates.items]
-        schema = choice_schema([n for n in numbers if n not in read],
-                               [n for n in numbers if n not in zoomed] if len(search.zooms) < config.max_zooms
-                               else [], readings)
+        schema = choice_schema(candidates.places(read), candidates.places(zoomed)
+                               if len(search.zooms) < config.max_zooms else {}, readings)
         step = agent._step(search, Step(action="locate"))
         choice = await agent._converse(search, step, "planner", agent.roles.planner, messages, schema)
         step.action = choice.action
@@ -221,7 +238,8 @@ async def choose_search(agent: VlmSearchAgent, search: Search, answer: str | Non
             step.thought = f"I chose to answer {choice.answer!r}, one of the readings so far."
             agent._check_answer(search, step, choice.answer)
         messages.append(ChatMessage("user", prompts.render("chooser_step", observation=step.observation,
-                                                           candidates=candidates.listing())))
+                                                           candidates=candidates.listing(),
+                                                           question_text=_question(search))))
         if search.evidence is not None:
             await agent._finish(search, *search.verified)
             if agent.roles.summariser is None:  # the chain says what the chooser saw and chose
@@ -229,7 +247,3 @@ async def choose_search(agent: VlmSearchAgent, search: Search, answer: str | Non
                     link.thought = chosen.get(link.box, link.thought)
             return
     raise StopSearch(f"budget: {config.max_steps} planner steps without a verified answer")
-
-
-# agent.planner_actions -> the search loop that replaces the box-writing planner's (absent: "boxes", search.py)
-ACTION_SPACES = {"choose": choose_search}

@@ -30,7 +30,6 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
 from mmcof_gen.agent.base import SearchResult, StopSearch
-from mmcof_gen.agent.candidates import ACTION_SPACES
 from mmcof_gen.agent.ocr_search import OcrSearchAgent
 from mmcof_gen.agent.servers import check_servers
 from mmcof_gen.agent.verify import box_hint
@@ -46,10 +45,14 @@ from mmcof_gen.models.detectors import detector
 from mmcof_gen.models.ocr import OcrReader, OcrReaderConfig
 from mmcof_gen.models.replies import BoxValues, Phrase, ReaderReply, Thought
 from mmcof_gen.prompts import Prompts
-from mmcof_gen.schema import Box, ChainStep, Detection, Step, Task, Verdict, View
+from mmcof_gen.schema import Box, ChainStep, Detection, Step, Task, Verdict, View, named_object
 
 if TYPE_CHECKING:
     from mmcof_gen.tasks.sources import GivenQuestion
+
+# agent.planner_actions -> the search loop, as "module:function", that replaces the box-writing planner's (absent:
+# "boxes", this module's). Named, not imported: the loop is written against this module's agent and Search.
+ACTION_SPACES = {"choose": "mmcof_gen.agent.candidates:choose_search"}
 
 # ------------------------------------------------------------------------------------------ replies
 # Bounded like every reply schema (models/replies.py).
@@ -305,7 +308,7 @@ class VlmSearchAgent:
 
         result.needs_zoom = True
         if self.config.planner_actions in ACTION_SPACES:  # the planner chooses among proposals (agent/candidates.py)
-            await ACTION_SPACES[self.config.planner_actions](self, search, answer, verdict)
+            await named_object(ACTION_SPACES[self.config.planner_actions])(self, search, answer, verdict)
             return
         sees = "planner" not in self.roles.blind
         step = self._step(search, Step(action="locate"))

@@ -1,8 +1,8 @@
 """A small OpenAI-compatible server of a GGUF chat model, run by transformers in this process, that can only
 reply what the request's JSON schema enumerates (run with the project's python; tests/llm/stage.sh).
 
-The chooser's replies (agent/candidates.py) are a handful of whole JSON objects: an action and a candidate
-number from an enum, an answer from an enum, or a locate with a free phrase. Each request's schema is turned
+The chooser's replies (agent/candidates.py) are a few dozen whole JSON objects: an action, a place and a
+candidate number there from an enum, an answer from an enum, or a locate with a free phrase. Each request's schema is turned
 into those replies, tokenized into a trie, and decoding is greedy over the trie: at each branch the model's
 most likely allowed token, where only one token is allowed it is taken without asking; a free phrase is decoded
 freely up to its closing quote. Checking a trie of a few dozen replies costs nothing next to a forward pass,

@@ -1,7 +1,8 @@
 """Scripted choosers for the `choose` action space (agent/candidates.py), as ScriptedServer scripts.
 
-Each reads what a real chooser gets: the request's reply schema (the allowed actions and candidate numbers)
-and the numbered candidate list in its last message. None of them knows where the answer is.
+Each reads what a real chooser gets: the request's reply schema (the allowed actions, places and candidate
+numbers) and the numbered candidate list in its last message. None of them knows where the answer is. A read
+or a zoom is replied with the candidate's place before its number, as the schema asks (`pick`).
 """
 
 from __future__ import annotations
@@ -16,16 +17,28 @@ from tests.support.scripted_server import Reply
 POSITIONS = sorted((name for row in NAMES for name in row), key=len, reverse=True)
 
 
-def options(body: dict) -> dict[str, list]:
-    """action -> its allowed values (candidate numbers, answers; [] for a free phrase), from the reply schema."""
+def variants(body: dict) -> list[dict]:
+    """The properties of each object the reply schema allows."""
     form = body["response_format"]
     schema = form["json_schema"]["schema"] if "json_schema" in form else form["schema"]
+    return [variant["properties"] for variant in schema["anyOf"]]
+
+
+def options(body: dict) -> dict[str, list]:
+    """action -> its allowed values (candidate numbers over every place, in order; answers; [] for a free
+    phrase), from the reply schema."""
     allowed = {}
-    for variant in schema["anyOf"]:
-        action = variant["properties"]["action"]["const"]
-        argument = next(v for k, v in variant["properties"].items() if k != "action")
-        allowed[action] = argument.get("enum", [])
-    return allowed
+    for properties in variants(body):
+        argument = next(v for k, v in properties.items() if k not in ("place", "action"))
+        allowed.setdefault(properties["action"]["const"], []).extend(argument.get("enum", []))
+    return {action: sorted(values) if action in ("read", "zoom") else values for action, values in allowed.items()}
+
+
+def pick(body: dict, action: str, number: int) -> Reply:
+    """A read or zoom of candidate `number`, its place before it, as the schema of this step gives it."""
+    place = next(p["place"]["const"] for p in variants(body)
+                 if p["action"]["const"] == action and number in p["candidate"]["enum"])
+    return reply({"action": action, "place": place, "candidate": number})
 
 
 def listed(body: dict) -> dict[int, str]:
@@ -35,8 +48,9 @@ def listed(body: dict) -> dict[int, str]:
 
 
 def question_position(body: dict) -> str | None:
-    question = next(m["content"] for m in body["messages"] if m["role"] == "user")
-    return next((p for p in POSITIONS if p in question.splitlines()[0]), None)
+    first = next(m["content"] for m in body["messages"] if m["role"] == "user")
+    question = next(line for line in first.splitlines() if line.startswith("Question: "))
+    return next((p for p in POSITIONS if p in question), None)
 
 
 def reply(choice: dict) -> Reply:
@@ -51,7 +65,7 @@ def reading_chooser(body: dict) -> Reply:
     for action, kind in (("read", "text line"), ("zoom", "region"), ("read", "region")):
         for number, described in here.items():
             if described.startswith(kind) and number in allowed.get(action, []):
-                return reply({"action": action, "candidate": number})
+                return pick(body, action, number)
     return reply({"action": "locate", "phrase": "text"})
 
 
@@ -59,7 +73,7 @@ def far_chooser(body: dict) -> Reply:
     """Unhelpful: reads the allowed candidate listed last that is NOT where the question points."""
     allowed, candidates, position = options(body), listed(body), question_position(body)
     away = [n for n, d in candidates.items() if n in allowed.get("read", []) and position not in d]
-    return reply({"action": "read", "candidate": away[-1]} if away else {"action": "locate", "phrase": "car"})
+    return pick(body, "read", away[-1]) if away else reply({"action": "locate", "phrase": "car"})
 
 
 def invalid_chooser(body: dict) -> Reply:
@@ -68,7 +82,8 @@ def invalid_chooser(body: dict) -> Reply:
 
 
 def random_chooser(seed: int):
-    """Uniform over the allowed actions, then over that action's candidates (a locate names 'text')."""
+    """Uniform over the allowed actions, then over that action's candidates whatever their place (a locate
+    names 'text')."""
     rng = random.Random(seed)
 
     def choose(body: dict) -> Reply:
@@ -76,6 +91,7 @@ def random_chooser(seed: int):
         action = rng.choice(sorted(allowed))
         if action == "locate":
             return reply({"action": "locate", "phrase": "text"})
-        key = "answer" if action == "answer" else "candidate"
-        return reply({"action": action, key: rng.choice(allowed[action])})
+        if action == "answer":
+            return reply({"action": action, "answer": rng.choice(allowed[action])})
+        return pick(body, action, rng.choice(allowed[action]))
     return choose
