@@ -40,12 +40,12 @@ from PIL import Image, ImageDraw, ImageFont
 
 from mmcof_gen import resources
 from mmcof_gen.config import PipelineConfig, load_config
-from mmcof_gen.executors.detectors import ActorDetector, DetectorActor
+from mmcof_gen.executors.detector_actors import ActorDetector, DetectorActor
 from mmcof_gen.executors.ray import run_ray
 from mmcof_gen.executors.sink import RecordSink
 from mmcof_gen.models.chat import ChatModelConfig
-from mmcof_gen.models.detect import DetectorConfig
-from mmcof_gen.models.detectors import detector
+from mmcof_gen.models.detector import DetectorConfig
+from mmcof_gen.models.detector_factory import detector
 from mmcof_gen.prompts import Prompts
 from mmcof_gen.schema import Provenance, Trajectory
 from mmcof_gen.store import RunStore

@@ -22,7 +22,7 @@ from mmcof_gen.agent import AGENTS
 from mmcof_gen.errors import ConfigError
 from mmcof_gen.executors import EXECUTORS
 from mmcof_gen.models.chat.config import CHAT_BACKENDS, ChatModelConfig, LimitAdvice
-from mmcof_gen.models.detect import DETECTORS, DetectorConfig
+from mmcof_gen.models.detector import DETECTORS, DetectorConfig
 from mmcof_gen.models.ocr_config import OcrReaderConfig
 from mmcof_gen.schema import invalid_fields, registered
 from mmcof_gen.tasks import TASK_MAKERS

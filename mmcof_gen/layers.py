@@ -25,7 +25,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 # Import cycles that only `if TYPE_CHECKING:` closes, each with why it is still there. None now: the chooser's
-# loop (agent/candidates.py, annotated with agent/search.py's types) is named in search.py's ACTION_SPACES as
+# loop (agent/candidates.py, annotated with agent/vlm_search.py's types) is named in search.py's ACTION_SPACES as
 # "module:function", not imported.
 TYPING_CYCLES: frozenset[frozenset[str]] = frozenset()
 

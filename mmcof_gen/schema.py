@@ -170,7 +170,7 @@ class Trajectory(BaseModel):
     @property
     def kind(self) -> str:
         """"zoom" when the search needed a zoom, else "direct": what stats and the report count. A search that
-        needed one may keep no chain box (agent/search.py `_finish`): its sample is direct (`sample_kind`)."""
+        needed one may keep no chain box (agent/vlm_search.py `_finish`): its sample is direct (`sample_kind`)."""
         return "zoom" if self.needs_zoom else "direct"
 
     @property

@@ -28,7 +28,7 @@ from mmcof_gen.agent.base import SearchResult
 from mmcof_gen.config import PipelineConfig
 from mmcof_gen.imaging import ImageError, file_sha256, frame_size, image_sha256, image_size, make_frame
 from mmcof_gen.models.chat import ServerLimitError
-from mmcof_gen.models.detect import Detector
+from mmcof_gen.models.detector import Detector
 from mmcof_gen.models.ocr import OcrEngine
 from mmcof_gen.prompts import Prompts
 from mmcof_gen.schema import ErrorRecord, ImageTasks, Provenance, Task, Trajectory, View, short_hash, trajectory_id

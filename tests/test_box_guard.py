@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from mmcof_gen import cof_format, cof_release, resources
-from mmcof_gen.agent.search import Roles, VlmSearchAgent
+from mmcof_gen.agent.vlm_search import Roles, VlmSearchAgent
 from mmcof_gen.config import AgentConfig
 from mmcof_gen.evaluate import EvalSettings, run_episode
 from mmcof_gen.imaging import InvalidBox, checked_box, crop_zoom, image_sha256

@@ -11,8 +11,8 @@ from PIL import Image
 from transformers.models.grounding_dino.modeling_grounding_dino import GroundingDinoObjectDetectionOutput
 from transformers.models.owlv2.modeling_owlv2 import Owlv2ObjectDetectionOutput
 
-from mmcof_gen.models.detect import DetectorConfig, DetectorError
-from mmcof_gen.models.detectors import detector
+from mmcof_gen.models.detector import DetectorConfig, DetectorError
+from mmcof_gen.models.detector_factory import detector
 from mmcof_gen.models.grounding_dino import prompt
 from mmcof_gen.models.yolo_world import letterbox, unletterbox
 from mmcof_gen.schema import Detection

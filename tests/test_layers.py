@@ -82,7 +82,7 @@ def cycle(graph: dict[str, set[str]]) -> list[str] | None:
 def test_every_module_is_in_one_layer_and_no_import_goes_up():
     graph = package_graph()
     assert len(graph) > 60 and "mmcof_gen.models.chat.config" in graph["mmcof_gen.config"]  # the walk sees imports
-    assert "mmcof_gen.agent.search" in graph["mmcof_gen.agent.candidates"]  # and those under TYPE_CHECKING
+    assert "mmcof_gen.agent.vlm_search" in graph["mmcof_gen.agent.candidates"]  # and those under TYPE_CHECKING
     for module in graph:
         assert sum(layers.layer_of(relative(module)) == index for index in range(len(layers.LAYERS))) == 1
     assert upward(graph) == []

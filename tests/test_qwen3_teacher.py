@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from mmcof_gen import resources
-from mmcof_gen.agent.search import Roles, VlmSearchAgent
+from mmcof_gen.agent.vlm_search import Roles, VlmSearchAgent
 from mmcof_gen.config import AgentConfig, load_config
 from mmcof_gen.conventions import CONVENTIONS, write_box
 from mmcof_gen.errors import ConfigError

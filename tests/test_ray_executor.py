@@ -17,13 +17,13 @@ from PIL import Image, ImageDraw, ImageFont
 from mmcof_gen import resources
 from mmcof_gen.config import PipelineConfig, load_config
 from mmcof_gen.errors import ConfigError
-from mmcof_gen.executors.detectors import ActorDetector, DetectorActor
+from mmcof_gen.executors.detector_actors import ActorDetector, DetectorActor
 from mmcof_gen.executors.ray import run_ray
 from mmcof_gen.executors.sink import RecordSink
 from mmcof_gen.imaging import make_frame
 from mmcof_gen.models.chat import ChatModelConfig
-from mmcof_gen.models.detect import DetectorConfig
-from mmcof_gen.models.detectors import detector
+from mmcof_gen.models.detector import DetectorConfig
+from mmcof_gen.models.detector_factory import detector
 from mmcof_gen.prompts import Prompts
 from mmcof_gen.schema import ErrorRecord, ImageTasks, Provenance, Trajectory, trajectory_id
 from mmcof_gen.store import RunStore
@@ -295,7 +295,7 @@ def test_a_detector_actor_given_a_gpu_loads_on_the_device_ray_shows_it(monkeypat
     """Ray numbers an actor's GPUs from 0, so `cuda:1` in the config becomes `cuda` inside an actor given a GPU
     (no GPU here: the model builder records the device it is asked for)."""
     devices = []
-    monkeypatch.setattr("mmcof_gen.executors.detectors.detector", lambda config: devices.append(config.device))
+    monkeypatch.setattr("mmcof_gen.executors.detector_actors.detector", lambda config: devices.append(config.device))
     DetectorActor(tiny_owl.model_copy(update={"device": "cuda:1"}), 0.005)  # this process holds no GPU: as given
     monkeypatch.setattr(ray, "get_gpu_ids", lambda: [1])
     DetectorActor(tiny_owl.model_copy(update={"device": "cuda:1"}), 0.005)

@@ -18,8 +18,8 @@ from mmcof_gen.export.base import ExportFormat
 from mmcof_gen.export.sharegpt import messages
 from mmcof_gen.models.chat import ChatMessage, Completion, chat_model
 from mmcof_gen.models.chat.config import CHAT_BACKENDS, ChatBackend
-from mmcof_gen.models.detect import DETECTORS, DetectorBackend, DetectorConfig
-from mmcof_gen.models.detectors import detector
+from mmcof_gen.models.detector import DETECTORS, DetectorBackend, DetectorConfig
+from mmcof_gen.models.detector_factory import detector
 from mmcof_gen.schema import Detection, Task, Verdict, task_id
 from mmcof_gen.tasks import TASK_MAKERS, TaskMakerKind
 from mmcof_gen.tasks.base import image_tasks

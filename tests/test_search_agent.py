@@ -15,7 +15,7 @@ from PIL import Image
 
 from mmcof_gen import resources
 from mmcof_gen import cof_format
-from mmcof_gen.agent.search import PlannerAction, Roles, VlmSearchAgent, adjust_box, chain_boxes
+from mmcof_gen.agent.vlm_search import PlannerAction, Roles, VlmSearchAgent, adjust_box, chain_boxes
 from mmcof_gen.agent.verify import box_hint
 from mmcof_gen.answers import as_option
 from mmcof_gen.config import AgentConfig, PipelineConfig
@@ -285,8 +285,8 @@ def test_ready_vlm_pipelines_load_with_the_agent_prompts(name):
 
 
 def test_a_configured_detector_plays_locator(tmp_path):
-    from mmcof_gen.models.detect import DetectorConfig
-    from mmcof_gen.models.detectors import detector
+    from mmcof_gen.models.detector import DetectorConfig
+    from mmcof_gen.models.detector_factory import detector
     from tests.support.tiny_models import build_tiny_owlv2
 
     owl = detector(DetectorConfig(backend="owlv2", model=str(build_tiny_owlv2(tmp_path / "owl")), box_threshold=0.0,

@@ -10,7 +10,7 @@ import re
 import yaml
 
 from mmcof_gen import resources
-from mmcof_gen.agent.search import TextPlannerAction
+from mmcof_gen.agent.vlm_search import TextPlannerAction
 from mmcof_gen.store import RunStore
 from tests.support.faults import SIGNS, request_images, run_cli, sign_reader_vlm, write_sign_inputs
 from tests.support.scripted_server import Reply, ScriptedServer

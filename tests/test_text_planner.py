@@ -13,14 +13,14 @@ from PIL import Image, ImageDraw
 
 from mmcof_gen import cof_format, resources
 import tests.test_search_agent as search_module
-from mmcof_gen.agent.search import PlannerAction, Roles, TextPlannerAction, VlmSearchAgent
+from mmcof_gen.agent.vlm_search import PlannerAction, Roles, TextPlannerAction, VlmSearchAgent
 from mmcof_gen.config import AgentConfig, PipelineConfig, load_config
 from mmcof_gen.conventions import CONVENTIONS, write_box
 from mmcof_gen.errors import ConfigError
 from mmcof_gen.imaging import frame_from_image
 from mmcof_gen.models.chat import ChatMessage, ChatModelConfig, chat_model
-from mmcof_gen.models.detect import DetectorConfig
-from mmcof_gen.models.detectors import detector
+from mmcof_gen.models.detector import DetectorConfig
+from mmcof_gen.models.detector_factory import detector
 from mmcof_gen.models.ocr import OcrReader, OcrReaderConfig, names_text
 from mmcof_gen.schema import Task
 from tests.support.scripted_server import ScriptedServer
@@ -256,7 +256,7 @@ def test_shipped_text_planner_pipelines_load():
 
 
 def test_json_schema_is_sent_as_a_json_object_response_format_for_llama_cpp_servers():
-    from mmcof_gen.agent.search import Targets
+    from mmcof_gen.agent.vlm_search import Targets
     from mmcof_gen.models.chat import complete_json
     from tests.support.scripted_server import Reply
 

@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw
 from pydantic import BaseModel, Field
 from rich.console import Console
 
-from mmcof_gen.agent import search
+from mmcof_gen.agent import vlm_search
 from mmcof_gen import resources
 from mmcof_gen.config import PipelineConfig, load_config
 from mmcof_gen.conventions import CONVENTIONS, read_box
@@ -258,23 +258,23 @@ def test_too_many_images_is_found_before_the_run(inputs, tmp_path, server_log):
 def always_zoom(monkeypatch) -> None:
     """The planner's replies come from the server, but every action is a zoom (a planner that zooms until its
     conversation holds more images than the server takes)."""
-    real = search.complete_json
+    real = vlm_search.complete_json
     zooms = iter(range(1000))
 
     async def zooming(model, messages, schema, **kwargs):
-        if schema is not search.PlannerAction:
+        if schema is not vlm_search.PlannerAction:
             return await real(model, messages, schema, **kwargs)
-        _, completions = await real(model, messages, search.ReaderReply, **kwargs)
+        _, completions = await real(model, messages, vlm_search.ReaderReply, **kwargs)
         step = next(zooms) * 10
-        return search.PlannerAction(thought="closer", action="zoom", box=[step, step, step + 100, step + 100]), \
+        return vlm_search.PlannerAction(thought="closer", action="zoom", box=[step, step, step + 100, step + 100]), \
             completions
 
-    monkeypatch.setattr(search, "complete_json", zooming)
+    monkeypatch.setattr(vlm_search, "complete_json", zooming)
 
 
 def test_too_many_images_in_the_run_stops_it_at_the_first_refusal(inputs, tmp_path, server_log, monkeypatch):
     images, questions = inputs
-    monkeypatch.setattr("mmcof_gen.agent.search.check_servers", lambda config, wait_seconds=0.0: {})  # a server that does not say
+    monkeypatch.setattr("mmcof_gen.agent.vlm_search.check_servers", lambda config, wait_seconds=0.0: {})  # a server that does not say
     always_zoom(monkeypatch)
     config = pipeline(max_zooms=IMAGE_LIMIT, max_steps=IMAGE_LIMIT + 3)
     with pytest.raises(ConfigError) as stopped:
@@ -316,7 +316,7 @@ def test_reply_tokens_over_max_model_len_is_found_before_the_run(inputs, tmp_pat
 
 def test_max_tokens_over_max_model_len_stops_the_run(inputs, tmp_path, server_log, monkeypatch):
     images, questions = inputs
-    monkeypatch.setattr("mmcof_gen.agent.search.check_servers", lambda config, wait_seconds=0.0: {})
+    monkeypatch.setattr("mmcof_gen.agent.vlm_search.check_servers", lambda config, wait_seconds=0.0: {})
     with pytest.raises(ConfigError) as stopped:
         run(pipeline(reply_tokens=5000), images, tmp_path / "run", questions=questions)
     message = str(stopped.value)

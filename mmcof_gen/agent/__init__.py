@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from mmcof_gen.schema import named_object
 
 if TYPE_CHECKING:  # (not config: it imports this registry)
-    from mmcof_gen.models.detect import Detector
+    from mmcof_gen.models.detector import Detector
     from mmcof_gen.models.ocr import OcrEngine
     from mmcof_gen.prompts import Prompts
 
@@ -33,7 +33,7 @@ class AgentKind:
 
 AGENTS: dict[str, AgentKind] = {
     "ocr": AgentKind("mmcof_gen.agent.ocr_search:OcrSearchAgent", model_roles=False, prompts="template"),
-    "vlm": AgentKind("mmcof_gen.agent.search:VlmSearchAgent", model_roles=True, prompts="agent"),
+    "vlm": AgentKind("mmcof_gen.agent.vlm_search:VlmSearchAgent", model_roles=True, prompts="agent"),
 }
 
 

@@ -19,7 +19,7 @@ from mmcof_gen.schema import ChainStep, Step, Task, Verdict, View
 
 if TYPE_CHECKING:
     from mmcof_gen.config import PipelineConfig
-    from mmcof_gen.models.detect import Detector, DetectorConfig
+    from mmcof_gen.models.detector import Detector, DetectorConfig
     from mmcof_gen.models.ocr import OcrEngine
     from mmcof_gen.prompts import Prompts
     from mmcof_gen.tasks.sources import GivenQuestion

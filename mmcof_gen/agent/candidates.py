@@ -14,7 +14,7 @@ allows only the numbers of the candidates in that place. The agent turns a choic
 padded as the OCR agent pads it, a cell as it is). The reply schema of each step names only the actions allowed
 then, the places that hold a candidate and the candidate numbers there, so a grammar-decoding server
 (llama.cpp) can emit nothing else, and a reply is about twenty tokens. Reading, verifying,
-the kept chain and its summary are the agent's (agent/search.py); the thoughts of the chain say what the
+the kept chain and its summary are the agent's (agent/vlm_search.py); the thoughts of the chain say what the
 chooser was shown and what it chose.
 """
 
@@ -35,7 +35,7 @@ from mmcof_gen.positions import NAMES, cell_box, cell_of, position_name
 from mmcof_gen.schema import Box, Step, Verdict
 
 if TYPE_CHECKING:
-    from mmcof_gen.agent.search import Search, VlmSearchAgent
+    from mmcof_gen.agent.vlm_search import Search, VlmSearchAgent
 
 TEXT = "text"  # what the locator is first asked for: the text lines a question about small text depends on
 

@@ -1,7 +1,7 @@
 """The verifier's rule about a box: what the verifier, who knows where the target is, tells the planner.
 
 The rules of an answer against the ground truth are a foundation (`mmcof_gen/answers.py`); open answers
-they reject can go on to an LLM judge (`models.verifier`), asked by the VLM agent (agent/search.py).
+they reject can go on to an LLM judge (`models.verifier`), asked by the VLM agent (agent/vlm_search.py).
 """
 
 from __future__ import annotations

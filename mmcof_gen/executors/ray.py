@@ -3,7 +3,7 @@ contract: executors/sink.py).
 
     driver (this process) ──► at most max_in_flight images ──► AgentActor x workers ──locate──► DetectorActor x n
     streams units from the source,     what each wrote            threads, one ImageWorker     batches requests
-    counts, retries a dead actor's     streams back (Ray          each; writes its own shard   (executors/detectors.py)
+    counts, retries a dead actor's     streams back (Ray          each; writes its own shard   (executors/detector_actors.py)
     images, writes its own errors      generators)                tasks|trajectories|errors-wN.jsonl
 
 Who writes: each agent actor appends its records to its own shard of the run folder (`RunStore.open_shard`;
@@ -55,7 +55,7 @@ try:
     import ray
     from ray.exceptions import ActorUnavailableError, ObjectLostError, RayActorError, RayTaskError
 
-    from mmcof_gen.executors.detectors import ActorDetector, DetectorActor
+    from mmcof_gen.executors.detector_actors import ActorDetector, DetectorActor
 except ImportError:  # pragma: no cover - the [ray] extra is not installed
     ray = None
 

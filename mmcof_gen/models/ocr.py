@@ -22,7 +22,7 @@ from PIL import Image
 
 from mmcof_gen.answers import normalize_text
 from mmcof_gen.imaging import crop_to_frame, iou, zoom_image, zoom_plan
-from mmcof_gen.models.detect import DetectorConfig, DetectRequest, clean_phrases
+from mmcof_gen.models.detector import DetectorConfig, DetectRequest, clean_phrases
 from mmcof_gen.models.ocr_config import ENGINE_NAME, OcrReaderConfig
 from mmcof_gen.schema import Box, Detection
 

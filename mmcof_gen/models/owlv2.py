@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from PIL import Image
 
-from mmcof_gen.models.detect import TransformersDetector, finish
+from mmcof_gen.models.detector import TransformersDetector, finish
 from mmcof_gen.schema import Detection
 
 

@@ -1,4 +1,4 @@
-"""Reply schemas shared by the model roles of the search agent (agent/search.py) and of task synthesis
+"""Reply schemas shared by the model roles of the search agent (agent/vlm_search.py) and of task synthesis
 (tasks/vlm_writer.py): bounded fields, and the reader's answer.
 
 Every string, list and number of a reply schema is bounded: a server that decodes to the schema (vLLM's

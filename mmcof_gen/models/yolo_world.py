@@ -25,7 +25,7 @@ from ultralytics.data.augment import LetterBox
 from ultralytics.utils.nms import non_max_suppression
 from ultralytics.utils.ops import scale_boxes
 
-from mmcof_gen.models.detect import DetectorConfig, DetectorError, DetectRequest, detect_in_batches, finish, load_failure
+from mmcof_gen.models.detector import DetectorConfig, DetectorError, DetectRequest, detect_in_batches, finish, load_failure
 from mmcof_gen.schema import Detection
 
 # Importing ultralytics replaces PIL.Image.open with a wrapper that, for any file PIL cannot identify,

@@ -44,7 +44,7 @@ from mmcof_gen.imaging import (InvalidBox, box_area, clip_box, crop_zoom, frame_
                                scale_box)
 from mmcof_gen.models.chat import (ChatMessage, ChatModel, ReplyError, ServerLimitError, about_images, chat_model,
                                    complete_json)
-from mmcof_gen.models.detect import Detector
+from mmcof_gen.models.detector import Detector
 from mmcof_gen.models.replies import BoxValues, Phrase, ReaderReply
 from mmcof_gen.positions import cell_of, position_name
 from mmcof_gen.prompts import Prompts
@@ -53,7 +53,7 @@ from mmcof_gen.tasks.base import OnLoop, TasksFailed, image_tasks, task_prompts,
 from mmcof_gen.tasks.sources import ImageUnit
 
 if TYPE_CHECKING:
-    from mmcof_gen.agent.search import VlmSearchAgent
+    from mmcof_gen.agent.vlm_search import VlmSearchAgent
 
 SOURCE = "vlm-synthesis"
 

@@ -40,8 +40,8 @@ from mmcof_gen.conventions import CONVENTIONS, DEFAULT, BoxConvention, read_box,
 from mmcof_gen.imaging import box_area, clip_box, crop_zoom, overlap_area, scale_box
 from mmcof_gen.models.chat import (ChatMessage, ChatModel, ChatModelConfig, Completion, ReplyError, about_images,
                                    chat_model, complete_json)
-from mmcof_gen.models.detect import Detector, DetectorConfig
-from mmcof_gen.models.detectors import detector
+from mmcof_gen.models.detector import Detector, DetectorConfig
+from mmcof_gen.models.detector_factory import detector
 from mmcof_gen.models.ocr import OcrReader, OcrReaderConfig
 from mmcof_gen.models.replies import BoxValues, Phrase, ReaderReply, Thought
 from mmcof_gen.prompts import Prompts

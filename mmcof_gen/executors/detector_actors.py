@@ -6,7 +6,7 @@ waiting at most `executor.detector_window_ms` for a batch to fill. A batch runs 
 keep arriving (and form the next batch) while the model works.
 
     actors = [ray.remote(DetectorActor).options(num_gpus=1).remote(config.models.detector, 0.005)]
-    proxy = ActorDetector(actors, "owlv2:google/owlv2-base-patch16-ensemble")   # a models.detect.Detector
+    proxy = ActorDetector(actors, "owlv2:google/owlv2-base-patch16-ensemble")   # a models.detector.Detector
     [[det, ...]] = proxy.detect([(frame, ["red car"])])
 """
 
@@ -19,13 +19,13 @@ from collections.abc import Sequence
 import ray
 from PIL import Image
 
-from mmcof_gen.models.detect import DetectorConfig, DetectRequest
-from mmcof_gen.models.detectors import detector
+from mmcof_gen.models.detector import DetectorConfig, DetectRequest
+from mmcof_gen.models.detector_factory import detector
 from mmcof_gen.schema import Detection
 
 
 class DetectorActor:
-    """An async Ray actor around one `models.detect.Detector`; `detect` answers one request, batched with others."""
+    """An async Ray actor around one `models.detector.Detector`; `detect` answers one request, batched with others."""
 
     def __init__(self, config: DetectorConfig, window_seconds: float):
         if config.device.startswith("cuda:") and ray.get_gpu_ids():
@@ -80,7 +80,7 @@ class DetectorActor:
 
 
 class ActorDetector:
-    """A `models.detect.Detector` whose model lives in detector actors (requests spread round-robin).
+    """A `models.detector.Detector` whose model lives in detector actors (requests spread round-robin).
 
     Safe to call from many threads at once (`concurrent`), which is what lets the actors batch the
     requests of concurrent searches.
