@@ -24,7 +24,7 @@ from mmcof_gen.executors import EXECUTORS
 from mmcof_gen.models.chat.config import CHAT_BACKENDS, ChatModelConfig, LimitAdvice
 from mmcof_gen.models.detector import DETECTORS, DetectorConfig
 from mmcof_gen.models.ocr_config import OcrReaderConfig
-from mmcof_gen.schema import invalid_fields, registered
+from mmcof_gen.schema import invalid_fields, one_of
 from mmcof_gen.tasks import TASK_MAKERS
 
 DEFAULT_CONFIG = resources.PIPELINES / "default.yaml"
@@ -92,8 +92,9 @@ class TaskSynthesisConfig(Section):
 class TasksConfig(TextTasksConfig):
     """Where tasks come from for a bare folder, and which images are kept out of the run."""
 
-    kind: str = Field("ocr", description="a name of TASK_MAKERS: ocr: text questions from OCR at full resolution; "
-                                         "vlm: synthesis with models.task_writer (agent.kind vlm)")
+    kind: one_of(TASK_MAKERS) = Field(
+        "ocr", description="a name of TASK_MAKERS: ocr: text questions from OCR at full resolution; "
+                           "vlm: synthesis with models.task_writer (agent.kind vlm)")
     synthesis: TaskSynthesisConfig = Field(default_factory=TaskSynthesisConfig)
     exclude: Path | None = Field(None, description="exclusion list (sha256 / path / file name / stem / phash:<hex> "
                                                    "per line) or a folder of the excluded images; skipped at the source")
@@ -101,15 +102,11 @@ class TasksConfig(TextTasksConfig):
         None, ge=0, le=32, description="an image whose perceptual hash is this close (Hamming bits of 64) to an "
         "excluded or an earlier image is skipped; none: off (needs imagehash, the data extra)")
 
-    @field_validator("kind")
-    @classmethod
-    def _registered(cls, kind: str) -> str:
-        return registered(kind, TASK_MAKERS)
-
 
 class AgentConfig(Section):
-    kind: str = Field("ocr", description="a name of AGENTS (agent/__init__.py): ocr: the offline RapidOCR agent; "
-                                         "vlm: the model roles of `models`")
+    kind: one_of(AGENTS) = Field(
+        "ocr", description="a name of AGENTS (agent/__init__.py): ocr: the offline RapidOCR agent; "
+                           "vlm: the model roles of `models`")
     max_zooms: int = Field(3, ge=1, description="zooms per search, kept or not")
     target_padding: float = Field(0.15, ge=0, description="a located text box grows by this fraction per side before zooming")
     max_steps: int = Field(12, ge=1, description="vlm: planner actions per search")
@@ -119,11 +116,6 @@ class AgentConfig(Section):
     planner_actions: Literal["boxes", "choose"] = Field(
         "boxes", description="vlm: boxes: the planner writes boxes; choose: it picks among numbered candidates the "
                              "tools propose (a small text LLM; agent/candidates.py)")
-
-    @field_validator("kind")
-    @classmethod
-    def _registered(cls, kind: str) -> str:
-        return registered(kind, AGENTS)
 
 
 def _reader_kind(value) -> str:
@@ -196,7 +188,7 @@ class VerifyConfig(Section):
 class ExecutorConfig(Section):
     """Where the agents run. Not part of the run fingerprint: a run started local can be resumed with Ray."""
 
-    kind: str = Field("local", description="a name of EXECUTORS (executors/__init__.py)")
+    kind: one_of(EXECUTORS) = Field("local", description="a name of EXECUTORS (executors/__init__.py)")
     workers: int = Field(1, ge=1, description="local: threads; ray: agent actors; each with its own models")
     address: str | None = Field(None, description="ray: 'auto' or ray://host:port joins a running cluster; "
                                                   "none starts a local Ray with one CPU per actor")
@@ -215,11 +207,6 @@ class ExecutorConfig(Section):
     ocr_threads: int | None = Field(None, ge=1, description="ONNX Runtime threads of each worker's OCR engine; none: "
                                                           "the worker's share of the CPUs (local: cores / workers; "
                                                           "ray: 1, the CPU its actor holds)")
-
-    @field_validator("kind")
-    @classmethod
-    def _registered(cls, kind: str) -> str:
-        return registered(kind, EXECUTORS)
 
     def ocr_threads_per_worker(self) -> int:
         """Workers that each spread over every core slow each other down: Ray x2 on 2 cores, 8 text images,

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import PydanticCustomError
 
 Box = tuple[int, int, int, int]
@@ -46,6 +46,12 @@ def registered(name: str, registry: dict) -> str:
         raise PydanticCustomError("literal_error", "Input should be {expected}",
                                   {"expected": " or ".join(filter(None, [", ".join(names[:-1]), names[-1]]))})
     return name
+
+
+def one_of(registry: dict) -> Any:
+    """The type of a config field naming a part of `registry`: checked against the registry as it is when the
+    field is validated, so a part registered later (a plugin, a test) is accepted."""
+    return Annotated[str, AfterValidator(lambda name: registered(name, registry))]
 
 
 def invalid_fields(exc: ValidationError, limit: int | None = None, whole: str = "value") -> str:

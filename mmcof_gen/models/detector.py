@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Protocol
 
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from mmcof_gen.imaging import InvalidBox, clip_box
 from mmcof_gen.models.ocr_config import ENGINE_NAME
-from mmcof_gen.schema import Detection, registered
+from mmcof_gen.schema import Detection, one_of
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ class DetectorConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    backend: str = Field("grounding-dino", description="a name of DETECTORS")
+    backend: one_of(DETECTORS) = Field("grounding-dino", description="a name of DETECTORS")
     model: str = Field("IDEA-Research/grounding-dino-tiny",
                        description="hub id or local folder (transformers), or a .pt/.yaml file (ultralytics)")
     box_threshold: float = Field(0.3, ge=0, le=1, description="detections scoring at or below this are dropped")
@@ -75,11 +75,6 @@ class DetectorConfig(BaseModel):
     image_size: int = Field(640, ge=32, multiple_of=32, description="YOLO: frames are letterboxed to this square side")
     text_embeddings: Path | None = Field(
         None, description="YOLO: a torch file {phrase: text-encoder embedding} used instead of the net's CLIP")
-
-    @field_validator("backend")
-    @classmethod
-    def _registered(cls, backend: str) -> str:
-        return registered(backend, DETECTORS)
 
     @property
     def name(self) -> str:

@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 from mmcof_gen.conventions import BoxConvention, convention, family_default
-from mmcof_gen.schema import registered
+from mmcof_gen.schema import one_of
 
 
 @dataclass(frozen=True)
@@ -46,8 +46,9 @@ class ChatModelConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    backend: str = Field("openai", description="a name of CHAT_BACKENDS: openai (an OpenAI-compatible server) or "
-                                               "transformers (in this process)")
+    backend: one_of(CHAT_BACKENDS) = Field(
+        "openai", description="a name of CHAT_BACKENDS: openai (an OpenAI-compatible server) or "
+                              "transformers (in this process)")
     model: str = Field(description="served model name (openai) or hub id / local folder (transformers)")
     vision: bool = Field(True, description="whether the model is sent images; false: a text-only LLM, for the "
                                            "planner (which then reads every observation as text) or the summariser")
@@ -81,11 +82,6 @@ class ChatModelConfig(BaseModel):
     dtype: str = Field("auto", description="transformers: torch dtype name, or auto (the checkpoint's)")
 
     _limit_advice: LimitAdvice = PrivateAttr(default_factory=LimitAdvice)
-
-    @field_validator("backend")
-    @classmethod
-    def _registered(cls, backend: str) -> str:
-        return registered(backend, CHAT_BACKENDS)
 
     @field_validator("boxes")
     @classmethod
