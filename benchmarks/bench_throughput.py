@@ -51,7 +51,7 @@ from mmcof_gen.schema import Provenance, Trajectory
 from mmcof_gen.store import RunStore
 from mmcof_gen.synthesize import synthesize
 from mmcof_gen.tasks.sources import GivenQuestion, ImageUnit
-from tests.support.scripted_server import Reply, ScriptedServer
+from tests.support.scripted_server import Reply, ScriptedServer, planner_steps
 from tests.support.tiny_models import build_tiny_owlv2
 from mmcof_gen.worker import ImageWorker, Resumed, WorkerFactory
 
@@ -81,7 +81,7 @@ def scripted_reply(body: dict) -> Reply:
         return Reply(json.dumps({"answer": answer}), delay=DELAY)
     if schema == "Targets":
         return Reply('{"missing": ["the red sign"]}', delay=DELAY)
-    turns = sum(m["role"] == "assistant" for m in body["messages"])
+    turns = planner_steps(body)
     action = ({"thought": "Look closer.", "action": "zoom", "box": ZOOM} if turns == 0 else
               {"thought": "Read it.", "action": "read", "box": EVIDENCE})
     return Reply(json.dumps(action), delay=DELAY)

@@ -17,13 +17,14 @@ def test_bench_prefill_counts_prompt_tokens_and_cache_hits_of_the_shipped_vlm_pi
     # 2 questions x 2 resolutions, each search 5 calls: reader (frame), targets, planner zoom, planner read,
     # reader (crop); all four accepted
     assert figures.accepted == 4
-    assert figures.counts == {"request_success": 20, "prompt_tokens": 9070, "generation_tokens": 100,
-                              "prefix_cache_queries": 9070, "prefix_cache_hits": 7206, "mm_cache_queries": 24,
+    assert figures.counts == {"request_success": 20, "prompt_tokens": 10134, "generation_tokens": 100,
+                              "prefix_cache_queries": 10134, "prefix_cache_hits": 8350, "mm_cache_queries": 24,
                               "mm_cache_hits": 20}
-    # every request about a frame shares its first tokens: what is computed is the frames once, each search's
-    # own question and turns (a planner's reply, sent back as it wrote it, is served from the cache the server
-    # made while writing it), and the crops once per frame
-    assert printed[-1].split() == ["current", "20", "9,070", "100", "4", "2,268", "466", "79.4%", "83.3%", "of", "24"]
+    # every request about a frame shares its first tokens: what is computed is the frames once, each role's
+    # instructions once per frame, each search's own question and turns (the planner's conversation begins
+    # with naming the targets, and each of its replies, sent back as written, is served from the cache the
+    # server made while writing it), and the crops once per frame
+    assert printed[-1].split() == ["current", "20", "10,134", "100", "4", "2,534", "446", "82.4%", "83.3%", "of", "24"]
 
 
 def test_bench_prefill_reads_vllm_counters_summed_over_their_labels(monkeypatch):

@@ -23,7 +23,7 @@ from mmcof_gen.imaging import crop_zoom, frame_from_image, image_sha256
 from mmcof_gen.models.chat import ChatError, ChatModelConfig, chat_model, data_url
 from mmcof_gen.prompts import Prompts
 from mmcof_gen.schema import Provenance, Task, Trajectory, View
-from tests.support.scripted_server import Reply, ScriptedServer
+from tests.support.scripted_server import Reply, ScriptedServer, planner_steps
 from tests.support.sign_model import action, frame_box, picture, scripted_model, sent_images
 
 PROMPTS = Prompts(resources.prompts("agent"))
@@ -76,15 +76,20 @@ FULL_CHAIN = {
 }
 
 
-def test_the_planner_is_sent_its_earlier_replies_as_it_wrote_them():
-    """A prefix-caching server holds the tokens of the reply it generated: the next request must repeat them."""
+def test_the_planner_is_one_conversation_from_naming_the_targets_sent_its_replies_as_it_wrote_them():
+    """A prefix-caching server holds the tokens of a request and of the reply it generated: each planner request
+    must begin with the one before it, that reply repeated byte for byte, the first with the target naming's."""
     with ScriptedServer(by_schema(FULL_CHAIN)) as server:
         run_agent(server)
     planner = [body["messages"] for body in server.requests
-               if body["response_format"]["json_schema"]["name"] == "PlannerAction"]
-    written = [reply.content for reply in FULL_CHAIN["PlannerAction"]]
+               if body["response_format"]["json_schema"]["name"] in ("Targets", "PlannerAction")]
+    written = [reply.content for reply in FULL_CHAIN["Targets"] + FULL_CHAIN["PlannerAction"]]
     assert [[m["content"] for m in messages if m["role"] == "assistant"] for messages in planner] == [
-        [], written[:1], written[:2]]
+        [], written[:1], written[:2], written[:3]]
+    for before, after in zip(planner, planner[1:]):
+        assert after[:len(before)] == before and after[len(before)]["role"] == "assistant"
+    assert planner[1][-1]["content"] == ("From the whole image the reader answered 'blue'; "
+                                         "read 'blue', expected 'red'. Your first action?")
 
 
 def test_full_zoom_chain_locate_zoom_read_verify_summarise():
@@ -313,7 +318,7 @@ def sign_searcher(body: dict) -> Reply:
     if name == "Summary":
         count = int(re.search(r"\[(\d+) strings\]", json.dumps(messages)).group(1))
         return Reply(json.dumps({"thoughts": ["Closer."] * count, "final_thought": "It is red."}))
-    steps = sum(m["role"] == "assistant" for m in messages)
+    steps = planner_steps(body)
     return [action(thought="Find it.", action="locate", phrase="the sign"),
             action(thought="Closer.", action="zoom", box=ZOOM),
             action(thought="Read it.", action="read", box=EVIDENCE)][min(steps, 2)]

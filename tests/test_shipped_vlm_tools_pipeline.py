@@ -13,7 +13,7 @@ from mmcof_gen import resources
 from mmcof_gen.agent.vlm_search import TextPlannerAction
 from mmcof_gen.store import RunStore
 from tests.support.faults import SIGNS, request_images, run_cli, sign_reader_vlm, write_sign_inputs
-from tests.support.scripted_server import Reply, ScriptedServer
+from tests.support.scripted_server import Reply, ScriptedServer, planner_steps
 from tests.support.tiny_models import build_tiny_grounding_dino
 
 IMAGE_SIZE = (640, 480)  # write_sign_inputs' images
@@ -42,7 +42,7 @@ def blind_planner(body: dict) -> Reply:
     plan = [{"action": "locate", "phrase": "the red sign"},
             {"action": "zoom", "box": [max(0, x1 - w), max(0, y1 - h), min(width, x2 + w), min(height, y2 + h)]},
             {"action": "read", "box": [x1, y1, x2, y2]}]
-    steps = sum(m["role"] == "assistant" for m in body["messages"])
+    steps = planner_steps(body)
     action = plan[steps] if steps < len(plan) else {"action": "answer", "answer": "red"}
     return Reply(json.dumps({"thought": "Next.", **action}))
 

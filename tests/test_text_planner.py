@@ -74,11 +74,15 @@ def test_a_text_only_planner_sends_no_image_and_makes_the_seeing_planners_chain(
     last = planner[-1]["messages"]
     assert last[0]["content"].startswith("You are the planner of a visual search. You cannot see the image: "
                                          "it is 448x336 pixels")
-    assert [m["content"] for m in last if m["role"] == "user"][1:] == [
+    # after naming the targets and the opening that says what the reader answered from the whole image
+    assert [m["content"] for m in last if m["role"] == "user"][2:] == [
         "1 candidate(s) for 'the small sign': [300, 200, 340, 230] (1.00)",
         "zoomed into [260, 170, 380, 260], a region of 120x90 frame pixels; read a box to learn what it shows",
     ]
-    assert planner[0]["messages"][0]["content"].endswith(
+    # the target naming is the conversation's first turn, after the planner's instructions
+    assert [m["role"] for m in planner[0]["messages"]] == ["system", "user"]
+    assert planner[0]["messages"][0]["content"] == last[0]["content"]
+    assert planner[0]["messages"][1]["content"].endswith(
         "You cannot see the image (448x336 pixels); a reader could not answer from the whole image at this "
         "resolution. Before searching, name what must be found: the objects or text the answer depends on (at most "
         '4, short noun phrases). Reply with a JSON object {"missing": ["...", ...]}.')
@@ -113,7 +117,7 @@ def test_a_text_only_planner_is_told_every_box_in_its_own_convention():
         trajectory, _ = run_agent(server)
         planner = [r for r in server.requests if schema_name(r) == "PlannerAction"]
     assert trajectory.status == "accepted"
-    told = [m["content"] for m in planner[-1]["messages"] if m["role"] == "user"][1:]
+    told = [m["content"] for m in planner[-1]["messages"] if m["role"] == "user"][2:]
     assert zoom == [580, 505, 849, 774] and evidence == [669, 595, 759, 685]
     assert told[0] == f"1 candidate(s) for 'the small sign': {evidence} (1.00)"
     assert told[1].startswith(f"zoomed into {zoom}, a region of ")

@@ -48,8 +48,12 @@ class Candidate:
     box: Box
     kind: str  # "text line", "region", or "<phrase>" for a located object
     place: str  # "bottom right": the cell holding its centre (a region: its own cell)
-    where: str  # the place as the list says it
     inside: int | None = None  # the candidate whose zoom found it
+
+    @property
+    def where(self) -> str:
+        """The place as the list says it."""
+        return f"the {self.place} ninth of the image" if self.kind == "region" else f"{self.place} of the image"
 
     def described(self) -> str:
         x1, y1, x2, y2 = self.box
@@ -117,7 +121,7 @@ class Candidates:
         if any(c.box == box for c in self.items):
             return None
         place = position_name(cell_of(box, self.width, self.height))
-        candidate = Candidate(len(self.items) + 1, box, kind, place, f"{place} of the image", inside)
+        candidate = Candidate(len(self.items) + 1, box, kind, place, inside)
         self.items.append(candidate)
         return candidate
 
@@ -125,7 +129,7 @@ class Candidates:
         for row, names in enumerate(NAMES):
             for col, name in enumerate(names):
                 box = cell_box((row, col), self.width, self.height)
-                self.items.append(Candidate(len(self.items) + 1, box, "region", name, f"the {name} ninth of the image"))
+                self.items.append(Candidate(len(self.items) + 1, box, "region", name))
 
     def places(self, excluded: set[int]) -> dict[str, list[int]]:
         """place -> the numbers of its candidates not in `excluded`, places in the grid's order."""

@@ -311,28 +311,25 @@ class VlmSearchAgent:
             await named_object(ACTION_SPACES[self.config.planner_actions])(self, search, answer, verdict)
             return
         sees = "planner" not in self.roles.blind
-        step = self._step(search, Step(action="locate"))
-        prompt = self.prompts.render("planner_targets" if sees else "planner_text_targets", width=search.view.width,
+        instructions = self.prompts.render("planner" if sees else "planner_text", width=search.view.width,
+                                           height=search.view.height, boxes=self._wording("planner", search.view),
+                                           max_steps=self.config.max_steps, max_zooms=self.config.max_zooms)
+        naming = self.prompts.render("planner_targets" if sees else "planner_text_targets", width=search.view.width,
                                      height=search.view.height,
                                      question_text=question_text(task.question, task.options))
-        targets = await self._ask(search, step, "planner", self.roles.planner,
-                                  self._about([search.frame], prompt) if sees else [ChatMessage("user", prompt)],
-                                  Targets)
+        # the planner's conversation starts as every request about the frame does, then its instructions (the
+        # same for every search on the frame), then this search: naming the targets is its first turn, so each
+        # later turn is served from the turns before it (docs/speed.md, "Prefix-stable requests")
+        messages = (self._about([search.frame], f"{instructions}\n\n{naming}") if sees
+                    else [ChatMessage("system", instructions), ChatMessage("user", naming)])
+        step = self._step(search, Step(action="locate"))
+        targets = await self._converse(search, step, "planner", self.roles.planner, messages, Targets)
         search.targets = targets.missing
         step.arguments = {"targets": targets.missing}
         step.thought = f"I cannot answer; these objects are missing or unclear: {', '.join(targets.missing)}."
         step.observation = "search targets named"
-
-        instructions = self.prompts.render("planner" if sees else "planner_text", width=search.view.width,
-                                           height=search.view.height, boxes=self._wording("planner", search.view),
-                                           max_steps=self.config.max_steps, max_zooms=self.config.max_zooms)
-        opening = (f"{question_text(task.question, task.options)}\nFrom the whole image the reader answered "
-                   f"{answer!r}; {verdict.reason}. Missing or unclear: {', '.join(targets.missing)}. "
-                   "Your first action?")
-        # a seeing planner's conversation starts as every request about the frame does; its instructions, the
-        # same for every search on the frame, come before this search's question
-        messages = (self._about([search.frame], f"{instructions}\n\n{opening}") if sees
-                    else [ChatMessage("system", instructions), ChatMessage("user", opening)])
+        messages.append(ChatMessage("user", self.prompts.render("planner_start", answer=repr(answer),
+                                                                reason=verdict.reason)))
         for _ in range(self.config.max_steps):
             step = self._step(search, Step(action="locate"))
             action = await self._converse(search, step, "planner", self.roles.planner, messages,

@@ -32,7 +32,7 @@ from PIL import Image
 
 from mmcof_gen.store import RunStore
 from mmcof_gen.stats import run_stats
-from tests.support.scripted_server import Reply
+from tests.support.scripted_server import Reply, planner_steps
 
 SIGN_COLOUR = (220, 20, 20)
 
@@ -147,7 +147,7 @@ def sign_reader_vlm(body: dict, bad_boxes: tuple = ()) -> Reply:
     plan = [{"action": "locate", "phrase": "the red sign"}, *({"action": "zoom", "box": bad} for bad in bad_boxes)]
     if box is not None:
         plan += [{"action": "zoom", "box": _around(box, images[0])}, {"action": "read", "box": box}]
-    steps = sum(m["role"] == "assistant" for m in body["messages"])
+    steps = planner_steps(body)
     action = plan[steps] if steps < len(plan) else {"action": "answer", "answer": "red"}
     return Reply(json.dumps({"thought": "Next.", **action}))
 

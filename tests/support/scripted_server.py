@@ -116,6 +116,12 @@ class PrefixCache:
                        for name, value in self.counts.items()).encode()
 
 
+def planner_steps(body: dict) -> int:
+    """How many actions the planner of this conversation has taken: its assistant turns that carry an action
+    (its first turn names the search targets, which is not an action)."""
+    return sum(m["role"] == "assistant" and '"action"' in m["content"] for m in body["messages"])
+
+
 def completion_body(reply: Reply, model: str) -> bytes:
     return json.dumps({
         "id": "chatcmpl-scripted", "object": "chat.completion", "created": int(time.time()), "model": model,

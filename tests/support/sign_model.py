@@ -11,7 +11,7 @@ import re
 import numpy as np
 from PIL import Image
 
-from tests.support.scripted_server import Reply
+from tests.support.scripted_server import Reply, planner_steps
 
 
 def picture(seed: int = 0) -> Image.Image:
@@ -55,6 +55,6 @@ def scripted_model(fault: bool = True):
         if name == "Targets":
             return Reply('{"missing": ["the sign"]}')
         box = frame_box(int(size.group(1)), int(size.group(2)))
-        steps = sum(m["role"] == "assistant" for m in body["messages"])
+        steps = planner_steps(body)
         return action(thought="Look there.", action=["zoom", "read"][min(steps, 1)], box=box)
     return answer
