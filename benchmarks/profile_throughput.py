@@ -1,5 +1,5 @@
 """Where the Ray executor's overhead goes at 64 searches in flight: CPU per model call by process, and a profile
-of one agent actor.
+of one agent actor and of the driver.
 
 Run from the checkout (py-spy, `pip install py-spy`, is optional: without it only the CPU table is printed):
   RAY_AUTH_MODE=disabled PYTHONPATH=. .venv/bin/python benchmarks/profile_throughput.py [--rounds 16]
@@ -7,8 +7,10 @@ Run from the checkout (py-spy, `pip install py-spy`, is optional: without it onl
 Runs part 1 of bench_throughput.py at 64 in flight (the scripted server in its own process, 0.2 s per reply,
 2 agent actors) while sampling every process's CPU time, grouped as the agent actors, the driver (executor,
 ledger, streaming, then the no-Ray baseline), Ray's own processes and the scripted server; divides each by the
-model calls made. With py-spy, one actor is sampled for 12 s of the run and the frames its time is spent in
-(inclusive, as a share of its busy samples) are printed.
+model calls made. With py-spy, one actor and the driver are sampled for the same 12 s of the run and the frames
+their time is spent in (inclusive, as a share of their busy samples) are printed. Inclusive shares count a thread
+waiting for the GIL as busy in the frame it waits in: a frame that releases the GIL (a file write, an fsync)
+shows more than its CPU.
 """
 
 from __future__ import annotations
@@ -53,15 +55,15 @@ class CpuSampler(threading.Thread):
     """CPU seconds per process between start and stop, each counted under the group it ended in (a Ray worker
     starts idle and becomes an actor)."""
 
-    def __init__(self, spy_after: float, profile: Path | None):
+    def __init__(self, spy_after: float, profiles: Path | None):
         super().__init__(daemon=True)
         self.first: dict[int, float] = {}
         self.last: dict[int, tuple[str, float]] = {}
         self.stop = threading.Event()
-        self.spy_after, self.profile = spy_after, profile
+        self.spy_after, self.profiles = spy_after, profiles
 
     def run(self) -> None:
-        start, spied = time.perf_counter(), self.profile is None
+        start, spied = time.perf_counter(), self.profiles is None
         while not self.stop.is_set():
             for process in psutil.process_iter():
                 try:
@@ -73,9 +75,10 @@ class CpuSampler(threading.Thread):
                     self.last[process.pid] = name, times.user + times.system
                     if not spied and name == "agent actors" and time.perf_counter() - start > self.spy_after:
                         spied = True
-                        subprocess.Popen(["py-spy", "record", "-p", str(process.pid), "-d", "12", "-r", "50",
-                                          "-f", "raw", "-o", str(self.profile), "--nonblocking"],
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                        for pid, spied_on in ((process.pid, "actor"), (os.getpid(), "driver")):
+                            subprocess.Popen(["py-spy", "record", "-p", str(pid), "-d", "12", "-r", "50", "-f",
+                                              "raw", "-o", str(self.profiles / f"{spied_on}.txt"), "--nonblocking"],
+                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(0.5)
 
     def totals(self) -> dict[str, float]:
@@ -105,8 +108,8 @@ def main() -> None:
     server.start()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     with tempfile.TemporaryDirectory() as tmp:
-        profile = Path(tmp) / "actor.txt" if shutil.which("py-spy") else None
-        sampler = CpuSampler(spy_after=8, profile=profile)
+        profiles = Path(tmp) if shutil.which("py-spy") else None
+        sampler = CpuSampler(spy_after=8, profiles=profiles)
         sampler.start()
         try:
             bench_throughput.concurrency(urls.get(timeout=60), Path(tmp), [IN_FLIGHT], rounds=args.rounds)
@@ -119,10 +122,12 @@ def main() -> None:
         print(f"\nCPU per model call ({calls} calls)")
         for name, seconds in sorted(sampler.totals().items(), key=lambda item: -item[1]):
             print(f"{name:<16} {seconds:7.1f} CPU s  {1000 * seconds / calls:6.2f} ms per call")
-        if profile is not None and profile.exists():
-            print("\none agent actor, 12 s of the run: frames by share of its busy samples (inclusive)")
-            for share, name in frames(profile, 40):
-                print(f"{share:6.1%}  {name}")
+        for spied_on, title in (("actor", "one agent actor"), ("driver", "the driver")):
+            profile = profiles / f"{spied_on}.txt" if profiles else None
+            if profile is not None and profile.exists():
+                print(f"\n{title}, 12 s of the run: frames by share of its busy samples (inclusive)")
+                for share, name in frames(profile, 40):
+                    print(f"{share:6.1%}  {name}")
 
 
 if __name__ == "__main__":
