@@ -20,13 +20,14 @@ chooser was shown and what it chose.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from mmcof_gen.agent.base import StopSearch
-from mmcof_gen.agent.ocr_search import OcrSearchAgent
+from mmcof_gen.agent.ocr_search import padded
 from mmcof_gen.cof_format import question_text
 from mmcof_gen.imaging import crop_to_frame, crop_zoom, zoom_region
 from mmcof_gen.models.chat import ChatMessage
@@ -35,7 +36,36 @@ from mmcof_gen.positions import NAMES, cell_box, cell_of, position_name
 from mmcof_gen.schema import Box, Step, Verdict
 
 if TYPE_CHECKING:
-    from mmcof_gen.agent.vlm_search import Search, VlmSearchAgent
+    from mmcof_gen.agent.vlm_search import Roles, Search
+    from mmcof_gen.config import AgentConfig
+    from mmcof_gen.models.chat import ChatModel
+    from mmcof_gen.prompts import Prompts
+
+class SearchTools(Protocol):
+    """What the chooser uses of the agent that runs it (`VlmSearchAgent`): its roles, settings and prompts, and
+    the steps of a search that are the agent's whatever the action space (locate, read and verify, a planner
+    turn, the answer's check, the finished chain)."""
+
+    roles: Roles
+    config: AgentConfig
+    prompts: Prompts
+    detector_lock: threading.Lock
+
+    @staticmethod
+    def add_step(search: Search, step: Step) -> Step: ...
+
+    async def locate(self, search: Search, step: Step, phrase: str) -> None: ...
+
+    async def read(self, search: Search, box: Box | None, step: Step | None = None
+                   ) -> tuple[str | None, Verdict]: ...
+
+    async def converse(self, search: Search, step: Step, role: str, model: ChatModel, messages: list[ChatMessage],
+                       schema: type[BaseModel]) -> BaseModel: ...
+
+    def check_answer(self, search: Search, step: Step, text: str) -> None: ...
+
+    async def finish(self, search: Search, answer: str | None, verdict: Verdict) -> None: ...
+
 
 TEXT = "text"  # what the locator is first asked for: the text lines a question about small text depends on
 
@@ -144,22 +174,22 @@ class Candidates:
         return self.items[number - 1]
 
 
-def _box_of(agent: VlmSearchAgent, search: Search, candidate: Candidate) -> Box:
+def _box_of(agent: SearchTools, search: Search, candidate: Candidate) -> Box:
     """The box a choice stands for: a region as it is; a text line or an object grown as the OCR agent grows
     a located line (OCR boxes are tight)."""
     if candidate.kind == "region":
         return candidate.box
-    return OcrSearchAgent._padded(agent, candidate.box, search.frame.size)
+    return padded(candidate.box, search.frame.size, agent.config.target_padding)
 
 
-async def _propose(agent: VlmSearchAgent, search: Search, candidates: Candidates, phrase: str, step: Step) -> int:
+async def _propose(agent: SearchTools, search: Search, candidates: Candidates, phrase: str, step: Step) -> int:
     """The locator's boxes for `phrase` become candidates; returns how many were new."""
-    await agent._locate(search, step, phrase)
+    await agent.locate(search, step, phrase)
     kind = "text line" if phrase == TEXT else phrase
     return sum(candidates.add(d.box, kind) is not None for d in step.detections)
 
 
-def _zoom(agent: VlmSearchAgent, search: Search, candidates: Candidates, candidate: Candidate, step: Step) -> None:
+def _zoom(agent: SearchTools, search: Search, candidates: Candidates, candidate: Candidate, step: Step) -> None:
     """Zoom into the candidate's box; a detector looks for text in the crop and what it finds is proposed."""
     box = _box_of(agent, search, candidate)
     step.box = box
@@ -168,7 +198,7 @@ def _zoom(agent: VlmSearchAgent, search: Search, candidates: Candidates, candida
     new = []
     if agent.roles.detector is not None:
         region = zoom_region(box, *search.frame.size)
-        with agent._detector_lock:
+        with agent.detector_lock:
             found = agent.roles.detector.detect([(crop, [TEXT])])[0]
         for detection in found:
             mapped = crop_to_frame(detection.box, crop.size, region)
@@ -180,7 +210,7 @@ def _zoom(agent: VlmSearchAgent, search: Search, candidates: Candidates, candida
                         f"inside it" + (f": {', '.join(map(str, new))}" if new else ""))
 
 
-def _opening(agent: VlmSearchAgent, search: Search, candidates: Candidates, answer: str | None,
+def _opening(agent: SearchTools, search: Search, candidates: Candidates, answer: str | None,
              verdict: Verdict) -> list[ChatMessage]:
     """The chooser's first messages: what it can do; the failed whole-frame read, the candidates and the question
     (last, next to the reply that copies its place)."""
@@ -197,12 +227,12 @@ def _question(search: Search) -> str:
     return question_text(search.task.question, search.task.options)
 
 
-async def choose_search(agent: VlmSearchAgent, search: Search, answer: str | None, verdict: Verdict) -> None:
+async def choose_search(agent: SearchTools, search: Search, answer: str | None, verdict: Verdict) -> None:
     """The search after a failed whole-frame read, planned by choices (the hook in VlmSearchAgent._search)."""
 
     config, prompts = agent.config, agent.prompts
     candidates = Candidates(search.view.width, search.view.height)
-    step = agent._step(search, Step(action="locate", arguments={"phrase": TEXT}))
+    step = agent.add_step(search, Step(action="locate", arguments={"phrase": TEXT}))
     await _propose(agent, search, candidates, TEXT, step)
     candidates.add_cells()
     step.thought = "I cannot answer from the whole image; the tools propose candidates to look at."
@@ -215,8 +245,8 @@ async def choose_search(agent: VlmSearchAgent, search: Search, answer: str | Non
     for _ in range(config.max_steps):
         schema = choice_schema(candidates.places(read), candidates.places(zoomed)
                                if len(search.zooms) < config.max_zooms else {}, readings)
-        step = agent._step(search, Step(action="locate"))
-        choice = await agent._converse(search, step, "planner", agent.roles.planner, messages, schema)
+        step = agent.add_step(search, Step(action="locate"))
+        choice = await agent.converse(search, step, "planner", agent.roles.planner, messages, schema)
         step.action = choice.action
         step.arguments = choice.model_dump(exclude={"action"}, exclude_none=True)
         if choice.candidate is not None:
@@ -230,7 +260,7 @@ async def choose_search(agent: VlmSearchAgent, search: Search, answer: str | Non
             else:
                 read.add(candidate.number)
                 step.box = _box_of(agent, search, candidate)
-                reading, _ = await agent._read(search, step.box, step)
+                reading, _ = await agent.read(search, step.box, step)
                 if reading and reading not in readings:
                     readings.append(reading)
         elif choice.action == "locate":
@@ -240,12 +270,12 @@ async def choose_search(agent: VlmSearchAgent, search: Search, answer: str | Non
             step.observation += f"; {new} new candidate(s)"
         else:
             step.thought = f"I chose to answer {choice.answer!r}, one of the readings so far."
-            agent._check_answer(search, step, choice.answer)
+            agent.check_answer(search, step, choice.answer)
         messages.append(ChatMessage("user", prompts.render("chooser_step", observation=step.observation,
                                                            candidates=candidates.listing(),
                                                            question_text=_question(search))))
         if search.evidence is not None:
-            await agent._finish(search, *search.verified)
+            await agent.finish(search, *search.verified)
             if agent.roles.summariser is None:  # the chain says what the chooser saw and chose
                 for link in search.result.chain:
                     link.thought = chosen.get(link.box, link.thought)

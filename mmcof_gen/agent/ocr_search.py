@@ -179,7 +179,7 @@ class OcrSearchAgent:
                 candidates = [(hit, scale) for hit in self._too_small(found, scale)]
                 continue
             candidate, seen_at = candidates.pop(0)
-            box = self._padded(candidate.box, frame.size)
+            box = padded(candidate.box, frame.size, self.config.target_padding)
             zooms += 1
             found, scale = self._zoom_and_read(result, frame, box, "read the zoomed candidate")
             over = [h for h in found if _centre_in(h.box, box) or _centre_in(candidate.box, h.box)]
@@ -238,8 +238,10 @@ class OcrSearchAgent:
                                  seconds=round(time.perf_counter() - start, 4)))
         return crop
 
-    def _padded(self, box: Box, frame_size: tuple[int, int]) -> Box:
-        """A located text box grows a little: OCR boxes are tight and small text is often cut at low R."""
-        pad_x = max(2, round((box[2] - box[0]) * self.config.target_padding))
-        pad_y = max(2, round((box[3] - box[1]) * self.config.target_padding))
-        return clip_box((box[0] - pad_x, box[1] - pad_y, box[2] + pad_x, box[3] + pad_y), *frame_size)
+
+def padded(box: Box, frame_size: tuple[int, int], padding: float) -> Box:
+    """A located text box grown by `padding` of its size on each side (at least 2 pixels): OCR boxes are tight and
+    small text is often cut at low R."""
+    pad_x = max(2, round((box[2] - box[0]) * padding))
+    pad_y = max(2, round((box[3] - box[1]) * padding))
+    return clip_box((box[0] - pad_x, box[1] - pad_y, box[2] + pad_x, box[3] + pad_y), *frame_size)

@@ -257,7 +257,7 @@ class VlmSearchAgent:
         self.roles = roles
         self.prompts = prompts
         self.config = config
-        self._detector_lock = threading.Lock()
+        self.detector_lock = threading.Lock()
 
     @classmethod
     def build(cls, config: PipelineConfig, prompts: Prompts, engine, shared_detector=None) -> VlmSearchAgent:
@@ -301,9 +301,9 @@ class VlmSearchAgent:
 
     async def _search(self, search: Search) -> None:
         result, task = search.result, search.task
-        answer, verdict = await self._read(search, None)
+        answer, verdict = await self.read(search, None)
         if verdict.correct:
-            await self._finish(search, answer, verdict)
+            await self.finish(search, answer, verdict)
             return
 
         result.needs_zoom = True
@@ -322,8 +322,8 @@ class VlmSearchAgent:
         # later turn is served from the turns before it (docs/speed.md, "Prefix-stable requests")
         messages = (self._about([search.frame], f"{instructions}\n\n{naming}") if sees
                     else [ChatMessage("system", instructions), ChatMessage("user", naming)])
-        step = self._step(search, Step(action="locate"))
-        targets = await self._converse(search, step, "planner", self.roles.planner, messages, Targets)
+        step = self.add_step(search, Step(action="locate"))
+        targets = await self.converse(search, step, "planner", self.roles.planner, messages, Targets)
         search.targets = targets.missing
         step.arguments = {"targets": targets.missing}
         step.thought = f"I cannot answer; these objects are missing or unclear: {', '.join(targets.missing)}."
@@ -331,8 +331,8 @@ class VlmSearchAgent:
         messages.append(ChatMessage("user", self.prompts.render("planner_start", answer=repr(answer),
                                                                 reason=verdict.reason)))
         for _ in range(self.config.max_steps):
-            step = self._step(search, Step(action="locate"))
-            action = await self._converse(search, step, "planner", self.roles.planner, messages,
+            step = self.add_step(search, Step(action="locate"))
+            action = await self.converse(search, step, "planner", self.roles.planner, messages,
                                           PlannerAction if sees else TextPlannerAction)
             step.action, step.thought = action.action, action.thought
             step.arguments = action.model_dump(exclude={"thought", "action"}, exclude_none=True)
@@ -340,7 +340,7 @@ class VlmSearchAgent:
             messages.append(ChatMessage("user", step.observation, images) if sees else
                             ChatMessage("user", text_observation(step, lambda box: self._shown(box, search.view))))
             if search.evidence is not None:
-                await self._finish(search, *search.verified)
+                await self.finish(search, *search.verified)
                 return
         raise StopSearch(f"budget: {self.config.max_steps} planner steps without a verified answer")
 
@@ -362,10 +362,10 @@ class VlmSearchAgent:
         """Carry out one action; its outcome (or what was wrong with it) becomes the step's observation."""
         view = search.view
         if action.action == "locate":
-            await self._locate(search, step, action.phrase)
+            await self.locate(search, step, action.phrase)
             return []
         if action.action == "answer":
-            self._check_answer(search, step, action.answer)
+            self.check_answer(search, step, action.answer)
             return []
         box = None
         if action.box is not None:
@@ -388,16 +388,16 @@ class VlmSearchAgent:
             step.observation = f"the zoomed view of {self._shown(box, view)} ({crop.width}x{crop.height})"
             return [crop]
         step.box = box
-        await self._read(search, box, step)
+        await self.read(search, box, step)
         return []
 
-    async def _locate(self, search: Search, step: Step, phrase: str) -> None:
+    async def locate(self, search: Search, step: Step, phrase: str) -> None:
         view = search.view
         if self.roles.detector is not None:
             def detect() -> list[Detection]:
                 if getattr(self.roles.detector, "concurrent", False):  # it batches concurrent callers (Ray)
                     return self.roles.detector.detect([(search.frame, [phrase])])[0]
-                with self._detector_lock:
+                with self.detector_lock:
                     return self.roles.detector.detect([(search.frame, [phrase])])[0]
             start = time.perf_counter()
             detections = await asyncio.to_thread(detect)
@@ -422,10 +422,10 @@ class VlmSearchAgent:
         shown = ", ".join(f"{self._shown(d.box, view)} ({d.score:.2f})" for d in detections)
         step.observation += f"{len(detections)} candidate(s) for {phrase!r}" + (f": {shown}" if shown else "")
 
-    async def _read(self, search: Search, box: Box | None, step: Step | None = None) -> tuple[str | None, Verdict]:
+    async def read(self, search: Search, box: Box | None, step: Step | None = None) -> tuple[str | None, Verdict]:
         """The reader answers from the frame (box None) or the crop of `box`; the verifier checks it."""
         task = search.task
-        step = step or self._step(search, Step(action="read", arguments={"box": None}))
+        step = step or self.add_step(search, Step(action="read", arguments={"box": None}))
         try:
             if isinstance(self.roles.reader, OcrReader):
                 answer = await self._ocr_read(search, step, box)
@@ -462,7 +462,7 @@ class VlmSearchAgent:
         step.seconds = round(step.seconds + time.perf_counter() - start, 4)
         return as_option(text.strip(), search.task.options) if text else None
 
-    def _check_answer(self, search: Search, step: Step, text: str) -> None:
+    def check_answer(self, search: Search, step: Step, text: str) -> None:
         """A final answer counts only with evidence: a box whose reading the verifier accepted."""
         answer = as_option(text.strip(), search.task.options)
         verdict = verify_answer(answer, as_option(search.task.answer, search.task.options))
@@ -483,13 +483,13 @@ class VlmSearchAgent:
 
     # ------------------------------------------------------------------ summary
 
-    async def _finish(self, search: Search, answer: str | None, verdict: Verdict) -> None:
+    async def finish(self, search: Search, answer: str | None, verdict: Verdict) -> None:
         result = search.result
         kept, detours = chain_boxes(search.zooms, search.evidence) if search.evidence else ([], [])
         target = next((phrase for box, phrase in search.found.items()
                        if overlap_area(box, kept[-1]) > 0), None) if kept else None
         target = target or (search.targets[0] if search.targets else "the detail")
-        step = self._step(search, Step(action="answer", arguments={"text": answer}))
+        step = self.add_step(search, Step(action="answer", arguments={"text": answer}))
         if self.roles.summariser is None:
             thoughts, final = self._template_summary(kept, detours, target, answer)
         else:
@@ -527,7 +527,7 @@ class VlmSearchAgent:
     # ------------------------------------------------------------------ calls and budgets
 
     @staticmethod
-    def _step(search: Search, step: Step) -> Step:
+    def add_step(search: Search, step: Step) -> Step:
         search.result.steps.append(step)
         return step
 
@@ -536,7 +536,7 @@ class VlmSearchAgent:
         """One validated reply; every call it took is recorded in `step`, and the token budget is checked."""
         return (await self._reply(search, step, role, model, messages, schema))[0]
 
-    async def _converse(self, search: Search, step: Step, role: str, model: ChatModel,
+    async def converse(self, search: Search, step: Step, role: str, model: ChatModel,
                         messages: list[ChatMessage], schema: type[BaseModel]) -> BaseModel:
         """A turn of a conversation: the reply, appended to `messages` as the model wrote it, so that the next
         request begins with the tokens the server computed while writing it (a re-serialised reply differs in
