@@ -333,7 +333,7 @@ class VlmSearchAgent:
         for _ in range(self.config.max_steps):
             step = self.add_step(search, Step(action="locate"))
             action = await self.converse(search, step, "planner", self.roles.planner, messages,
-                                          PlannerAction if sees else TextPlannerAction)
+                                         PlannerAction if sees else TextPlannerAction)
             step.action, step.thought = action.action, action.thought
             step.arguments = action.model_dump(exclude={"thought", "action"}, exclude_none=True)
             images = await self._act(search, step, action)
@@ -537,7 +537,7 @@ class VlmSearchAgent:
         return (await self._reply(search, step, role, model, messages, schema))[0]
 
     async def converse(self, search: Search, step: Step, role: str, model: ChatModel,
-                        messages: list[ChatMessage], schema: type[BaseModel]) -> BaseModel:
+                       messages: list[ChatMessage], schema: type[BaseModel]) -> BaseModel:
         """A turn of a conversation: the reply, appended to `messages` as the model wrote it, so that the next
         request begins with the tokens the server computed while writing it (a re-serialised reply differs in
         spacing and key order, and its tokens would be computed again)."""
