@@ -26,7 +26,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel
 
-from mmcof_gen.schema import ErrorRecord, ImageTasks, Manifest, Trajectory
+from mmcof_gen.schema import ErrorRecord, ImageTasks, Manifest, ManifestInputs, Trajectory
 
 MANIFEST = "manifest.json"
 TASKS = "tasks.jsonl"
@@ -218,14 +218,16 @@ class RunStore:
 
     # -- opening ---------------------------------------------------------------------------------
     @classmethod
-    def open(cls, root: Path, fingerprint: str, manifest: dict, relocated: bool = False) -> RunStore:
+    def open(cls, root: Path, fingerprint: str, manifest: Manifest | dict, relocated: bool = False) -> RunStore:
         """Create a run folder, or reopen one made with the same fingerprint and inputs (a resume).
 
         A folder with other content, or a run made with another config or other inputs, is refused: nothing
         is ever silently overwritten or mixed. The inputs a run was made from are never rewritten; a moved
         images folder (`relocated`) is recorded beside them once its images are checked to be the same.
+        A resume writes what `manifest` sets over the run's manifest, its creation and inputs aside.
         """
         root = Path(root)
+        manifest = Manifest.model_validate(manifest)
         manifest_path = root / MANIFEST
         if root.exists() and not root.is_dir():
             raise StoreError(f"--out {root} is a file, not a folder; pass a new folder for the run")
@@ -236,10 +238,11 @@ class RunStore:
                     f"{root} holds a run made with another config or prompts (fingerprint "
                     f"{old.fingerprint} != {fingerprint}); pass a new --out folder to start a new run"
                 )
-            relocations = _same_inputs(root, old, manifest["inputs"], relocated) if "inputs" in manifest else []
+            given = manifest.model_fields_set
+            relocations = _same_inputs(root, old, manifest.inputs, relocated) if "inputs" in given else []
             keep = ("created", "inputs", "relocations")
-            manifest = {**old.dump(), **{k: v for k, v in manifest.items() if k not in keep},
-                        "relocations": relocations}
+            manifest = Manifest.model_validate({**old.dump(), **{k: v for k, v in manifest.dump().items()
+                                                                 if k not in keep}, "relocations": relocations})
         elif root.exists() and any(not p.match(f".{MANIFEST}.*.tmp") for p in root.iterdir()):
             raise StoreError(f"{root} is not empty and holds no {MANIFEST}; pass a new or empty --out folder")
         elif relocated:
@@ -249,8 +252,8 @@ class RunStore:
         except OSError as exc:
             raise StoreError(f"cannot create run folder {root}: {exc.strerror}") from None
         store = cls(root)
-        manifest["fingerprint"] = fingerprint
-        manifest.setdefault("created", _now())
+        manifest.fingerprint = fingerprint
+        manifest.created = manifest.created or _now()
         try:
             remove_temporaries(root, MANIFEST)  # a run killed while writing its manifest
             store.write_manifest(manifest)
@@ -345,10 +348,9 @@ class RunStore:
                 os.fsync(handle.fileno())
             write_bytes_atomic(path, b"".join(keep))
 
-    def write_manifest(self, manifest: Manifest | dict) -> None:
-        data = manifest.dump() if isinstance(manifest, Manifest) else manifest
+    def write_manifest(self, manifest: Manifest) -> None:
         with self._lock:
-            write_json_atomic(self.root / MANIFEST, {**data, "updated": _now()})
+            write_json_atomic(self.root / MANIFEST, {**manifest.dump(), "updated": _now()})
 
     def close(self) -> None:
         with self._lock:
@@ -374,11 +376,11 @@ IDENTITY = ("source", "questions_sha256", "coco_sha256")
 """What a run is made from besides its images folder: the source kind and the content of its task files."""
 
 
-def _same_inputs(root: Path, old: Manifest, inputs: dict, relocated: bool) -> list[dict]:
+def _same_inputs(root: Path, old: Manifest, given: ManifestInputs, relocated: bool) -> list[dict]:
     """The run's relocations, with this one added: refuses inputs other than those the run was made from.
     Only the images folder may differ, and only when `relocated` and every image the run holds tasks for
     is found at the new place with the same content (sha256)."""
-    made = old.inputs.model_dump(exclude_unset=True)
+    made, inputs = old.inputs.model_dump(exclude_unset=True), given.model_dump(exclude_unset=True)
     relocations = [relocation.model_dump(exclude_unset=True) for relocation in old.relocations]
     differ = [key for key in IDENTITY if key in made and made[key] != inputs.get(key)]
     if differ:

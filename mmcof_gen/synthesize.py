@@ -25,7 +25,7 @@ from mmcof_gen.imaging import file_sha256
 from mmcof_gen.models.chat import ServerLimitError
 from mmcof_gen.progress import LiveStatus
 from mmcof_gen.prompts import Prompts
-from mmcof_gen.schema import Provenance
+from mmcof_gen.schema import Manifest, ManifestInputs, Provenance
 from mmcof_gen.stats import run_stats
 from mmcof_gen.store import RunStore, unwritable
 from mmcof_gen.tasks import TASK_MAKERS
@@ -111,16 +111,16 @@ def synthesize(config: PipelineConfig, images_dir: Path, out_dir: Path, inputs: 
     servers = agent.check_servers(config, wait_for_servers)  # before any work
     source_kind, source = task_source(config, images_dir, inputs)
     questions, coco = inputs.questions, inputs.coco
-    manifest = {
-        "tool": "mmcof-gen", "config": config.model_dump(mode="json"), "prompts": hashes,
-        "models": models, "versions": package_versions(),
-        "inputs": {"images": str(images_dir.resolve()), "source": source_kind,
-                   "questions": str(questions.resolve()) if questions else None,
-                   "questions_sha256": file_sha256(questions) if questions else None,
-                   "coco": str(coco.resolve()) if coco else None,
-                   "coco_sha256": file_sha256(coco) if coco else None},
-        "servers": servers,
-    }
+    manifest = Manifest(
+        tool="mmcof-gen", config=config.model_dump(mode="json"), prompts=hashes, models=models,
+        versions=package_versions(),
+        inputs=ManifestInputs(images=str(images_dir.resolve()), source=source_kind,
+                              questions=str(questions.resolve()) if questions else None,
+                              questions_sha256=file_sha256(questions) if questions else None,
+                              coco=str(coco.resolve()) if coco else None,
+                              coco_sha256=file_sha256(coco) if coco else None),
+        servers=servers,
+    )
     store = RunStore.open(out_dir, fingerprint, manifest, relocated)
     units = itertools.islice(source.units, inputs.limit) if inputs.limit else source.units
     status = LiveStatus(console)  # the number of images is known once the source has streamed them all
